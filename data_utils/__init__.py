@@ -1,0 +1,2 @@
+"""Everything from a recording to tensors: video, landmarks, crop geometry,
+audio features and datasets."""

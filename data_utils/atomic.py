@@ -1,0 +1,92 @@
+"""Writes that never leave a half-finished file a re-run could mistake for done.
+
+Every file is written to a temporary sibling and moved into place with
+``os.replace`` (atomic on one filesystem); folders are filled under a temporary
+name and renamed when complete.
+"""
+import contextlib
+import json
+import os
+import shutil
+from pathlib import Path
+
+
+def temporary_sibling(path: Path) -> Path:
+    """A name next to ``path`` that no finished output ever has."""
+    path = Path(path)
+    return path.with_name(f".{path.name}.partial")
+
+
+@contextlib.contextmanager
+def atomic_path(path):
+    """Yield a temporary path to write; it becomes ``path`` only if the block succeeds."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = temporary_sibling(path)
+    # Keep the suffix so libraries that pick a format by extension still work.
+    temporary = temporary.with_name(temporary.name + path.suffix)
+    try:
+        yield temporary
+        os.replace(temporary, path)
+    finally:
+        if temporary.exists():
+            temporary.unlink()
+
+
+def write_bytes_atomic(path, data: bytes) -> None:
+    with atomic_path(path) as temporary:
+        with open(temporary, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+
+
+def write_text_atomic(path, text: str) -> None:
+    write_bytes_atomic(path, text.encode("utf-8"))
+
+
+def write_json_atomic(path, data) -> None:
+    write_text_atomic(path, json.dumps(data, indent=2, sort_keys=True) + "\n")
+
+
+def save_numpy_atomic(path, array) -> None:
+    import numpy as np
+
+    with atomic_path(path) as temporary:
+        with open(temporary, "wb") as handle:
+            np.save(handle, array)
+            handle.flush()
+            os.fsync(handle.fileno())
+
+
+def save_torch_atomic(path, obj) -> None:
+    """torch.save through a temporary file: a crash never leaves a truncated .pth."""
+    import torch
+
+    with atomic_path(path) as temporary:
+        with open(temporary, "wb") as handle:
+            torch.save(obj, handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+
+
+@contextlib.contextmanager
+def atomic_directory(path):
+    """Yield an empty temporary folder; it replaces ``path`` only if the block succeeds.
+
+    A folder left behind by an interrupted run is wiped first, so a stage that
+    was cut off is always redone from the start.
+    """
+    path = Path(path)
+    temporary = temporary_sibling(path)
+    if temporary.exists():
+        shutil.rmtree(temporary)
+    temporary.mkdir(parents=True)
+    try:
+        yield temporary
+    except BaseException:
+        shutil.rmtree(temporary, ignore_errors=True)
+        raise
+    if path.exists():
+        shutil.rmtree(path)
+    os.replace(temporary, path)

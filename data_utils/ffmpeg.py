@@ -1,0 +1,173 @@
+"""Finding and running FFmpeg, and reading what a media file contains.
+
+FFmpeg comes from PATH when the system has it, else from the binary the
+``imageio-ffmpeg`` wheel ships, so a fresh machine needs no system package.
+Only ``ffmpeg`` itself is needed: probing parses its banner and packet dumps,
+because the wheel ships no ``ffprobe``. Every call takes an argument list, so
+paths with spaces and non-ASCII characters pass through untouched.
+"""
+import functools
+import os
+import re
+import shutil
+import subprocess
+from dataclasses import dataclass, field
+from fractions import Fraction
+from pathlib import Path
+from typing import List, Optional
+
+from data_utils.errors import UserError
+
+FFMPEG_ENV_VARIABLE = "LIPSYNC_FFMPEG"
+
+
+@functools.lru_cache(maxsize=None)
+def ffmpeg_binary() -> str:
+    """Path of the ffmpeg executable: $LIPSYNC_FFMPEG, PATH, then imageio-ffmpeg."""
+    configured = os.environ.get(FFMPEG_ENV_VARIABLE)
+    if configured:
+        return configured
+    on_path = shutil.which("ffmpeg")
+    if on_path:
+        return on_path
+    try:
+        import imageio_ffmpeg
+    except ImportError:
+        raise UserError("ffmpeg was not found on PATH and imageio-ffmpeg is not installed — "
+                        "run: pip install -r requirements.txt") from None
+    return imageio_ffmpeg.get_ffmpeg_exe()
+
+
+def run_ffmpeg(arguments: List[str], what: str, path=None) -> subprocess.CompletedProcess:
+    """Run ffmpeg with ``arguments``; a failure becomes a one-line UserError about ``path``."""
+    command = [ffmpeg_binary(), "-hide_banner", "-nostdin", "-loglevel", "error", "-y", *arguments]
+    result = subprocess.run(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    if result.returncode != 0:
+        detail = last_error_line(result.stderr.decode("utf-8", "replace"))
+        subject = f"{path}: " if path is not None else ""
+        raise UserError(f"{subject}ffmpeg could not {what} ({detail})")
+    return result
+
+
+def last_error_line(stderr_text: str) -> str:
+    lines = [line.strip() for line in stderr_text.splitlines() if line.strip()]
+    return lines[-1] if lines else "no message"
+
+
+@dataclass
+class MediaInfo:
+    """What ffmpeg reports about a file's first video and audio streams."""
+    path: Path
+    duration: Optional[float]
+    has_video: bool
+    has_audio: bool
+    width: int = 0
+    height: int = 0
+    average_fps: Optional[float] = None
+    rotation: int = 0
+    audio_sample_rate: Optional[int] = None
+    raw_banner: str = field(default="", repr=False)
+
+    @property
+    def display_size(self):
+        """(width, height) after applying the rotation metadata."""
+        if self.rotation % 180 == 90:
+            return self.height, self.width
+        return self.width, self.height
+
+
+_DURATION = re.compile(r"Duration:\s*(\d+):(\d+):(\d+(?:\.\d+)?)")
+_VIDEO_STREAM = re.compile(r"Stream #\d+:\d+.*?: Video: (.*)")
+_AUDIO_STREAM = re.compile(r"Stream #\d+:\d+.*?: Audio: (.*)")
+_SIZE = re.compile(r"\b(\d{2,5})x(\d{2,5})\b")
+_FPS = re.compile(r"([\d.]+)(k?) fps")
+_ROTATION = re.compile(r"rotation of (-?[\d.]+) degrees|rotate\s*:\s*(-?\d+)")
+_SAMPLE_RATE = re.compile(r"(\d+) Hz")
+
+
+def probe(path) -> MediaInfo:
+    """Read stream information of ``path``; unreadable files raise a UserError."""
+    path = Path(path)
+    if not path.exists():
+        raise UserError(f"{path} does not exist — check the path (put the recording at dataset/NAME/NAME.mp4)")
+    if path.is_dir():
+        raise UserError(f"{path} is a folder, not a video file")
+    if path.stat().st_size == 0:
+        raise UserError(f"{path} is empty (0 bytes) — copy the recording again")
+    command = [ffmpeg_binary(), "-hide_banner", "-nostdin", "-i", str(path)]
+    result = subprocess.run(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    banner = result.stderr.decode("utf-8", "replace")
+    if "Stream #" not in banner:
+        reason = last_error_line(banner)
+        if "moov atom not found" in banner:
+            raise UserError(f"{path} is truncated or damaged (moov atom not found) — "
+                            "copy the complete file again or re-export it")
+        raise UserError(f"{path} is not a readable video or audio file ({reason}) — "
+                        "check that it is a real media file")
+    duration = None
+    match = _DURATION.search(banner)
+    if match:
+        hours, minutes, seconds = match.groups()
+        duration = int(hours) * 3600 + int(minutes) * 60 + float(seconds)
+    info = MediaInfo(path=path, duration=duration, has_video=False, has_audio=False, raw_banner=banner)
+    for line in banner.splitlines():
+        video = _VIDEO_STREAM.search(line)
+        if video and not info.has_video:
+            description = video.group(1)
+            if "attached pic" in line:
+                continue  # cover art in an audio file is not a video
+            info.has_video = True
+            size = _SIZE.search(description)
+            if size:
+                info.width, info.height = int(size.group(1)), int(size.group(2))
+            fps = _FPS.search(description)
+            if fps:
+                info.average_fps = float(fps.group(1)) * (1000 if fps.group(2) else 1)
+        audio = _AUDIO_STREAM.search(line)
+        if audio and not info.has_audio:
+            info.has_audio = True
+            rate = _SAMPLE_RATE.search(audio.group(1))
+            if rate:
+                info.audio_sample_rate = int(rate.group(1))
+    rotation = _ROTATION.search(banner)
+    if rotation:
+        degrees = float(rotation.group(1) or rotation.group(2))
+        info.rotation = int(round(degrees)) % 360
+    return info
+
+
+def video_packet_times(path) -> List[Fraction]:
+    """Presentation times (seconds) of every packet of the first video stream, sorted.
+
+    Demuxes without decoding (stream copy into a frame-CRC dump), so checking a
+    long recording for a constant frame rate takes seconds, not minutes.
+    """
+    result = subprocess.run(
+        [ffmpeg_binary(), "-hide_banner", "-nostdin", "-loglevel", "error", "-i", str(path),
+         "-map", "0:v:0", "-c", "copy", "-f", "framecrc", "-"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    if result.returncode != 0:
+        raise UserError(f"{path}: ffmpeg could not read the video packets "
+                        f"({last_error_line(result.stderr.decode('utf-8', 'replace'))})")
+    time_base = Fraction(1)
+    times = []
+    for line in result.stdout.decode("utf-8", "replace").splitlines():
+        if line.startswith("#tb"):
+            numerator, denominator = line.split(":")[1].strip().split("/")
+            time_base = Fraction(int(numerator), int(denominator))
+        elif line and not line.startswith("#"):
+            columns = [column.strip() for column in line.split(",")]
+            if len(columns) >= 3 and columns[2].lstrip("-").isdigit():
+                times.append(int(columns[2]) * time_base)
+    return sorted(times)
+
+
+def is_constant_frame_rate(path, fps: int) -> bool:
+    """True when every frame of ``path`` sits exactly on the 1/fps grid (to 1 ms)."""
+    times = video_packet_times(path)
+    if len(times) < 2:
+        return False
+    start = times[0]
+    tolerance = Fraction(1, 1000)
+    return all(abs((time - start) - Fraction(index, fps)) <= tolerance
+               for index, time in enumerate(times))

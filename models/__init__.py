@@ -1,0 +1,1 @@
+"""nn.Modules only: the 328 U-Net, SyncNet and audio encoders."""
