@@ -23,8 +23,10 @@ INNER = slice(CROP_BORDER, CROP_SIZE - CROP_BORDER)
 # Part of the 320 inner crop that the model repaints (rows/cols, in inner pixels).
 # The top rows keep the nose visible so the model sees the head pose; everything
 # from above the upper lip to below the chin is hidden and regenerated.
+# (The crop's top is the nose bridge and its side the face width, so the upper
+# lip sits near row 80 and the resting chin near row 215.)
 MASK_TOP = 64
-MASK_BOTTOM = 315
+MASK_BOTTOM = 295               # below the chin of a wide-open jaw; the neck stays real
 MASK_LEFT = 5
 MASK_RIGHT = 315
 

@@ -99,7 +99,10 @@ def probe(path) -> MediaInfo:
     banner = result.stderr.decode("utf-8", "replace")
     if "Stream #" not in banner:
         reason = last_error_line(banner)
-        if "moov atom not found" in banner:
+        head = path.open("rb").read(512)
+        if _looks_like_text(head):
+            raise UserError(f"{path} is a text file, not a readable video — give the recording itself")
+        if "moov atom not found" in banner and head[4:8] in _MP4_TOP_LEVEL_BOXES:
             raise UserError(f"{path} is truncated or damaged (moov atom not found) — "
                             "copy the complete file again or re-export it")
         raise UserError(f"{path} is not a readable video or audio file ({reason}) — "
@@ -134,6 +137,21 @@ def probe(path) -> MediaInfo:
         degrees = float(rotation.group(1) or rotation.group(2))
         info.rotation = int(round(degrees)) % 360
     return info
+
+
+# The box types an MP4/MOV file can start with; an mp4 that starts with one of
+# these but has no index was cut off, anything else was never a video.
+_MP4_TOP_LEVEL_BOXES = {b"ftyp", b"mdat", b"moov", b"free", b"wide", b"skip", b"pnot"}
+
+
+def _looks_like_text(head: bytes) -> bool:
+    if not head or b"\x00" in head:
+        return False
+    try:
+        text = head.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return all(character.isprintable() or character in "\r\n\t" for character in text)
 
 
 def video_packet_times(path) -> List[Fraction]:

@@ -1,0 +1,492 @@
+"""Preprocessing: one recording in, a training-ready dataset folder out.
+
+Stages, each complete or absent (written under a temporary name, renamed when
+done, recorded in ``.process_state.json``):
+
+1. video     constant 25 fps, rotation applied -> NAME_25fps.mp4 (skipped when
+             the source already is exactly that)
+2. frames    every frame decoded once: JPEG to full_body_img/ and face landmarks
+             to landmarks/ + landmarks.npy, frames without a face interpolated
+3. audio     aud.wav, 16 kHz mono PCM16, exactly frames x 640 samples
+4. crops     crop_boxes.npy, the temporally smoothed crop squares (data_utils/crop.py)
+5. features  aud_<asr>.npy when --asr is given (data_utils/audio_features.py)
+
+A re-run skips finished stages whose inputs are unchanged and redoes the rest,
+so Ctrl-C at any point followed by a re-run yields a complete dataset.
+"""
+import collections
+import concurrent.futures
+import json
+import logging
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+from typing import Dict, List, Optional
+
+import numpy as np
+
+from data_utils import crop
+from data_utils.atomic import atomic_directory, atomic_path, save_numpy_atomic, write_json_atomic
+from data_utils.errors import UserError
+from data_utils.ffmpeg import MediaInfo, ffmpeg_binary, is_constant_frame_rate, last_error_line, probe
+from data_utils.landmarks import create_landmarker, format_lms, interpolate_missing, missing_ranges
+from data_utils.layout import DatasetLayout
+from data_utils.timebase import ASR_CHOICES, FPS, SAMPLE_RATE, SAMPLES_PER_FRAME
+
+log = logging.getLogger("preprocess")
+
+STATE_VERSION = 1
+STAGES = ("video", "frames", "audio", "crops", "features")
+
+# Frames without a face are interpolated, up to a point: beyond these the
+# recording cannot teach a face model and the user should fix or trim it.
+MAX_MISSING_FACE_FRACTION = 0.05
+MAX_MISSING_FACE_SECONDS = 2.0
+# Decide "face too small" from the first detections instead of after the whole video.
+FACE_SIZE_CHECK_AFTER_FRAMES = 25
+
+JPEG_QUALITY = 95
+CONVERSION_CRF = 17            # visually lossless: frames are training targets
+CONVERSION_PRESET = "veryfast"
+CONVERSION_AUDIO_BITRATE = "192k"
+JPEG_WRITER_THREADS = 2
+MAX_PENDING_JPEG_WRITES = 32   # bounds memory while writer threads catch up
+FRAME_COUNT_TOLERANCE = 1      # decoded frames may differ from duration x 25 by this
+
+
+def _progress(iterable=None, **kwargs):
+    from tqdm import tqdm
+
+    kwargs.setdefault("disable", not _progress.enabled)
+    kwargs.setdefault("dynamic_ncols", True)
+    return tqdm(iterable, **kwargs)
+
+
+_progress.enabled = True
+
+
+def _format_time(seconds: float) -> str:
+    minutes, seconds = divmod(seconds, 60)
+    return f"{int(minutes)}:{seconds:05.2f}"
+
+
+# --------------------------------------------------------------------------- inputs
+
+def inspect_source(video_path: Path) -> MediaInfo:
+    """Probe the recording and reject what cannot become a dataset."""
+    info = probe(video_path)
+    if not info.has_video:
+        raise UserError(f"{video_path} has no video stream (it is an audio file) — "
+                        "give the recording of the person talking, with picture and sound")
+    if not info.has_audio:
+        raise UserError(f"{video_path} has no audio track — the model learns lip sync from the "
+                        "speech, so record or export the video with its sound")
+    if not info.duration or info.duration <= 0:
+        raise UserError(f"{video_path} reports no duration (damaged file?) — re-export the recording")
+    return info
+
+
+def source_fingerprint(path: Path) -> Dict:
+    stat = path.stat()
+    return {"file": path.name, "bytes": stat.st_size, "mtime_ns": stat.st_mtime_ns}
+
+
+# --------------------------------------------------------------------------- stage 1: video
+
+def needs_conversion(info: MediaInfo) -> bool:
+    """Re-encode unless the file already is constant 25 fps with no rotation metadata.
+
+    The container's reported frame rate is not trusted: packet timestamps are
+    checked, since phone videos are variable-frame-rate behind a nominal fps.
+    """
+    if info.rotation % 360:
+        return True
+    if info.average_fps is None or abs(info.average_fps - FPS) > 0.01:
+        return True
+    return not is_constant_frame_rate(info.path, FPS)
+
+
+def _run_with_progress(command: List[str], duration: float, description: str, subject: Path) -> None:
+    """Run ffmpeg showing its progress over ``duration`` seconds; errors become one line."""
+    with tempfile.TemporaryFile() as stderr_file:
+        process = subprocess.Popen(command + ["-progress", "pipe:1", "-nostats"],
+                                   stdout=subprocess.PIPE, stderr=stderr_file)
+        try:
+            with _progress(total=round(duration, 2), desc=description, unit="s",
+                           bar_format="{l_bar}{bar}| {n:.1f}/{total:.1f} s [{elapsed}<{remaining}]") as bar:
+                for raw_line in process.stdout:
+                    key, _, value = raw_line.decode("utf-8", "replace").strip().partition("=")
+                    if key == "out_time_us" and value.isdigit():
+                        bar.n = min(int(value) / 1e6, bar.total)
+                        bar.refresh()
+            process.wait()
+        except BaseException:
+            process.kill()
+            process.wait()
+            raise
+        if process.returncode != 0:
+            stderr_file.seek(0)
+            detail = last_error_line(stderr_file.read().decode("utf-8", "replace"))
+            raise UserError(f"{subject}: ffmpeg could not convert it to 25 fps ({detail}) — "
+                            "check that the file plays and is complete")
+
+
+def convert_to_25fps(info: MediaInfo, output: Path) -> None:
+    """Constant-25-fps H.264 copy of the recording with the rotation baked in.
+
+    The ``fps`` filter picks frames by timestamp, which is what makes variable
+    frame rate sources come out right; ffmpeg applies the rotation metadata
+    while decoding, and the re-encoded stream carries none.
+    """
+    with atomic_path(output) as temporary:
+        command = [ffmpeg_binary(), "-hide_banner", "-nostdin", "-loglevel", "error", "-y",
+                   "-i", str(info.path), "-map", "0:v:0", "-map", "0:a:0",
+                   "-vf", f"fps={FPS}", "-r", str(FPS),
+                   "-c:v", "libx264", "-preset", CONVERSION_PRESET, "-crf", str(CONVERSION_CRF),
+                   "-pix_fmt", "yuv420p", "-c:a", "aac", "-b:a", CONVERSION_AUDIO_BITRATE,
+                   "-movflags", "+faststart", "-f", "mp4", str(temporary)]
+        _run_with_progress(command, info.duration, "convert to 25 fps", info.path)
+
+
+# --------------------------------------------------------------------------- stage 2: frames
+
+class FrameReader:
+    """Decoded BGR frames of a video, streamed from ffmpeg (each frame decoded once)."""
+
+    def __init__(self, info: MediaInfo):
+        self.info = info
+        self.width, self.height = info.display_size
+        self._stderr = tempfile.TemporaryFile()
+        self._process = subprocess.Popen(
+            [ffmpeg_binary(), "-hide_banner", "-nostdin", "-loglevel", "error", "-i", str(info.path),
+             "-map", "0:v:0", "-f", "rawvideo", "-pix_fmt", "bgr24", "-"],
+            stdout=subprocess.PIPE, stderr=self._stderr)
+        self.frames_read = 0
+
+    def __iter__(self):
+        frame_bytes = self.width * self.height * 3
+        while True:
+            buffer = bytearray(frame_bytes)
+            view = memoryview(buffer)
+            filled = 0
+            while filled < frame_bytes:
+                count = self._process.stdout.readinto(view[filled:])
+                if not count:
+                    break
+                filled += count
+            if filled < frame_bytes:
+                return
+            self.frames_read += 1
+            yield np.frombuffer(buffer, dtype=np.uint8).reshape(self.height, self.width, 3)
+
+    def close(self) -> str:
+        """Stop ffmpeg (if still running); returns its error output. Safe to call twice."""
+        if self._process.poll() is None:
+            self._process.kill()
+        self._process.wait()
+        if not self._stderr.closed:
+            self._stderr.seek(0)
+            self._errors = self._stderr.read().decode("utf-8", "replace")
+            self._stderr.close()
+        return self._errors
+
+
+def _write_jpeg(path: Path, frame: np.ndarray) -> None:
+    import cv2
+
+    ok, encoded = cv2.imencode(".jpg", frame, [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY])
+    if not ok:
+        raise UserError(f"could not encode frame {path.name} as JPEG")
+    path.write_bytes(encoded.tobytes())
+
+
+def _missing_face_error(video: Path, found: np.ndarray) -> Optional[str]:
+    ranges = missing_ranges(found)
+    missing = int((~found).sum())
+    longest = max((last - first + 1 for first, last in ranges), default=0)
+    if missing <= MAX_MISSING_FACE_FRACTION * len(found) and longest <= MAX_MISSING_FACE_SECONDS * FPS:
+        return None
+    spans = ", ".join(f"{_format_time(first / FPS)}-{_format_time((last + 1) / FPS)}"
+                      for first, last in ranges[:8])
+    more = f" and {len(ranges) - 8} more" if len(ranges) > 8 else ""
+    return (f"{video}: no face found in {missing} of {len(found)} frames "
+            f"({100 * missing / len(found):.1f}%; at {spans}{more}) — trim those parts or "
+            f"re-record with the face visible (limits: {MAX_MISSING_FACE_FRACTION:.0%} of frames, "
+            f"{MAX_MISSING_FACE_SECONDS:g} s in a row)")
+
+
+def _check_face_size(video: Path, widths: List[float]) -> None:
+    median = float(np.median(widths))
+    if median < crop.MIN_FACE_WIDTH_PX:
+        raise UserError(f"{video}: the face is only about {median:.0f} px wide — it must be at least "
+                        f"{crop.MIN_FACE_WIDTH_PX} px; record closer to the camera or at a higher resolution")
+
+
+def extract_frames_and_landmarks(frames_info: MediaInfo, layout: DatasetLayout, backend: str,
+                                 source: MediaInfo) -> Dict:
+    """Decode once; write every frame as JPEG and its landmarks; returns the stage summary.
+
+    ``frames_info`` is the 25 fps video that is decoded, ``source`` the user's
+    recording: errors name the user's file, and the frame count is checked
+    against the duration the recording claims (a cut-off file converts fine
+    but comes out short).
+    """
+    info = source
+    expected = int(round(source.duration * FPS))
+    landmarker = create_landmarker(backend)
+    reader = FrameReader(frames_info)
+    detections: List[Optional[np.ndarray]] = []
+    widths: List[float] = []
+    pending = collections.deque()
+    try:
+        with atomic_directory(layout.frames_dir) as frames_dir, \
+                concurrent.futures.ThreadPoolExecutor(JPEG_WRITER_THREADS) as writers:
+            for index, frame in enumerate(_progress(reader, total=expected, desc="frames + landmarks",
+                                                    unit="frame")):
+                pending.append(writers.submit(_write_jpeg, frames_dir / f"{index}.jpg", frame))
+                points = landmarker.detect(frame)
+                detections.append(points)
+                if points is not None:
+                    widths.append(float(crop.face_width(points)))
+                    if len(widths) == FACE_SIZE_CHECK_AFTER_FRAMES:
+                        _check_face_size(info.path, widths)
+                while len(pending) > MAX_PENDING_JPEG_WRITES or (pending and pending[0].done()):
+                    pending.popleft().result()
+            while pending:
+                pending.popleft().result()
+            decoder_errors = reader.close()
+            count = len(detections)
+            if count == 0:
+                raise UserError(f"{info.path}: no frame could be decoded ({last_error_line(decoder_errors)}) — "
+                                "the file is damaged; copy or export it again")
+            if count < expected - FRAME_COUNT_TOLERANCE:
+                raise UserError(f"{info.path}: the video ends after {count / FPS:.2f} s although it says "
+                                f"{info.duration:.2f} s (truncated or damaged file) — copy or export it again")
+            found = np.array([points is not None for points in detections])
+            if not found.any():
+                raise UserError(f"{info.path}: no face found in any frame — the face must be visible, "
+                                f"roughly frontal and at least {crop.MIN_FACE_WIDTH_PX} px wide")
+            if len(widths) < FACE_SIZE_CHECK_AFTER_FRAMES:
+                _check_face_size(info.path, widths)
+            message = _missing_face_error(info.path, found)
+            if message:
+                raise UserError(message)
+            point_count = next(points for points in detections if points is not None).shape[0]
+            stacked = np.stack([points if points is not None else np.zeros((point_count, 2), np.float32)
+                                for points in detections])
+            landmarks = interpolate_missing(stacked, found)
+            with atomic_directory(layout.landmarks_dir) as landmarks_dir:
+                for index, points in enumerate(landmarks):
+                    (landmarks_dir / f"{index}.lms").write_text(format_lms(points))
+            save_numpy_atomic(layout.landmarks_array, landmarks)
+    finally:
+        for future in pending:
+            future.cancel()
+        reader.close()
+        landmarker.close()
+    missing = np.flatnonzero(~found)
+    return {
+        "frames": count,
+        "landmark_points": int(point_count),
+        "missing_face_frames": missing.tolist(),
+        "missing_face_ranges_s": [[first / FPS, (last + 1) / FPS] for first, last in missing_ranges(found)],
+        "face_width_px": {"median": round(float(np.median(widths)), 1),
+                          "min": round(float(np.min(widths)), 1)},
+    }
+
+
+# --------------------------------------------------------------------------- stage 3: audio
+
+def extract_audio(video: Path, output: Path, frame_count: int) -> Dict:
+    """16 kHz mono PCM16 wav cut or zero-padded to exactly ``frame_count`` video frames."""
+    import soundfile
+
+    result = subprocess.run(
+        [ffmpeg_binary(), "-hide_banner", "-nostdin", "-loglevel", "error", "-i", str(video),
+         "-map", "0:a:0", "-ac", "1", "-ar", str(SAMPLE_RATE), "-f", "f32le", "-"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    if result.returncode != 0:
+        raise UserError(f"{video}: ffmpeg could not read the audio track "
+                        f"({last_error_line(result.stderr.decode('utf-8', 'replace'))})")
+    samples = np.frombuffer(result.stdout, dtype=np.float32)
+    if samples.size == 0:
+        raise UserError(f"{video}: the audio track is empty — export the video with its sound")
+    target = frame_count * SAMPLES_PER_FRAME
+    decoded = samples.size
+    fitted = np.zeros(target, dtype=np.float32)
+    fitted[:min(target, decoded)] = samples[:target]
+    with atomic_path(output) as temporary:
+        soundfile.write(str(temporary), fitted, SAMPLE_RATE, subtype="PCM_16", format="WAV")
+    return {"samples": target, "decoded_samples": int(decoded),
+            "padded_or_cut_ms": round(1000 * (target - decoded) / SAMPLE_RATE, 1)}
+
+
+# --------------------------------------------------------------------------- stage 4: crops
+
+def compute_crop_boxes(layout: DatasetLayout) -> Dict:
+    landmarks = np.load(layout.landmarks_array)
+    boxes = crop.crop_boxes(landmarks)
+    save_numpy_atomic(layout.crop_boxes, boxes)
+    sides = boxes[:, 2] - boxes[:, 0]
+    return {"frames": len(boxes), "side_px": {"median": int(np.median(sides)), "min": int(sides.min()),
+                                             "max": int(sides.max())}}
+
+
+# --------------------------------------------------------------------------- stage 5: features
+
+def compute_features(layout: DatasetLayout, asr: str, feature_options: Dict, force: bool) -> Dict:
+    try:
+        from data_utils import audio_features
+    except ImportError as error:
+        if "audio_features" not in str(error):
+            raise
+        raise UserError(f"--asr {asr}: audio feature extraction is not available in this version "
+                        "(data_utils/audio_features.py is missing); run without --asr") from None
+    path = audio_features.prepare_dataset_features(layout.root, asr, force=force, **feature_options)
+    return {"asr": asr, "file": Path(path).name}
+
+
+# --------------------------------------------------------------------------- driver
+
+class StageState:
+    """``.process_state.json``: which stages are complete, for which source and settings."""
+
+    def __init__(self, layout: DatasetLayout, fingerprint: Dict, force: bool):
+        self.path = layout.state
+        self.fingerprint = fingerprint
+        self.stages: Dict[str, Dict] = {}
+        if not force and self.path.exists():
+            try:
+                saved = json.loads(self.path.read_text())
+            except ValueError:
+                saved = {}
+            if saved.get("version") == STATE_VERSION and saved.get("source") == fingerprint:
+                self.stages = saved.get("stages", {})
+            elif saved:
+                log.info("the source video changed since the last run: redoing every stage")
+
+    def summary_if_done(self, stage: str, settings: Dict, outputs) -> Optional[Dict]:
+        """The recorded summary when ``stage`` is complete with these settings, else None.
+
+        ``outputs(summary)`` lists the files the finished stage must have left.
+        """
+        record = self.stages.get(stage)
+        if record is None or record.get("settings") != settings:
+            return None
+        if not all(path.exists() for path in outputs(record["summary"])):
+            return None
+        return record["summary"]
+
+    def mark_done(self, stage: str, settings: Dict, summary: Dict, seconds: float) -> None:
+        self.stages[stage] = {"settings": settings, "summary": summary, "seconds": round(seconds, 2)}
+        write_json_atomic(self.path, {"version": STATE_VERSION, "source": self.fingerprint,
+                                      "stages": self.stages})
+
+    def forget_from(self, stage: str) -> None:
+        """A stage is being redone: everything after it must be redone too."""
+        for later in STAGES[STAGES.index(stage):]:
+            self.stages.pop(later, None)
+
+
+class Preprocessor:
+    """Runs the stages in order, skipping those already complete."""
+
+    def __init__(self, video_path: Path, layout: DatasetLayout, force: bool):
+        self.video_path = video_path
+        self.layout = layout
+        self.force = force
+        self.info = inspect_source(video_path)
+        layout.root.mkdir(parents=True, exist_ok=True)
+        self.state = StageState(layout, source_fingerprint(video_path), force)
+        self.redid_earlier_stage = force
+
+    def run_stage(self, stage: str, settings: Dict, outputs, work) -> Dict:
+        summary = None if self.redid_earlier_stage else self.state.summary_if_done(stage, settings, outputs)
+        if summary is not None:
+            log.info("%s: already done, skipping", stage)
+            return summary
+        self.state.forget_from(stage)
+        self.redid_earlier_stage = True
+        log.info("%s: running", stage)
+        started = time.perf_counter()
+        summary = work()
+        self.state.mark_done(stage, settings, summary, time.perf_counter() - started)
+        return summary
+
+    def video_stage(self) -> Dict:
+        converted = self.layout.video_25fps(self.video_path)
+        if not needs_conversion(self.info):
+            if converted.exists():
+                converted.unlink()  # left from an earlier source that needed it
+            return {"video": self.video_path.name, "converted": False}
+        convert_to_25fps(self.info, converted)
+        return {"video": converted.name, "converted": True}
+
+    def run(self, asr: Optional[str], landmarks_backend: str, feature_options: Dict) -> Dict:
+        layout, info = self.layout, self.info
+        video_summary = self.run_stage(
+            "video", {"fps": FPS, "crf": CONVERSION_CRF},
+            lambda summary: [layout.root / summary["video"]] if summary["converted"] else [],
+            self.video_stage)
+        if video_summary["converted"]:
+            frames_video = layout.root / video_summary["video"]
+            frames_info = probe(frames_video)
+        else:
+            frames_video, frames_info = self.video_path, info
+        frames_summary = self.run_stage(
+            "frames", {"backend": landmarks_backend, "jpeg_quality": JPEG_QUALITY},
+            lambda summary: [layout.frames_dir, layout.landmarks_dir, layout.landmarks_array],
+            lambda: extract_frames_and_landmarks(frames_info, layout, landmarks_backend, info))
+        frame_count = frames_summary["frames"]
+        audio_summary = self.run_stage(
+            "audio", {"sample_rate": SAMPLE_RATE, "frames": frame_count},
+            lambda summary: [layout.audio_wav],
+            lambda: extract_audio(frames_video, layout.audio_wav, frame_count))
+        crops_summary = self.run_stage(
+            "crops", {"sigma": crop.CROP_SMOOTHING_SIGMA_FRAMES, "crop_size": crop.CROP_SIZE},
+            lambda summary: [layout.crop_boxes], lambda: compute_crop_boxes(layout))
+        features_summary = None
+        if asr:
+            features_summary = self.run_stage(
+                "features", {"asr": asr, **{key: str(value) for key, value in feature_options.items()}},
+                lambda summary: [layout.root / summary["file"]],
+                lambda: compute_features(layout, asr, feature_options, self.redid_earlier_stage))
+        report = {
+            "name": layout.name,
+            "source": {"file": self.video_path.name, "width": info.width, "height": info.height,
+                       "reported_fps": info.average_fps, "rotation": info.rotation,
+                       "duration_s": info.duration},
+            "video": frames_video.name,
+            "converted_to_25fps": video_summary["converted"],
+            "fps": FPS,
+            "frames": frame_count,
+            "duration_s": round(frame_count / FPS, 3),
+            "audio": {"file": layout.audio_wav.name, "sample_rate": SAMPLE_RATE, **audio_summary},
+            "landmarks": {"backend": landmarks_backend, "points": frames_summary["landmark_points"]},
+            "face_width_px": frames_summary["face_width_px"],
+            "missing_face": {"count": len(frames_summary["missing_face_frames"]),
+                             "frames": frames_summary["missing_face_frames"],
+                             "ranges_s": frames_summary["missing_face_ranges_s"]},
+            "crop_boxes": {"file": layout.crop_boxes.name, **crops_summary},
+            "features": features_summary,
+            "stage_seconds": {stage: record["seconds"] for stage, record in self.state.stages.items()},
+        }
+        write_json_atomic(layout.report, report)
+        return report
+
+
+def process_video(video_path, output_dir=None, asr: Optional[str] = None,
+                  landmarks_backend: str = "mediapipe", force: bool = False,
+                  feature_options: Optional[Dict] = None, show_progress: bool = True) -> Dict:
+    """Turn ``video_path`` into a dataset folder; returns the report (also written as JSON).
+
+    ``feature_options`` go to the audio-feature stage (ave_checkpoint, hubert_model,
+    wenet_model, device).
+    """
+    _progress.enabled = show_progress
+    if asr is not None and asr not in ASR_CHOICES:
+        raise UserError(f"unknown --asr {asr!r} — choose one of: {', '.join(ASR_CHOICES)}")
+    video_path = Path(video_path)
+    layout = DatasetLayout.for_video(video_path, output_dir)
+    return Preprocessor(video_path, layout, force).run(asr, landmarks_backend, feature_options or {})

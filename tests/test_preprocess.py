@@ -1,0 +1,325 @@
+"""Preprocessing: recording -> dataset folder (issue: preprocessing)."""
+import json
+import shutil
+
+import cv2
+import numpy as np
+import pytest
+import soundfile
+
+from data_utils import crop, preprocess
+from data_utils.ffmpeg import is_constant_frame_rate, probe
+from data_utils.landmarks import MediapipeLandmarker, parse_lms
+from data_utils.process import main as process_main
+from data_utils.timebase import FPS, SAMPLE_RATE, SAMPLES_PER_FRAME
+from tests.conftest import CLIP, CLIP_FRAMES_25FPS, CLIP_TRUTH, HELDOUT_WAV, ffmpeg
+
+
+def user_error_line(capsys, argv) -> str:
+    """Run the CLI expecting a user error; returns its single stderr line."""
+    with pytest.raises(SystemExit) as exit_info:
+        process_main(argv)
+    assert exit_info.value.code == 2
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
+    assert len(lines) == 1, lines
+    return lines[0]
+
+
+def make_25fps_clip(target, video_filter="fps=25", extra=()):
+    ffmpeg("-i", CLIP, "-vf", video_filter, "-c:v", "libx264", "-crf", "18", "-c:a", "aac", *extra, target)
+    return target
+
+
+# ---------------------------------------------------------------------------- the main path
+
+def test_clip_becomes_a_complete_dataset(processed_clip):
+    root = processed_clip
+    report = json.loads((root / "process_report.json").read_text())
+    converted = root / "talker_25fps.mp4"
+    assert converted.exists(), "a 30 fps source must be converted"
+    assert report["converted_to_25fps"] and report["video"] == converted.name
+    frames = report["frames"]
+    assert frames == CLIP_FRAMES_25FPS
+    info = probe(converted)
+    assert abs(frames - info.duration * FPS) <= 1
+    assert is_constant_frame_rate(converted, FPS)
+
+    audio_info = soundfile.info(str(root / "aud.wav"))
+    assert (audio_info.samplerate, audio_info.channels, audio_info.subtype) == (SAMPLE_RATE, 1, "PCM_16")
+    assert audio_info.frames == frames * SAMPLES_PER_FRAME
+
+    jpgs = sorted(path.name for path in (root / "full_body_img").iterdir())
+    assert jpgs == sorted(f"{index}.jpg" for index in range(frames))
+    assert cv2.imread(str(root / "full_body_img" / "57.jpg")).shape == (512, 512, 3)
+
+    landmarks = np.load(root / "landmarks.npy")
+    assert landmarks.shape == (frames, 478, 2)
+    lms_files = sorted((root / "landmarks").iterdir())
+    assert len(lms_files) == frames
+    from_text = parse_lms((root / "landmarks" / "42.lms").read_text())
+    assert from_text.shape == (478, 2)
+    np.testing.assert_allclose(from_text, landmarks[42], atol=0.006)
+
+    boxes = np.load(root / "crop_boxes.npy")
+    assert boxes.shape == (frames, 4) and boxes.dtype == np.int32
+    np.testing.assert_array_equal(boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1])
+    assert report["missing_face"] == {"count": 0, "frames": [], "ranges_s": []}
+    assert set(report["stage_seconds"]) == {"video", "frames", "audio", "crops"}
+    assert 150 < report["face_width_px"]["median"] < 250
+
+
+def test_landmarks_match_the_true_lip_positions(processed_clip):
+    truth = np.load(CLIP_TRUTH)
+    landmarks = np.load(processed_clip / "landmarks.npy")
+    error = np.linalg.norm(landmarks[:, truth["lips_idx"]] - truth["lips_xy"], axis=-1)
+    assert error.mean() < 3.0, f"mean lip landmark error {error.mean():.2f} px"
+    # The mouth opening the detector sees follows the true jaw motion.
+    gap = landmarks[:, crop.MEDIAPIPE.lower_inner_lip, 1] - landmarks[:, crop.MEDIAPIPE.upper_inner_lip, 1]
+    assert np.corrcoef(gap, truth["jaw_open"])[0, 1] > 0.8
+
+
+def test_audio_is_aligned_with_the_source(processed_clip):
+    """aud.wav starts where the recording's sound starts (no offset from conversion)."""
+    from data_utils.ffmpeg import ffmpeg_binary
+    import subprocess
+
+    decoded = subprocess.run([ffmpeg_binary(), "-loglevel", "error", "-i", str(CLIP), "-f", "f32le",
+                              "-ac", "1", "-ar", str(SAMPLE_RATE), "-"], capture_output=True, check=True)
+    source = np.frombuffer(decoded.stdout, np.float32)
+    extracted, _ = soundfile.read(str(processed_clip / "aud.wav"), dtype="float32")
+    span = slice(SAMPLE_RATE // 2, SAMPLE_RATE * 3)
+    lags = range(-160, 161, 8)
+    scores = [np.dot(source[span], np.roll(extracted, -lag)[span]) for lag in lags]
+    assert abs(list(lags)[int(np.argmax(scores))]) <= 8, "audio shifted by more than 0.5 ms"
+
+
+def test_crop_boxes_are_smoothed_but_follow_the_face(processed_clip):
+    landmarks = np.load(processed_clip / "landmarks.npy")
+    raw = crop.raw_crop_boxes(landmarks)
+    smoothed = np.load(processed_clip / "crop_boxes.npy").astype(float)
+    smoothed_rows = np.stack([(smoothed[:, 0] + smoothed[:, 2]) / 2, smoothed[:, 1],
+                              smoothed[:, 2] - smoothed[:, 0]], axis=1)
+    jitter_raw = np.abs(np.diff(raw, n=2, axis=0)).mean()
+    jitter_smoothed = np.abs(np.diff(smoothed_rows, n=2, axis=0)).mean()
+    assert jitter_smoothed < 0.6 * jitter_raw
+    assert np.abs(smoothed_rows - raw).max() < 4.0
+
+
+def test_cli_short_and_long_forms_with_spaces_and_non_ascii(tmp_path, capsys):
+    folder = tmp_path / "my clips" / "Zoë Ünal"
+    folder.mkdir(parents=True)
+    video = folder / "Zoë Ünal.mp4"
+    shutil.copy(CLIP, video)
+    report = process_main([str(video), "--quiet"])
+    assert report["frames"] == CLIP_FRAMES_25FPS
+    assert (folder / "Zoë Ünal_25fps.mp4").exists() and (folder / "full_body_img" / "99.jpg").exists()
+    assert "dataset ready" in capsys.readouterr().out
+
+    elsewhere = tmp_path / "out dir"
+    report = process_main(["--input_video", str(video), "--output_dir", str(elsewhere), "--quiet"])
+    assert (elsewhere / "aud.wav").exists() and (elsewhere / "landmarks" / "99.lms").exists()
+
+
+# ---------------------------------------------------------------------------- resumable
+
+def test_rerun_skips_finished_stages(processed_copy, monkeypatch):
+    def must_not_run(*args, **kwargs):
+        raise AssertionError("a finished stage ran again")
+
+    for stage_function in ("convert_to_25fps", "extract_frames_and_landmarks", "extract_audio",
+                           "compute_crop_boxes"):
+        monkeypatch.setattr(preprocess, stage_function, must_not_run)
+    report = preprocess.process_video(processed_copy / "talker.mp4", show_progress=False)
+    assert report["frames"] == CLIP_FRAMES_25FPS
+
+
+def test_force_redoes_every_stage(processed_copy):
+    wav = processed_copy / "aud.wav"
+    before = wav.stat().st_mtime_ns
+    state_before = json.loads((processed_copy / ".process_state.json").read_text())
+    report = preprocess.process_video(processed_copy / "talker.mp4", force=True, show_progress=False)
+    assert wav.stat().st_mtime_ns != before
+    assert report["frames"] == CLIP_FRAMES_25FPS
+    assert set(json.loads((processed_copy / ".process_state.json").read_text())["stages"]) == \
+        set(state_before["stages"])
+
+
+def test_interrupted_stage_is_redone_and_the_result_is_complete(processed_clip, tmp_path, monkeypatch):
+    root = tmp_path / "talker"
+    root.mkdir()
+    shutil.copy(CLIP, root / "talker.mp4")
+    original_detect = MediapipeLandmarker.detect
+    calls = {"count": 0}
+
+    def detect_then_interrupt(self, frame):
+        calls["count"] += 1
+        if calls["count"] == 50:
+            raise KeyboardInterrupt
+        return original_detect(self, frame)
+
+    monkeypatch.setattr(MediapipeLandmarker, "detect", detect_then_interrupt)
+    with pytest.raises(KeyboardInterrupt):
+        preprocess.process_video(root / "talker.mp4", show_progress=False)
+    # Nothing half-made is left under a final name, and the state says frames are not done.
+    assert not (root / "full_body_img").exists() and not (root / "landmarks").exists()
+    state = json.loads((root / ".process_state.json").read_text())
+    assert set(state["stages"]) == {"video"}
+    # A hard kill leaves its temporary folder behind: the re-run must not be confused by it.
+    (root / ".full_body_img.partial").mkdir()
+    (root / ".full_body_img.partial" / "0.jpg").write_bytes(b"junk")
+
+    monkeypatch.setattr(MediapipeLandmarker, "detect", original_detect)
+    monkeypatch.setattr(preprocess, "convert_to_25fps",
+                        lambda *a, **k: (_ for _ in ()).throw(AssertionError("video stage redone")))
+    report = preprocess.process_video(root / "talker.mp4", show_progress=False)
+    assert report["frames"] == CLIP_FRAMES_25FPS
+    assert len(list((root / "full_body_img").iterdir())) == CLIP_FRAMES_25FPS
+    assert not (root / ".full_body_img.partial").exists()
+    np.testing.assert_allclose(np.load(root / "landmarks.npy"), np.load(processed_clip / "landmarks.npy"),
+                               atol=1e-3)
+    np.testing.assert_array_equal(np.load(root / "crop_boxes.npy"), np.load(processed_clip / "crop_boxes.npy"))
+
+
+def test_changed_source_is_processed_again(processed_copy):
+    video = processed_copy / "talker.mp4"
+    make_25fps_clip(processed_copy / "other.mp4", "fps=25,hflip")
+    shutil.move(processed_copy / "other.mp4", video)
+    report = preprocess.process_video(video, show_progress=False)
+    assert not report["converted_to_25fps"]
+    assert not (processed_copy / "talker_25fps.mp4").exists()
+    flipped = np.load(processed_copy / "landmarks.npy")
+    assert flipped.shape[0] == CLIP_FRAMES_25FPS
+
+
+# ---------------------------------------------------------------------------- frame rates, rotation
+
+def test_constant_25fps_source_is_used_as_is(tmp_path):
+    video = make_25fps_clip(tmp_path / "cfr.mp4")
+    report = preprocess.process_video(video, show_progress=False)
+    assert not report["converted_to_25fps"] and report["video"] == "cfr.mp4"
+    assert not (tmp_path / "cfr_25fps.mp4").exists()
+    assert report["frames"] == CLIP_FRAMES_25FPS
+
+
+def test_variable_frame_rate_source_keeps_its_timing(tmp_path):
+    """Frames come from their timestamps, not their count: a VFR phone video stays in sync."""
+    video = tmp_path / "vfr.mp4"
+    # 30 fps for the first 2 s, then only every third frame (10 fps), timestamps kept.
+    ffmpeg("-i", CLIP, "-vf", "select='lt(t\\,2)+not(mod(n\\,3))'", "-fps_mode", "vfr",
+           "-c:v", "libx264", "-crf", "18", "-c:a", "copy", video)
+    assert not is_constant_frame_rate(video, 30)
+    report = preprocess.process_video(video, show_progress=False)
+    assert report["converted_to_25fps"]
+    assert abs(report["frames"] - probe(video).duration * FPS) <= 1
+    truth = np.load(CLIP_TRUTH)
+    landmarks = np.load(tmp_path / "landmarks.npy")
+    frames = min(len(landmarks), len(truth["lips_xy"]))
+    error = np.linalg.norm(landmarks[:frames, truth["lips_idx"]] - truth["lips_xy"][:frames], axis=-1)
+    # Up to 1/20 s of held frames in the 10 fps part; counting frames instead of
+    # reading timestamps would put the last second 0.7 s off.
+    assert error[75:].mean() < 4.0, error[75:].mean()
+
+
+def test_rotation_metadata_is_applied(tmp_path):
+    sideways = tmp_path / "sideways.mp4"
+    ffmpeg("-i", CLIP, "-vf", "crop=512:384:0:64,transpose=1", "-c:v", "libx264", "-c:a", "copy", sideways)
+    rotated = tmp_path / "rotated.mp4"
+    ffmpeg("-display_rotation", "90", "-i", sideways, "-c", "copy", rotated)
+    assert probe(rotated).rotation == 90
+    report = preprocess.process_video(rotated, show_progress=False)
+    assert report["converted_to_25fps"]
+    assert probe(tmp_path / "rotated_25fps.mp4").rotation == 0
+    frame = cv2.imread(str(tmp_path / "full_body_img" / "0.jpg"))
+    assert frame.shape == (384, 512, 3)
+    landmarks = np.load(tmp_path / "landmarks.npy")
+    # Upright face: the nose is above the mouth.
+    assert (landmarks[:, crop.MEDIAPIPE.nose_tip, 1] < landmarks[:, crop.MEDIAPIPE.upper_inner_lip, 1]).all()
+    assert report["missing_face"]["count"] == 0
+
+
+# ---------------------------------------------------------------------------- missing faces
+
+def test_a_few_faceless_frames_are_interpolated_and_reported(tmp_path):
+    video = make_25fps_clip(tmp_path / "gap.mp4",
+                            "fps=25,drawbox=x=0:y=0:w=iw:h=ih:color=black:t=fill:enable='between(n\\,40\\,42)'")
+    report = preprocess.process_video(video, show_progress=False)
+    assert report["missing_face"]["frames"] == [40, 41, 42]
+    assert report["missing_face"]["ranges_s"] == [[1.6, 1.72]]
+    landmarks = np.load(tmp_path / "landmarks.npy")
+    expected = landmarks[39] + (landmarks[43] - landmarks[39]) * 0.5
+    np.testing.assert_allclose(landmarks[41], expected, atol=0.01)
+
+
+def test_too_many_faceless_frames_stop_with_their_times(tmp_path, capsys):
+    video = make_25fps_clip(tmp_path / "gap.mp4",
+                            "fps=25,drawbox=x=0:y=0:w=iw:h=ih:color=black:t=fill:enable='between(n\\,40\\,49)'")
+    line = user_error_line(capsys, [str(video), "--quiet"])
+    assert str(video) in line and "no face found in 10 of 100 frames" in line
+    assert "0:01.60-0:02.00" in line
+    assert not (tmp_path / "full_body_img").exists()
+
+
+# ---------------------------------------------------------------------------- bad input
+
+def test_missing_file(tmp_path, capsys):
+    line = user_error_line(capsys, [str(tmp_path / "nobody.mp4")])
+    assert "nobody.mp4 does not exist" in line
+
+
+def test_text_file_named_mp4(tmp_path, capsys):
+    fake = tmp_path / "notes.mp4"
+    fake.write_text("this is not a video\n")
+    line = user_error_line(capsys, [str(fake)])
+    assert "notes.mp4 is a text file, not a readable video" in line
+    binary = tmp_path / "noise.mp4"
+    binary.write_bytes(bytes(range(256)) * 8)
+    line = user_error_line(capsys, [str(binary)])
+    assert "noise.mp4" in line and "not a readable video" in line
+
+
+def test_video_without_audio(tmp_path, capsys):
+    silent = tmp_path / "mute.mp4"
+    ffmpeg("-i", CLIP, "-an", "-c:v", "copy", silent)
+    line = user_error_line(capsys, [str(silent)])
+    assert "mute.mp4 has no audio track" in line
+
+
+def test_audio_only_file(tmp_path, capsys):
+    audio = tmp_path / "voice.m4a"
+    ffmpeg("-i", HELDOUT_WAV, "-c:a", "aac", audio)
+    line = user_error_line(capsys, [str(audio)])
+    assert "voice.m4a has no video stream" in line
+
+
+def test_truncated_mp4(tmp_path, capsys):
+    truncated = tmp_path / "cut.mp4"
+    data = CLIP.read_bytes()
+    truncated.write_bytes(data[: len(data) * 6 // 10])
+    line = user_error_line(capsys, [str(truncated)])
+    assert "cut.mp4" in line and "truncated" in line
+
+
+def test_truncated_streamable_mp4(tmp_path, capsys):
+    """With the index at the front the file opens, but its frames end early."""
+    streamable = tmp_path / "fast.mp4"
+    make_25fps_clip(streamable, extra=("-movflags", "+faststart"))
+    data = streamable.read_bytes()
+    streamable.write_bytes(data[: len(data) // 2])
+    line = user_error_line(capsys, [str(streamable), "--quiet"])
+    assert "fast.mp4" in line and "truncated" in line
+
+
+def test_video_without_a_face(tmp_path, capsys):
+    faceless = tmp_path / "wall.mp4"
+    ffmpeg("-f", "lavfi", "-i", "testsrc2=size=320x240:rate=25:duration=2", "-f", "lavfi",
+           "-i", "sine=frequency=220:duration=2", "-c:v", "libx264", "-c:a", "aac", "-shortest", faceless)
+    line = user_error_line(capsys, [str(faceless), "--quiet"])
+    assert "wall.mp4: no face found in any frame" in line
+
+
+def test_face_too_small(tmp_path, capsys):
+    small = tmp_path / "far.mp4"
+    ffmpeg("-i", CLIP, "-t", "2", "-vf", "scale=150:150,pad=512:512:(ow-iw)/2:(oh-ih)/2",
+           "-c:v", "libx264", "-c:a", "aac", small)
+    line = user_error_line(capsys, [str(small), "--quiet"])
+    assert "far.mp4" in line and "px wide" in line and "at least 80 px" in line
