@@ -51,6 +51,10 @@ class DatasetLayout:
         return self.root / "landmarks.npy"
 
     @property
+    def face_found(self) -> Path:          # (N,) bool: False where landmarks were interpolated
+        return self.root / "face_found.npy"
+
+    @property
     def crop_boxes(self) -> Path:          # (N, 4) int32 smoothed (x0, y0, x1, y1), data_utils/crop.py
         return self.root / "crop_boxes.npy"
 

@@ -201,19 +201,20 @@ def _write_jpeg(path: Path, frame: np.ndarray) -> None:
     path.write_bytes(encoded.tobytes())
 
 
-def _missing_face_error(video: Path, found: np.ndarray) -> Optional[str]:
+def _missing_face_error(video: Path, found: np.ndarray, max_fraction: float,
+                        max_seconds: float) -> Optional[str]:
     ranges = missing_ranges(found)
     missing = int((~found).sum())
     longest = max((last - first + 1 for first, last in ranges), default=0)
-    if missing <= MAX_MISSING_FACE_FRACTION * len(found) and longest <= MAX_MISSING_FACE_SECONDS * FPS:
+    if missing <= max_fraction * len(found) and longest <= max_seconds * FPS:
         return None
     spans = ", ".join(f"{_format_time(first / FPS)}-{_format_time((last + 1) / FPS)}"
                       for first, last in ranges[:8])
     more = f" and {len(ranges) - 8} more" if len(ranges) > 8 else ""
     return (f"{video}: no face found in {missing} of {len(found)} frames "
             f"({100 * missing / len(found):.1f}%; at {spans}{more}) — trim those parts or "
-            f"re-record with the face visible (limits: {MAX_MISSING_FACE_FRACTION:.0%} of frames, "
-            f"{MAX_MISSING_FACE_SECONDS:g} s in a row)")
+            f"re-record with the face visible (limits: {max_fraction:.0%} of frames, "
+            f"{max_seconds:g} s in a row; see --max_missing_fraction / --max_missing_seconds)")
 
 
 def _check_face_size(video: Path, widths: List[float]) -> None:
@@ -224,7 +225,8 @@ def _check_face_size(video: Path, widths: List[float]) -> None:
 
 
 def extract_frames_and_landmarks(frames_info: MediaInfo, layout: DatasetLayout, backend: str,
-                                 source: MediaInfo) -> Dict:
+                                 source: MediaInfo, max_missing_fraction: float = MAX_MISSING_FACE_FRACTION,
+                                 max_missing_seconds: float = MAX_MISSING_FACE_SECONDS) -> Dict:
     """Decode once; write every frame as JPEG and its landmarks; returns the stage summary.
 
     ``frames_info`` is the 25 fps video that is decoded, ``source`` the user's
@@ -269,7 +271,7 @@ def extract_frames_and_landmarks(frames_info: MediaInfo, layout: DatasetLayout, 
                                 f"roughly frontal and at least {crop.MIN_FACE_WIDTH_PX} px wide")
             if len(widths) < FACE_SIZE_CHECK_AFTER_FRAMES:
                 _check_face_size(info.path, widths)
-            message = _missing_face_error(info.path, found)
+            message = _missing_face_error(info.path, found, max_missing_fraction, max_missing_seconds)
             if message:
                 raise UserError(message)
             point_count = next(points for points in detections if points is not None).shape[0]
@@ -280,6 +282,7 @@ def extract_frames_and_landmarks(frames_info: MediaInfo, layout: DatasetLayout, 
                 for index, points in enumerate(landmarks):
                     (landmarks_dir / f"{index}.lms").write_text(format_lms(points))
             save_numpy_atomic(layout.landmarks_array, landmarks)
+            save_numpy_atomic(layout.face_found, found)
     finally:
         for future in pending:
             future.cancel()
@@ -392,7 +395,11 @@ class StageState:
 class Preprocessor:
     """Runs the stages in order, skipping those already complete."""
 
-    def __init__(self, video_path: Path, layout: DatasetLayout, force: bool):
+    def __init__(self, video_path: Path, layout: DatasetLayout, force: bool,
+                 max_missing_fraction: float = MAX_MISSING_FACE_FRACTION,
+                 max_missing_seconds: float = MAX_MISSING_FACE_SECONDS):
+        self.missing_limits = {"max_missing_fraction": max_missing_fraction,
+                               "max_missing_seconds": max_missing_seconds}
         self.video_path = video_path
         self.layout = layout
         self.force = force
@@ -435,9 +442,10 @@ class Preprocessor:
         else:
             frames_video, frames_info = self.video_path, info
         frames_summary = self.run_stage(
-            "frames", {"backend": landmarks_backend, "jpeg_quality": JPEG_QUALITY},
-            lambda summary: [layout.frames_dir, layout.landmarks_dir, layout.landmarks_array],
-            lambda: extract_frames_and_landmarks(frames_info, layout, landmarks_backend, info))
+            "frames", {"backend": landmarks_backend, "jpeg_quality": JPEG_QUALITY, **self.missing_limits},
+            lambda summary: [layout.frames_dir, layout.landmarks_dir, layout.landmarks_array, layout.face_found],
+            lambda: extract_frames_and_landmarks(frames_info, layout, landmarks_backend, info,
+                                                 **self.missing_limits))
         frame_count = frames_summary["frames"]
         audio_summary = self.run_stage(
             "audio", {"sample_rate": SAMPLE_RATE, "frames": frame_count},
@@ -478,7 +486,9 @@ class Preprocessor:
 
 def process_video(video_path, output_dir=None, asr: Optional[str] = None,
                   landmarks_backend: str = "mediapipe", force: bool = False,
-                  feature_options: Optional[Dict] = None, show_progress: bool = True) -> Dict:
+                  feature_options: Optional[Dict] = None, show_progress: bool = True,
+                  max_missing_fraction: float = MAX_MISSING_FACE_FRACTION,
+                  max_missing_seconds: float = MAX_MISSING_FACE_SECONDS) -> Dict:
     """Turn ``video_path`` into a dataset folder; returns the report (also written as JSON).
 
     ``feature_options`` go to the audio-feature stage (ave_checkpoint, hubert_model,
@@ -489,4 +499,5 @@ def process_video(video_path, output_dir=None, asr: Optional[str] = None,
         raise UserError(f"unknown --asr {asr!r} — choose one of: {', '.join(ASR_CHOICES)}")
     video_path = Path(video_path)
     layout = DatasetLayout.for_video(video_path, output_dir)
-    return Preprocessor(video_path, layout, force).run(asr, landmarks_backend, feature_options or {})
+    preprocessor = Preprocessor(video_path, layout, force, max_missing_fraction, max_missing_seconds)
+    return preprocessor.run(asr, landmarks_backend, feature_options or {})

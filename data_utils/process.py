@@ -14,6 +14,8 @@ if __package__ in (None, ""):  # run as a file: make the repository importable
 
 from data_utils.errors import UserError, exit_on_user_error  # noqa: E402
 from data_utils.landmarks import BACKENDS  # noqa: E402
+from data_utils.preprocess import (MAX_MISSING_FACE_FRACTION, MAX_MISSING_FACE_SECONDS,  # noqa: E402
+                                   process_video)
 from data_utils.timebase import ASR_CHOICES  # noqa: E402
 
 
@@ -30,6 +32,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--hubert_model", help="HuBERT model: local folder or hub id")
     parser.add_argument("--wenet_model", help="WeNet encoder exported to ONNX")
     parser.add_argument("--device", default="cpu", help="device for audio features: cpu | cuda (default cpu)")
+    parser.add_argument("--max_missing_fraction", type=float, default=MAX_MISSING_FACE_FRACTION,
+                        help="stop if more than this fraction of frames has no face (default %(default)s)")
+    parser.add_argument("--max_missing_seconds", type=float, default=MAX_MISSING_FACE_SECONDS,
+                        help="stop if the face is missing longer than this in a row (default %(default)s)")
     parser.add_argument("--force", action="store_true", help="redo every stage")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     return parser
@@ -45,15 +51,14 @@ def main(argv=None) -> dict:
         raise UserError("no video given — usage: python data_utils/process.py dataset/NAME/NAME.mp4")
     logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO,
                         format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
-    from data_utils.preprocess import process_video
-
     feature_options = {key: getattr(args, key) for key in ("ave_checkpoint", "hubert_model", "wenet_model")
                        if getattr(args, key)}
     if args.asr:
         feature_options["device"] = args.device
     report = process_video(video, args.output_dir, asr=args.asr, landmarks_backend=args.landmarks,
                            force=args.force, feature_options=feature_options,
-                           show_progress=not args.quiet)
+                           show_progress=not args.quiet, max_missing_fraction=args.max_missing_fraction,
+                           max_missing_seconds=args.max_missing_seconds)
     missing = report["missing_face"]
     print(f"dataset ready: {Path(args.output_dir or Path(video).parent)} — {report['frames']} frames "
           f"({report['duration_s']:.2f} s at {report['fps']} fps), faces interpolated in "

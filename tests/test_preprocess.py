@@ -245,6 +245,8 @@ def test_a_few_faceless_frames_are_interpolated_and_reported(tmp_path):
     report = preprocess.process_video(video, show_progress=False)
     assert report["missing_face"]["frames"] == [40, 41, 42]
     assert report["missing_face"]["ranges_s"] == [[1.6, 1.72]]
+    found = np.load(tmp_path / "face_found.npy")
+    assert found.dtype == bool and np.flatnonzero(~found).tolist() == [40, 41, 42]
     landmarks = np.load(tmp_path / "landmarks.npy")
     expected = landmarks[39] + (landmarks[43] - landmarks[39]) * 0.5
     np.testing.assert_allclose(landmarks[41], expected, atol=0.01)
@@ -257,6 +259,9 @@ def test_too_many_faceless_frames_stop_with_their_times(tmp_path, capsys):
     assert str(video) in line and "no face found in 10 of 100 frames" in line
     assert "0:01.60-0:02.00" in line
     assert not (tmp_path / "full_body_img").exists()
+    # A user who knows better can raise the limits.
+    report = process_main([str(video), "--quiet", "--max_missing_fraction", "0.2"])
+    assert report["missing_face"]["count"] == 10
 
 
 # ---------------------------------------------------------------------------- bad input
@@ -323,3 +328,57 @@ def test_face_too_small(tmp_path, capsys):
            "-c:v", "libx264", "-c:a", "aac", small)
     line = user_error_line(capsys, [str(small), "--quiet"])
     assert "far.mp4" in line and "px wide" in line and "at least 80 px" in line
+
+
+# ---------------------------------------------------------------------------- optional backend
+
+def _fake_face_alignment_module():
+    """A stand-in for the face-alignment package (whose weights need the internet):
+    it answers with the iBUG-68 points of the mediapipe mesh, so the 68-point path
+    of the pipeline runs on real face positions."""
+    import types
+
+    # mediapipe mesh index closest to each iBUG-68 point
+    ibug_from_mesh = [127, 234, 93, 132, 58, 172, 136, 150, 152, 379, 365, 397, 288, 361, 323, 454, 356,
+                      70, 63, 105, 66, 107, 336, 296, 334, 293, 300, 168, 197, 5, 4, 75, 97, 2, 326, 305,
+                      33, 160, 158, 133, 153, 144, 362, 385, 387, 263, 373, 380, 61, 39, 37, 0, 267, 269,
+                      291, 405, 314, 17, 84, 181, 78, 82, 13, 312, 308, 317, 14, 87]
+    mesh = MediapipeLandmarker()
+
+    class FaceAlignment:
+        def __init__(self, landmarks_type, device="cpu", flip_input=False):
+            self.device = device
+
+        def get_landmarks_from_image(self, rgb):
+            points = mesh.detect(np.ascontiguousarray(rgb[..., ::-1]))
+            return None if points is None else [points[ibug_from_mesh]]
+
+    return types.SimpleNamespace(FaceAlignment=FaceAlignment,
+                                 LandmarksType=types.SimpleNamespace(TWO_D="2D"))
+
+
+def test_face_alignment_backend_gives_a_68_point_dataset(tmp_path, monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "face_alignment", _fake_face_alignment_module())
+    video = make_25fps_clip(tmp_path / "fa.mp4")
+    report = process_main([str(video), "--landmarks", "face_alignment", "--quiet"])
+    assert report["landmarks"] == {"backend": "face_alignment", "points": 68}
+    landmarks = np.load(tmp_path / "landmarks.npy")
+    assert landmarks.shape == (CLIP_FRAMES_25FPS, 68, 2)
+    assert len((tmp_path / "landmarks" / "0.lms").read_text().splitlines()) == 68
+    boxes = np.load(tmp_path / "crop_boxes.npy")
+    expected_side = np.median(crop.face_width(landmarks))
+    assert abs(np.median(boxes[:, 2] - boxes[:, 0]) - expected_side) <= 2
+    # Switching the backend back redoes the landmark stages.
+    report = process_main([str(video), "--quiet"])
+    assert report["landmarks"]["points"] == 478
+
+
+def test_face_alignment_backend_missing_says_how_to_install(tmp_path, monkeypatch, capsys):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "face_alignment", None)
+    video = make_25fps_clip(tmp_path / "fa.mp4")
+    line = user_error_line(capsys, [str(video), "--landmarks", "face_alignment", "--quiet"])
+    assert "pip install face-alignment" in line and "--landmarks mediapipe" in line

@@ -1,0 +1,125 @@
+"""Audio in: any file FFmpeg reads becomes 16 kHz mono float32, and the one
+definition of the AVE mel spectrogram.
+
+Loading pipes raw little-endian float32 out of FFmpeg, which decodes, downmixes
+(``-ac 1`` averages the channels) and resamples in one pass, so wav, mp3, m4a,
+flac and video files with an audio track all take the same path.
+
+The mel spectrogram is the one the released SyncTalk AVE encoder was trained
+on (16 kHz, 800-sample FFT and window, 200-sample hop, 80 mel bands from 55 to
+7600 Hz, pre-emphasis 0.97, decibels normalised symmetrically to [-4, 4]).
+Mel frame m is centred on sample m * MEL_HOP (the signal is zero-padded by half
+a window at both ends), i.e. at time m / 80 s.
+"""
+import logging
+import subprocess
+from pathlib import Path
+
+import numpy as np
+
+from data_utils.errors import UserError
+from data_utils.ffmpeg import ffmpeg_binary, last_error_line
+from data_utils.timebase import SAMPLE_RATE
+
+log = logging.getLogger(__name__)
+
+# --- AVE mel spectrogram ---------------------------------------------------------
+MEL_N_FFT = 800                 # 50 ms analysis window
+MEL_WINDOW = 800
+MEL_HOP = 200                   # 12.5 ms: 80 mel frames per second
+MEL_BANDS = 80
+MEL_FMIN = 55.0                 # Hz
+MEL_FMAX = 7600.0               # Hz
+PREEMPHASIS = 0.97
+MIN_LEVEL_DB = -100.0           # everything quieter is clipped to the bottom of the range
+REF_LEVEL_DB = 20.0             # subtracted after converting magnitude to dB
+MEL_MAX_ABS = 4.0               # normalised values lie in [-MEL_MAX_ABS, MEL_MAX_ABS]
+AMPLITUDE_FLOOR = 1e-5          # -100 dB: log of silence stays finite
+MEL_FRAMES_PER_SECOND = SAMPLE_RATE / MEL_HOP   # 80
+SILENCE_MEL_VALUE = -MEL_MAX_ABS                 # what a silent mel frame normalises to
+
+# Frames per block when computing the STFT, so long recordings need bounded memory.
+STFT_BLOCK_FRAMES = 4096
+
+
+def load_audio(path) -> np.ndarray:
+    """``path`` decoded to a float32 array of 16 kHz mono samples (any format FFmpeg reads).
+
+    Missing, empty, unreadable or silent-stream-less files raise a UserError
+    naming the file.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise UserError(f"{path} does not exist — check the audio path")
+    if path.is_dir():
+        raise UserError(f"{path} is a folder, not an audio file — give the path of a .wav/.mp3/.m4a/.flac file")
+    if path.stat().st_size == 0:
+        raise UserError(f"{path} is empty (0 bytes) — record or copy the audio again")
+    command = [ffmpeg_binary(), "-hide_banner", "-nostdin", "-loglevel", "error",
+               "-i", str(path), "-map", "0:a:0", "-vn", "-ac", "1", "-ar", str(SAMPLE_RATE),
+               "-f", "f32le", "-acodec", "pcm_f32le", "pipe:1"]
+    result = subprocess.run(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    stderr = result.stderr.decode("utf-8", "replace")
+    if result.returncode != 0:
+        if "matches no streams" in stderr:
+            raise UserError(f"{path} has no audio track — give a file that contains speech")
+        raise UserError(f"{path} is not a readable audio file ({last_error_line(stderr)}) — "
+                        "check that it is a real wav/mp3/m4a/flac file")
+    samples = np.frombuffer(result.stdout, dtype="<f4").astype(np.float32)
+    if samples.size == 0:
+        raise UserError(f"{path} contains no audio samples — record or export the audio again")
+    if not np.all(np.isfinite(samples)):
+        raise UserError(f"{path} decodes to invalid (NaN/inf) samples — re-export it as a normal wav")
+    log.debug("loaded %s: %d samples (%.2f s)", path, samples.size, samples.size / SAMPLE_RATE)
+    return samples
+
+
+def as_samples(audio) -> np.ndarray:
+    """A path or a 1-D float array of 16 kHz samples, as float32 samples."""
+    if isinstance(audio, (str, Path)):
+        return load_audio(audio)
+    samples = np.asarray(audio, dtype=np.float32)
+    if samples.ndim != 1:
+        raise UserError(f"audio must be a 1-D array of 16 kHz mono samples, got shape {samples.shape}")
+    if samples.size == 0:
+        raise UserError("the audio contains no samples — give a recording with sound")
+    if not np.all(np.isfinite(samples)):
+        raise UserError("the audio contains NaN or infinite samples")
+    return samples
+
+
+def _mel_basis() -> np.ndarray:
+    """(MEL_BANDS, MEL_N_FFT // 2 + 1) Slaney-normalised triangular filters."""
+    import librosa.filters
+
+    return librosa.filters.mel(sr=SAMPLE_RATE, n_fft=MEL_N_FFT, n_mels=MEL_BANDS,
+                               fmin=MEL_FMIN, fmax=MEL_FMAX).astype(np.float32)
+
+
+def mel_frame_count(num_samples: int) -> int:
+    """Mel frames of ``num_samples`` samples: one per hop, centred on sample m * MEL_HOP."""
+    return 1 + num_samples // MEL_HOP
+
+
+def melspectrogram(samples: np.ndarray) -> np.ndarray:
+    """(frames, MEL_BANDS) float32 normalised log-mel spectrogram of 16 kHz samples.
+
+    Frame m is centred on sample m * MEL_HOP; silence gives SILENCE_MEL_VALUE.
+    """
+    from scipy.signal import get_window, lfilter
+
+    samples = np.asarray(samples, dtype=np.float64)
+    emphasised = lfilter([1.0, -PREEMPHASIS], [1.0], samples)
+    padded = np.pad(emphasised, MEL_N_FFT // 2)
+    window = get_window("hann", MEL_WINDOW, fftbins=True)
+    basis = _mel_basis()
+    count = mel_frame_count(len(samples))
+    mel = np.empty((count, MEL_BANDS), dtype=np.float32)
+    for start in range(0, count, STFT_BLOCK_FRAMES):
+        stop = min(start + STFT_BLOCK_FRAMES, count)
+        offsets = np.arange(start, stop)[:, None] * MEL_HOP + np.arange(MEL_N_FFT)[None, :]
+        magnitude = np.abs(np.fft.rfft(padded[offsets] * window, n=MEL_N_FFT, axis=1)).astype(np.float32)
+        mel[start:stop] = magnitude @ basis.T
+    decibels = 20.0 * np.log10(np.maximum(AMPLITUDE_FLOOR, mel)) - REF_LEVEL_DB
+    normalised = 2 * MEL_MAX_ABS * (decibels - MIN_LEVEL_DB) / -MIN_LEVEL_DB - MEL_MAX_ABS
+    return np.clip(normalised, -MEL_MAX_ABS, MEL_MAX_ABS).astype(np.float32)

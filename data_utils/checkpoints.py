@@ -1,0 +1,180 @@
+"""Where checkpoints are written and how they are found and loaded again.
+
+checkpoint/NAME/ holds the U-Net run:
+    10.pth, 20.pth, ...   every --save_interval epochs, and the final epoch:
+                          model weights + config + epoch (what inference loads)
+    best.pth              the epoch with the best held-out score so far
+    latest.pth            everything needed to resume: model, optimizer, AMP
+                          scaler, LR scheduler, epoch, args, RNG states, history
+    training.log, loss_curve.png, samples/   (data_utils/training.py)
+checkpoint/NAME/syncnet/ holds the SyncNet run in the same layout.
+
+Every .pth is written atomically (data_utils.atomic.save_torch_atomic): a crash
+never leaves a truncated file. A checkpoint's ``config`` says what the model
+was trained with (kind, --asr, widths, audio input shape, feature metadata,
+crop size), so loading can refuse a mismatch with one clear line.
+"""
+import re
+from pathlib import Path
+from typing import Dict, Optional, Tuple, Union
+
+import torch
+
+from data_utils.atomic import save_torch_atomic
+from data_utils.crop import CROP_SIZE, INNER_SIZE
+from data_utils.errors import UserError
+from data_utils.layout import CHECKPOINT_ROOT
+
+LATEST = "latest.pth"
+BEST = "best.pth"
+SYNCNET_SUBDIR = "syncnet"
+UNET_KIND = "unet_328"
+SYNCNET_KIND = "syncnet"
+_EPOCH_FILE = re.compile(r"^(\d+)\.pth$")
+
+
+def epoch_path(directory, epoch: int) -> Path:
+    return Path(directory) / f"{int(epoch)}.pth"
+
+
+def syncnet_dir(unet_dir) -> Path:
+    return Path(unet_dir) / SYNCNET_SUBDIR
+
+
+def model_config(kind: str, asr: str, model_size: str, widths, audio_shape, features: Dict) -> Dict:
+    """The ``config`` entry of a checkpoint."""
+    return {"kind": kind, "asr": asr, "model_size": model_size, "widths": list(widths),
+            "audio_shape": list(audio_shape), "features": dict(features),
+            "crop_size": CROP_SIZE, "inner_size": INNER_SIZE}
+
+
+def save_checkpoint(path, model_state: Dict, config: Dict, epoch: int, **extra) -> Path:
+    """Write ``{"model", "config", "epoch", **extra}`` to ``path`` atomically."""
+    state = {"model": model_state, "config": config, "epoch": int(epoch), **extra}
+    save_torch_atomic(path, state)
+    return Path(path)
+
+
+def numbered_epochs(directory) -> Dict[int, Path]:
+    """{epoch: path} of the numbered checkpoints in ``directory``."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        return {}
+    found = {}
+    for path in directory.iterdir():
+        match = _EPOCH_FILE.match(path.name)
+        if match and path.is_file():
+            found[int(match.group(1))] = path
+    return dict(sorted(found.items()))
+
+
+def resolve_checkpoint(name_or_dir: Union[str, Path], which: Union[None, int, str, Path] = None,
+                       checkpoint_root=CHECKPOINT_ROOT) -> Path:
+    """The checkpoint file meant by a run name / folder / file and ``which``.
+
+    ``name_or_dir``: a .pth file, a checkpoint folder, or a NAME under
+    checkpoint/. ``which``: None = the newest numbered epoch, an int (or digit
+    string) = that epoch, "best" / "latest" = best.pth / latest.pth, or a path.
+    """
+    if which is not None and not isinstance(which, int) and str(which) not in ("best", "latest") \
+            and not str(which).isdigit():
+        path = Path(which)
+        if not path.is_file():
+            raise UserError(f"checkpoint {path} does not exist — check the path")
+        return path
+    given = Path(name_or_dir)
+    if given.suffix == ".pth" or given.is_file():
+        if not given.is_file():
+            raise UserError(f"checkpoint {given} does not exist — check the path")
+        return given
+    directory = given if given.is_dir() else Path(checkpoint_root) / str(name_or_dir)
+    if not directory.is_dir():
+        raise UserError(f"no checkpoints for {name_or_dir!s} ({directory} does not exist) — "
+                        f"train first: python train_328.py --name {given.name}")
+    epochs = numbered_epochs(directory)
+    if which is None:
+        if not epochs:
+            raise UserError(f"{directory} holds no numbered checkpoints (10.pth, 20.pth, ...) yet — "
+                            "train longer or pick one with best/latest")
+        return epochs[max(epochs)]
+    if isinstance(which, int) or str(which).isdigit():
+        path = epoch_path(directory, int(which))
+        if not path.is_file():
+            have = ", ".join(str(epoch) for epoch in epochs) or "none"
+            raise UserError(f"{path} does not exist (epochs saved: {have})")
+        return path
+    path = directory / (BEST if which == "best" else LATEST)
+    if not path.is_file():
+        raise UserError(f"{path} does not exist — train first: python train_328.py --name {directory.name}")
+    return path
+
+
+def read_checkpoint(path, device="cpu") -> Dict:
+    """torch.load with one clear error for a missing, damaged or foreign file."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"checkpoint {path} does not exist — check the path or train first")
+    try:
+        state = torch.load(path, map_location=device, weights_only=False)
+    except Exception as error:  # truncated zip, pickle garbage, ...: the same problem to a user
+        raise UserError(f"checkpoint {path} is damaged or not a checkpoint ({type(error).__name__}) — "
+                        "use another epoch or train again") from None
+    if not isinstance(state, dict) or "model" not in state or "config" not in state:
+        raise UserError(f"{path} is not a checkpoint of this project (no model/config inside)")
+    return state
+
+
+def check_config(path, config: Dict, kind: str, asr: Optional[str] = None,
+                 model_size: Optional[str] = None) -> None:
+    """Refuse a checkpoint of another kind, --asr or width than the caller asks for."""
+    found_kind = config.get("kind", kind)
+    if found_kind != kind:
+        raise UserError(f"{path} is a {found_kind} checkpoint, not a {kind} one")
+    if asr is not None and config.get("asr") != asr:
+        raise UserError(f"{path} was trained with --asr {config.get('asr')}, not --asr {asr} — "
+                        f"use --asr {config.get('asr')} or a checkpoint trained with --asr {asr}")
+    if model_size is not None and config.get("model_size") != model_size:
+        raise UserError(f"{path} has model size {config.get('model_size')} "
+                        f"(widths {config.get('widths')}), not {model_size} — "
+                        f"use --model_size {config.get('model_size')} or another checkpoint")
+
+
+def load_unet(path, device="cpu", asr: Optional[str] = None,
+              model_size: Optional[str] = None) -> Tuple[torch.nn.Module, Dict]:
+    """The U-Net of checkpoint ``path`` in eval mode on ``device``, and its config."""
+    from models.unet_328 import LipSyncUNet
+
+    state = read_checkpoint(path, device)
+    config = state["config"]
+    check_config(path, config, UNET_KIND, asr, model_size)
+    model = LipSyncUNet(config["asr"], tuple(config["audio_shape"]), tuple(config["widths"]))
+    try:
+        model.load_state_dict(state["model"])
+    except RuntimeError as error:
+        raise UserError(f"{path} does not match this version's U-Net "
+                        f"({str(error).splitlines()[0]}) — train again") from None
+    return model.to(device).eval(), config
+
+
+def load_syncnet(path, device="cpu", asr: Optional[str] = None,
+                 audio_shape=None) -> Tuple[torch.nn.Module, Dict]:
+    """A trained SyncNet, frozen, in eval mode on ``device``, and its config."""
+    from models.syncnet import SyncNet
+
+    state = read_checkpoint(path, device)
+    config = state["config"]
+    check_config(path, config, SYNCNET_KIND, asr)
+    if audio_shape is not None and tuple(config["audio_shape"]) != tuple(audio_shape):
+        raise UserError(f"{path} expects audio windows of shape {tuple(config['audio_shape'])} but the "
+                        f"dataset's features give {tuple(audio_shape)} — train SyncNet on these features: "
+                        "python train_syncnet.py --name NAME")
+    model = SyncNet(config["asr"], tuple(config["audio_shape"]), config["model_size"])
+    try:
+        model.load_state_dict(state["model"])
+    except RuntimeError as error:
+        raise UserError(f"{path} does not match this version's SyncNet "
+                        f"({str(error).splitlines()[0]}) — train it again") from None
+    model = model.to(device).eval()
+    for parameter in model.parameters():
+        parameter.requires_grad_(False)
+    return model, config
