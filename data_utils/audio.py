@@ -2,8 +2,11 @@
 definition of the AVE mel spectrogram.
 
 Loading pipes raw little-endian float32 out of FFmpeg, which decodes, downmixes
-(``-ac 1`` averages the channels) and resamples in one pass, so wav, mp3, m4a,
-flac and video files with an audio track all take the same path.
+and resamples in one pass, so wav, mp3, m4a, flac and video files with an
+audio track all take the same path. The downmix averages the channels: FFmpeg's
+plain ``-ac 1`` adds stereo channels at -3 dB each, which makes a stereo copy of
+a mono recording 3 dB louder (and can exceed full scale); capping the mixing
+matrix's gain at 1 turns it into an average.
 
 The mel spectrogram is the one the released SyncTalk AVE encoder was trained
 on (16 kHz, 800-sample FFT and window, 200-sample hop, 80 mel bands from 55 to
@@ -22,6 +25,8 @@ from data_utils.ffmpeg import ffmpeg_binary, last_error_line
 from data_utils.timebase import SAMPLE_RATE
 
 log = logging.getLogger(__name__)
+
+DOWNMIX_MAX_GAIN = 1           # rematrix gains normalised to sum to 1: the mono mix is an average
 
 # --- AVE mel spectrogram ---------------------------------------------------------
 MEL_N_FFT = 800                 # 50 ms analysis window
@@ -56,7 +61,8 @@ def load_audio(path) -> np.ndarray:
     if path.stat().st_size == 0:
         raise UserError(f"{path} is empty (0 bytes) — record or copy the audio again")
     command = [ffmpeg_binary(), "-hide_banner", "-nostdin", "-loglevel", "error",
-               "-i", str(path), "-map", "0:a:0", "-vn", "-ac", "1", "-ar", str(SAMPLE_RATE),
+               "-i", str(path), "-map", "0:a:0", "-vn", "-ac", "1", "-rematrix_maxval", str(DOWNMIX_MAX_GAIN),
+               "-ar", str(SAMPLE_RATE),
                "-f", "f32le", "-acodec", "pcm_f32le", "pipe:1"]
     result = subprocess.run(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     stderr = result.stderr.decode("utf-8", "replace")
