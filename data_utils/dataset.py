@@ -79,10 +79,7 @@ def model_input_batch(target_u8: torch.Tensor, reference_u8: torch.Tensor,
     (B, 3, 320, 320), float RGB in [0, 1]. With ``augment`` the same colour
     change is applied to the target and its reference before masking.
     """
-    def inner_rgb(batch):
-        return batch[:, crop.INNER, crop.INNER, :].flip(-1).permute(0, 3, 1, 2).float() / 255.0
-
-    truth, reference = inner_rgb(target_u8), inner_rgb(reference_u8)
+    truth, reference = inner_rgb_batch(target_u8), inner_rgb_batch(reference_u8)
     if augment is not None:
         truth, reference = augment(truth, reference)
     masked = truth * _keep_mask(truth.device)
@@ -90,8 +87,9 @@ def model_input_batch(target_u8: torch.Tensor, reference_u8: torch.Tensor,
 
 
 def inner_rgb_batch(crops_u8: torch.Tensor) -> torch.Tensor:
-    """(B, 328, 328, 3) BGR uint8 -> (B, 3, 320, 320) RGB float in [0, 1] (SyncNet's view)."""
-    return crops_u8[:, crop.INNER, crop.INNER, :].flip(-1).permute(0, 3, 1, 2).float() / 255.0
+    """(B, 328, 328, 3) BGR uint8 -> (B, 3, 320, 320) contiguous RGB float in [0, 1]."""
+    rgb = crops_u8[:, crop.INNER, crop.INNER, :].flip(-1).permute(0, 3, 1, 2)
+    return rgb.contiguous().float() / 255.0
 
 
 def choose_reference_index(frame_index: int, candidates: Optional[Sequence[int]] = None,
@@ -346,7 +344,7 @@ class PersonData:
         return model_audio_input(self.features, frame_index, self.asr)
 
     def crop(self, frame_index: int) -> np.ndarray:
-        return np.asarray(self.crops[frame_index])
+        return np.array(self.crops[frame_index])          # a private, writable copy
 
     def describe_features(self) -> Dict:
         """Feature facts the checkpoint keeps, so inference can check its features match."""

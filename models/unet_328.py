@@ -1,0 +1,158 @@
+"""The lip-sync U-Net for 328 crops.
+
+Input (B, 6, 320, 320) RGB in [0, 1]: channels 0-2 a reference crop of the
+person, 3-5 the target crop with its lower face blacked out
+(data_utils.dataset.build_model_input). The 320 square is the centre of the
+328 crop; the 4 px border (data_utils.crop.CROP_BORDER) is never generated, so
+pasting back has real pixels to blend into. Output (B, 3, 320, 320) RGB in
+[0, 1]: the whole target crop, mouth drawn from the audio window.
+
+Shape of the network: a stem at full resolution, five stride-2 encoder stages
+(320 -> 10) of MobileNetV2 inverted-residual blocks, the audio branch fused at
+the 10 x 10 bottleneck, and five decoder stages that upsample by 2 and merge
+the encoder output of the same resolution (skip connection).
+"""
+from typing import Dict, Tuple
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from data_utils.crop import INNER_SIZE
+from models.audio_window import AudioWindowEncoder
+
+IMAGE_CHANNELS = 3
+INPUT_CHANNELS = 2 * IMAGE_CHANNELS     # reference + masked target
+
+# Channel widths of the stem and the five encoder stages' first four outputs
+# (stage 5 keeps the last width). "full" is the SyncTalk_2D size; "mobile"
+# halves every width (about 4x fewer multiply-adds); "tiny" is for tests.
+WIDTHS: Dict[str, Tuple[int, ...]] = {
+    "full": (32, 64, 128, 256, 512),
+    "mobile": (16, 32, 64, 128, 256),
+    "tiny": (4, 8, 8, 16, 16),
+}
+MODEL_SIZES = tuple(WIDTHS)
+
+# Inverted-residual expansion: small at the two highest resolutions, where the
+# expanded tensors dominate memory traffic; 4 further down (MobileNetV2 uses 6:
+# 4 costs a third less compute for a decoder that paints one face).
+EXPANSION_HIGH_RES = 2
+EXPANSION_LOW_RES = 4
+HIGH_RES_STAGES = 2
+DOWNSAMPLINGS = 5
+BOTTLENECK_SIZE = INNER_SIZE >> DOWNSAMPLINGS        # 10
+
+
+def width_name(widths) -> str:
+    """The WIDTHS key of ``widths``, or "custom"."""
+    for name, value in WIDTHS.items():
+        if tuple(widths) == value:
+            return name
+    return "custom"
+
+
+class ConvBNReLU(nn.Sequential):
+    def __init__(self, in_channels, out_channels, kernel_size=3, stride=1, groups=1):
+        super().__init__(
+            nn.Conv2d(in_channels, out_channels, kernel_size, stride, kernel_size // 2,
+                      groups=groups, bias=False),
+            nn.BatchNorm2d(out_channels),
+            nn.ReLU6(inplace=True),
+        )
+
+
+class InvertedResidual(nn.Module):
+    """MobileNetV2 block: 1x1 expand, 3x3 depthwise (stride 1 or 2), linear 1x1 project."""
+
+    def __init__(self, in_channels: int, out_channels: int, stride: int = 1, expansion: int = 6):
+        super().__init__()
+        hidden = in_channels * expansion
+        layers = []
+        if expansion != 1:
+            layers.append(ConvBNReLU(in_channels, hidden, kernel_size=1))
+        layers += [
+            ConvBNReLU(hidden, hidden, kernel_size=3, stride=stride, groups=hidden),
+            nn.Conv2d(hidden, out_channels, 1, bias=False),
+            nn.BatchNorm2d(out_channels),
+        ]
+        self.block = nn.Sequential(*layers)
+        self.residual = stride == 1 and in_channels == out_channels
+
+    def forward(self, x):
+        out = self.block(x)
+        return x + out if self.residual else out
+
+
+def _stage(in_channels, out_channels, stride, expansion) -> nn.Sequential:
+    return nn.Sequential(
+        InvertedResidual(in_channels, out_channels, stride, expansion),
+        InvertedResidual(out_channels, out_channels, 1, expansion),
+    )
+
+
+class UpStage(nn.Module):
+    """x2 bilinear upsampling, concatenation with the skip, 1x1 merge, one inverted-residual block."""
+
+    def __init__(self, in_channels, skip_channels, out_channels, expansion):
+        super().__init__()
+        self.merge = ConvBNReLU(in_channels + skip_channels, out_channels, kernel_size=1)
+        self.blocks = InvertedResidual(out_channels, out_channels, 1, expansion)
+
+    def forward(self, x, skip):
+        x = F.interpolate(x, scale_factor=2.0, mode="bilinear", align_corners=False)
+        return self.blocks(self.merge(torch.cat([x, skip], dim=1)))
+
+
+class LipSyncUNet(nn.Module):
+    """Reference + masked target + audio window -> the target crop with a mouth.
+
+    ``asr`` and ``audio_shape`` (C, H, W) describe the audio input; ``widths``
+    is one of WIDTHS (or any 5 increasing channel counts).
+    """
+
+    def __init__(self, asr: str, audio_shape: tuple, widths=WIDTHS["full"]):
+        super().__init__()
+        widths = tuple(int(value) for value in widths)
+        if len(widths) != DOWNSAMPLINGS:
+            raise ValueError(f"widths needs {DOWNSAMPLINGS} channel counts, got {widths}")
+        self.asr = asr
+        self.audio_shape = tuple(int(value) for value in audio_shape)
+        self.widths = widths
+
+        def expansion(level):
+            return EXPANSION_HIGH_RES if level < HIGH_RES_STAGES else EXPANSION_LOW_RES
+
+        self.stem = nn.Sequential(ConvBNReLU(INPUT_CHANNELS, widths[0]),
+                                  InvertedResidual(widths[0], widths[0], 1, EXPANSION_HIGH_RES))
+        # Encoder level k (k = 1..5) works at INNER_SIZE / 2^k with width widths[min(k, 4)].
+        encoder_widths = list(widths) + [widths[-1]]
+        self.down = nn.ModuleList(
+            _stage(encoder_widths[level], encoder_widths[level + 1], 2, expansion(level + 1))
+            for level in range(DOWNSAMPLINGS))
+
+        bottleneck = encoder_widths[-1]
+        self.audio = AudioWindowEncoder(self.audio_shape, hidden=bottleneck, out_dim=bottleneck)
+        self.fuse = nn.Sequential(ConvBNReLU(2 * bottleneck, bottleneck, kernel_size=1),
+                                  _stage(bottleneck, bottleneck, 1, EXPANSION_LOW_RES))
+
+        # Decoder level k goes from resolution level k+1 to k, merging encoder output k.
+        self.up = nn.ModuleList(
+            UpStage(encoder_widths[level + 1], encoder_widths[level], encoder_widths[level],
+                    expansion(level))
+            for level in reversed(range(DOWNSAMPLINGS)))
+        self.head = nn.Conv2d(widths[0], IMAGE_CHANNELS, kernel_size=1)
+
+    def forward(self, image6: torch.Tensor, audio: torch.Tensor) -> torch.Tensor:
+        x = self.stem(image6)
+        skips = [x]
+        for stage in self.down:
+            x = stage(x)
+            skips.append(x)
+        skips.pop()                                   # the bottleneck itself is not a skip
+        # (B, bottleneck) audio embedding, the same at every bottleneck position.
+        audio_map = self.audio(audio)[:, :, None, None].expand(-1, -1, x.shape[2], x.shape[3])
+        x = self.fuse(torch.cat([x, audio_map], dim=1))
+        for stage in self.up:
+            x = stage(x, skips.pop())
+        return torch.sigmoid(self.head(x))
