@@ -63,6 +63,10 @@ DEVICES = ("auto", "cpu", "cuda")
 # their whole input, so 1 s each side keeps them close (as their offline
 # extraction does for long files).
 FEATURE_CONTEXT_FRAMES = {"ave": 8, "hubert": 25, "wenet": 25}
+# Hop in samples of each encoder's first analysis stage: a piece must start on
+# a sample where both this grid and the 640-sample frame grid restart, or its
+# rows are computed on shifted windows (AVE's 200-sample mel hop: every 5 frames).
+ENCODER_HOP_SAMPLES = {"ave": 200, "hubert": 320, "wenet": 160}
 OFFLINE_PIECE_SECONDS = 10       # a whole file is fed to the stream in pieces this long
 MAX_WORKER_THREADS = 8           # JPEG decoding, crop cutting and paste-back (cv2 releases the GIL)
 # Colour matching: per-channel gain is limited so a dark or flat patch cannot blow up the colours.
@@ -269,6 +273,11 @@ class AudioFeaturizer:
     @property
     def context_frames(self) -> int:
         return FEATURE_CONTEXT_FRAMES[self.asr]
+
+    @property
+    def piece_alignment_frames(self) -> int:
+        """Pieces of audio must start on a multiple of this many frames (see ENCODER_HOP_SAMPLES)."""
+        return math.lcm(SAMPLES_PER_FRAME, ENCODER_HOP_SAMPLES[self.asr]) // SAMPLES_PER_FRAME
 
     def __call__(self, samples: np.ndarray, frame_count: Optional[int] = None) -> np.ndarray:
         features = self._module
@@ -544,6 +553,11 @@ class RenderStream:
 
     # ------------------------------------------------------------------ work
 
+    def _piece_start(self) -> int:
+        """First frame of the next feature piece: the left context, on the encoder's grid."""
+        first = max(0, self._features_stop - self.context)
+        return first - first % self.renderer.featurizer.piece_alignment_frames
+
     def _update_features(self, final: bool) -> None:
         if final:
             target = frame_count_for_samples(self.samples_in)
@@ -553,7 +567,7 @@ class RenderStream:
         # Each call pays for 2 x context frames of margin: wait for a batch's worth.
         if new <= 0 or (not final and new < self.batch_size):
             return
-        first = max(0, self._features_stop - self.context)
+        first = self._piece_start()
         end_sample = self.samples_in if final else (target + self.context) * SAMPLES_PER_FRAME
         segment = self._samples[first * SAMPLES_PER_FRAME - self._samples_start:end_sample - self._samples_start]
         rows = self.renderer.featurizer(segment)
@@ -570,7 +584,7 @@ class RenderStream:
         self._features_start = keep_from
         self._features_stop = target
         # Audio before the next piece's left context is never read again.
-        drop = max(0, (self._features_stop - self.context) * SAMPLES_PER_FRAME - self._samples_start)
+        drop = max(0, self._piece_start() * SAMPLES_PER_FRAME - self._samples_start)
         if drop:
             self._samples = self._samples[drop:]
             self._samples_start += drop

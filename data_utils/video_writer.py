@@ -35,7 +35,7 @@ DEFAULT_CRF = 18                 # visually lossless for faces; larger = smaller
 DEFAULT_PRESET = "veryfast"      # x264 speed/size trade-off: keeps encoding ahead of a GPU render
 AUDIO_CODEC = "aac"
 AUDIO_BITRATE = "128k"
-QUEUED_FRAMES = 16               # frames waiting for the encoder: bounds memory, absorbs jitter
+QUEUED_FRAMES = 8                # frames waiting for the encoder: bounds memory, absorbs jitter
 STDERR_LINES_KEPT = 20
 PCM16_SCALE = 32767
 

@@ -1,0 +1,447 @@
+"""Inference: new audio -> the person's lip-synced mp4 (issue 5).
+
+A real processed dataset (the bundled clip), a small random AVE audio encoder
+saved as the person's ave.pth with features computed by the real feature code,
+and a tiny-width U-Net checkpoint written with the training code's
+save_checkpoint: everything inference reads is what training leaves behind.
+The U-Net is untrained (random weights with non-trivial batch-norm
+statistics): these tests check timing, geometry, streaming, file format and
+errors, not how good the mouth looks.
+"""
+import os
+import shutil
+import subprocess
+import tracemalloc
+from pathlib import Path
+from types import SimpleNamespace
+
+import cv2
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from data_utils import crop
+from data_utils.audio import load_audio
+from data_utils.audio_features import extract_features, prepare_dataset_features
+from data_utils.checkpoints import UNET_KIND, model_config, save_checkpoint
+from data_utils.dataset import read_feature_metadata
+from data_utils.errors import UserError
+from data_utils.ffmpeg import ffmpeg_binary, probe, video_packet_times
+from data_utils.layout import DatasetLayout
+from data_utils.onnx_backend import OnnxUNet, ensure_onnx, onnx_path_for
+from data_utils.rendering import (compose_frame, load_renderer, match_colours, pingpong_index, pingpong_indices,
+                                  render, render_to_file)
+from data_utils.timebase import SAMPLE_RATE, SAMPLES_PER_FRAME, frame_count_for_samples, model_audio_input
+from data_utils.video_writer import write_wav
+from inference_328 import main as inference_main
+from models.audio_encoders import AveAudioEncoder
+from models.unet_328 import WIDTHS, LipSyncUNet
+from tests.conftest import CLIP_FRAMES_25FPS, HELDOUT_WAV
+
+NAME = "talker"
+EPOCH = 10
+AVE_TEST_WIDTH = 0.125           # a small AVE conv stack: real layout, fast on CPU
+PINGPONG_START = 80              # 2 s of audio from frame 80 runs past the end of the 100-frame clip
+
+
+def randomise_batch_norm(model: nn.Module) -> None:
+    """Trained-looking batch-norm statistics, so exports must fold them correctly."""
+    for module in model.modules():
+        if isinstance(module, (nn.BatchNorm1d, nn.BatchNorm2d)):
+            module.running_mean.uniform_(-0.1, 0.1)
+            module.running_var.uniform_(0.5, 1.5)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_torch_thread():
+    """The tiny model gains nothing from a second thread, and on a shared 2-core machine
+    (frame decoding and ffmpeg run beside it) OpenMP threads waiting on each other make
+    it several times slower."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def person(processed_clip, tmp_path_factory):
+    """dataset/talker (processed, with ave.pth and aud_ave.npy) and checkpoint/talker/10.pth."""
+    base = tmp_path_factory.mktemp("inference")
+    dataset_root, checkpoint_root = base / "dataset", base / "checkpoint"
+    root = dataset_root / NAME
+    shutil.copytree(processed_clip, root)
+    torch.manual_seed(0)
+    encoder = AveAudioEncoder(AVE_TEST_WIDTH)
+    randomise_batch_norm(encoder)
+    ave = DatasetLayout(root).ave_encoder
+    torch.save(encoder.conv_stack.state_dict(), ave)
+    prepare_dataset_features(root, "ave", ave_checkpoint=ave, progress=False)
+    features = np.load(DatasetLayout(root).features("ave"))
+    audio_shape = (32, 16, 16)
+    model = LipSyncUNet("ave", audio_shape, WIDTHS["tiny"])
+    randomise_batch_norm(model)
+    config = model_config(UNET_KIND, "ave", "tiny", WIDTHS["tiny"], audio_shape,
+                          read_feature_metadata(DatasetLayout(root), "ave"))
+    checkpoint = save_checkpoint(checkpoint_root / NAME / f"{EPOCH}.pth", model.state_dict(), config, EPOCH)
+    return SimpleNamespace(root=root, dataset_root=dataset_root, checkpoint_root=checkpoint_root,
+                           checkpoint=checkpoint, ave=ave, features=features, base=base)
+
+
+def roots(person):
+    return ["--dataset_root", str(person.dataset_root), "--checkpoint_root", str(person.checkpoint_root)]
+
+
+@pytest.fixture(scope="module")
+def renderer(person):
+    with load_renderer(NAME, dataset_root=person.dataset_root, checkpoint_root=person.checkpoint_root,
+                       device="cpu") as loaded:
+        yield loaded
+
+
+@pytest.fixture(scope="module")
+def heldout():
+    return load_audio(HELDOUT_WAV)            # 2 s: 50 frames
+
+
+@pytest.fixture(scope="module")
+def pingpong_render(renderer, heldout):
+    """render() of the held-out audio from frame 80: (frames, recording frame of each)."""
+    frames = list(render(renderer, heldout, start_frame=PINGPONG_START))
+    return frames, pingpong_indices(PINGPONG_START, len(frames), renderer.frame_count)
+
+
+class RecordingUNet:
+    """Wraps the renderer's model and records what it is called with."""
+
+    def __init__(self, unet):
+        self.unet, self.calls, self.audio = unet, 0, []
+
+    def __call__(self, crops, audio):
+        self.calls += 1
+        self.audio.append(audio.copy())
+        return self.unet(crops, audio)
+
+
+@pytest.fixture
+def recording(renderer):
+    original = renderer.unet
+    renderer.unet = RecordingUNet(original)
+    yield renderer.unet
+    renderer.unet = original
+
+
+def decoded_frames(path, width, height):
+    """Every frame of a video as (height, width, 3) BGR uint8."""
+    result = subprocess.run([ffmpeg_binary(), "-v", "error", "-i", str(path), "-f", "rawvideo",
+                             "-pix_fmt", "bgr24", "pipe:1"], capture_output=True, check=True)
+    return np.frombuffer(result.stdout, np.uint8).reshape(-1, height, width, 3)
+
+
+def error_line(capsys, argv) -> str:
+    with pytest.raises(SystemExit) as exit_info:
+        inference_main(argv)
+    assert exit_info.value.code == 2
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    errors = [line for line in lines if line.startswith("error: ")]
+    assert len(errors) == 1 and not any("Traceback" in line for line in lines), lines
+    return errors[0]
+
+
+# ---------------------------------------------------------------------------- ping-pong order
+
+def test_pingpong_runs_forward_then_backward_without_jumps():
+    assert list(pingpong_indices(0, 10, 4)) == [0, 1, 2, 3, 2, 1, 0, 1, 2, 3]
+    assert list(pingpong_indices(2, 6, 4)) == [2, 3, 2, 1, 0, 1]
+    assert list(pingpong_indices(0, 3, 1)) == [0, 0, 0]
+    long_run = pingpong_indices(37, 5000, CLIP_FRAMES_25FPS)
+    assert long_run.min() == 0 and long_run.max() == CLIP_FRAMES_25FPS - 1
+    assert np.abs(np.diff(long_run)).max() == 1           # every step moves one frame: never a jump
+    assert pingpong_index(2 * (CLIP_FRAMES_25FPS - 1), CLIP_FRAMES_25FPS) == 0
+
+
+def test_rendered_frames_follow_the_recording_in_pingpong_order(renderer, person, heldout, pingpong_render):
+    frames, sources = pingpong_render
+    assert len(frames) == frame_count_for_samples(len(heldout)) == 50
+    # From frame 80 the 100-frame recording turns at 99 and runs back.
+    assert list(sources[:22]) == list(range(80, 100)) + [98, 97]
+    boxes = np.load(DatasetLayout(person.root).crop_boxes)
+    changed = 0
+    for frame, source in zip(frames, sources):
+        original = cv2.imread(str(DatasetLayout(person.root).frame_path(source)))
+        assert frame.shape == original.shape == (512, 512, 3) and frame.dtype == np.uint8
+        x0, y0, x1, y1 = boxes[source]                     # the dataset's smoothed box of that frame
+        outside = np.ones(frame.shape[:2], bool)
+        outside[max(y0, 0):y1, max(x0, 0):x1] = False
+        assert np.array_equal(frame[outside], original[outside])
+        changed += int(np.abs(frame.astype(int) - original).max() > 10)
+    assert changed == len(frames)                          # the model repainted every frame's mouth
+
+
+# ---------------------------------------------------------------------------- paste-back
+
+def test_paste_back_is_feathered_and_leaves_the_rest_untouched(person):
+    box = np.load(DatasetLayout(person.root).crop_boxes)[0]
+    x0, y0, x1, _ = [int(value) for value in box]
+    scale = (x1 - x0) / crop.CROP_SIZE
+    rng = np.random.default_rng(0)
+    noise = rng.integers(0, 256, (512, 512, 3), dtype=np.uint8)
+    green = np.zeros((crop.INNER_SIZE, crop.INNER_SIZE, 3), np.uint8)
+    green[..., 1] = 255
+    feather = 12.0
+    pasted = compose_frame(noise.copy(), crop.cut_crop(noise, box), green, box, feather_px=feather)
+
+    # The repainted rectangle in frame pixels.
+    left = x0 + (crop.CROP_BORDER + crop.MASK_LEFT) * scale
+    right = x0 + (crop.CROP_BORDER + crop.MASK_RIGHT) * scale
+    top = y0 + (crop.CROP_BORDER + crop.MASK_TOP) * scale
+    bottom = y0 + (crop.CROP_BORDER + crop.MASK_BOTTOM) * scale
+    rows, cols = np.mgrid[:512, :512]
+    margin = 2                                             # resampling reaches one or two pixels
+    outside = (cols < left - margin) | (cols > right + margin) | (rows < top - margin) | (rows > bottom + margin)
+    assert np.array_equal(pasted[outside], noise[outside])
+    deep = ((cols > left + feather * scale + margin) & (cols < right - feather * scale - margin)
+            & (rows > top + feather * scale + margin) & (rows < bottom - feather * scale - margin))
+    assert np.abs(pasted[deep].astype(int) - green[0, 0]).max() <= 1
+
+    # On a flat grey frame the blend across the left edge ramps smoothly from frame to generated.
+    def share_of_generated(feather_px):
+        grey = np.full((512, 512, 3), 128, np.uint8)
+        out = compose_frame(grey.copy(), crop.cut_crop(grey, box), green, box, feather_px=feather_px)
+        row = int((top + bottom) / 2)
+        return (out[row, :, 1].astype(float) - 128) / (255 - 128)
+
+    ramp = share_of_generated(feather)
+    start = int(left) - margin
+    crossing = ramp[start:int(left + 2 * feather * scale)]
+    assert crossing[0] < 0.02 and crossing[-1] > 0.98
+    assert np.all(np.diff(crossing) >= -0.01)              # monotonic
+    assert np.sum((crossing > 0.1) & (crossing < 0.9)) >= feather * scale * 0.6  # a wide soft edge
+    hard = share_of_generated(0.0)[start:int(left + 2 * feather * scale)]
+    assert np.sum((hard > 0.1) & (hard < 0.9)) <= 2        # without feathering: a hard seam
+
+
+def test_colour_matching_removes_a_colour_cast(person):
+    frame = cv2.imread(str(DatasetLayout(person.root).frame_path(10)))
+    box = np.load(DatasetLayout(person.root).crop_boxes)[10]
+    inner = crop.cut_crop(frame, box)[crop.INNER, crop.INNER]
+    cast = inner.astype(np.float32) * np.array([0.85, 1.0, 1.1]) + np.array([25.0, -10.0, 5.0])
+    cast = np.clip(cast, 0, 255).astype(np.uint8)
+    before = np.abs(cast.astype(int) - inner).mean()
+    matched = match_colours(cast, inner)
+    after = np.abs(matched.astype(int) - inner).mean()
+    assert before > 10 and after < 3
+    # Colour matching only changes what is pasted: with it on, pixels outside the box stay the frame's.
+    out = compose_frame(frame.copy(), crop.cut_crop(frame, box), cast, box, colour_match=True)
+    x0, y0, x1, y1 = box
+    assert np.array_equal(out[:y0], frame[:y0])
+
+
+# ---------------------------------------------------------------------------- audio and streaming
+
+@pytest.fixture(scope="module")
+def short_render(renderer):
+    """render() of 1.5 s of speech, with the audio windows the model was given."""
+    samples = load_audio(HELDOUT_WAV)[:int(1.5 * SAMPLE_RATE)]
+    original = renderer.unet
+    renderer.unet = recorder = RecordingUNet(original)
+    try:
+        frames = list(renderer.render(samples))
+    finally:
+        renderer.unet = original
+    return SimpleNamespace(samples=samples, frames=frames, audio=np.concatenate(recorder.audio))
+
+
+def test_each_frame_gets_the_audio_window_of_the_whole_file(person, short_render):
+    count = frame_count_for_samples(len(short_render.samples))
+    assert len(short_render.frames) == count == 38
+    whole = extract_features(short_render.samples, "ave", ave_checkpoint=person.ave)
+    expected = np.stack([model_audio_input(whole, index, "ave") for index in range(count)])
+    np.testing.assert_allclose(short_render.audio, expected, atol=1e-5)
+
+
+def test_streaming_pieces_give_the_same_frames_with_bounded_latency(renderer, short_render):
+    samples = short_render.samples
+    stream = renderer.stream()
+    streamed, piece = [], 977                              # odd piece sizes: ~60 ms at a time
+    for begin in range(0, len(samples), piece):
+        for frame in stream.push(samples[begin:begin + piece]):
+            streamed.append(frame)
+        arrived_frames = stream.samples_in // SAMPLES_PER_FRAME
+        assert len(streamed) >= arrived_frames - stream.latency_frames
+    streamed.extend(stream.finish())
+    assert stream.latency_frames <= 25                     # under one second of audio at batch size 8
+    assert len(streamed) == len(short_render.frames) == 38
+    for mine, reference in zip(streamed, short_render.frames):
+        assert np.abs(mine.astype(int) - reference).max() <= 1
+
+
+def test_render_is_a_generator_that_yields_before_the_audio_is_done(renderer, recording):
+    samples = load_audio(HELDOUT_WAV)
+    frames = renderer.render(samples)
+    first = next(frames)
+    assert first.shape == (512, 512, 3)
+    assert recording.calls <= 2                            # 50 frames need 7 batches; 2 made the first frame
+    frames.close()
+
+
+def test_long_audio_renders_in_bounded_memory(person, tmp_path):
+    """Peak numpy/Python memory while 100 frames go to the mp4 stays at a few frames."""
+    samples = load_audio(HELDOUT_WAV)
+    long_audio = np.concatenate([samples, samples])        # 100 frames: 79 MB if frames were kept
+    frame_bytes = 512 * 512 * 3
+    with load_renderer(NAME, dataset_root=person.dataset_root, checkpoint_root=person.checkpoint_root,
+                       device="cpu", batch_size=2) as small_batches:
+        tracemalloc.start()
+        try:
+            result = render_to_file(small_batches, long_audio, tmp_path / "long.mp4", progress=False)
+            peak = tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+    assert result.frames == 100 and len(video_packet_times(tmp_path / "long.mp4")) == 100
+    # Prefetched frames, a batch being pasted, the encoder's queue: about 16 frames.
+    print(f"peak traced memory: {peak / frame_bytes:.1f} frames")
+    assert peak < 30 * frame_bytes, f"peak {peak / frame_bytes:.1f} frames"
+
+
+def test_silent_audio_renders_a_video(person, tmp_path, capsys):
+    silence = write_wav(tmp_path / "silence.wav", np.zeros(SAMPLE_RATE // 2, np.float32))
+    output = tmp_path / "silent.mp4"
+    inference_main(["--name", NAME, "--audio_path", str(silence), "--output", str(output), "--device", "cpu",
+                    "--no_progress", *roots(person)])
+    assert len(video_packet_times(output)) == 13
+    assert f"wrote {output}" in capsys.readouterr().out
+
+
+# ---------------------------------------------------------------------------- the script and the mp4
+
+def test_script_writes_h264_aac_mp4_exactly_as_long_as_the_audio(person, heldout, pingpong_render, tmp_path, capsys):
+    result_root = tmp_path / "result dir"                   # a space in the path
+    path = inference_main(["--name", NAME, "--audio_path", str(HELDOUT_WAV), "--start_frame", str(PINGPONG_START),
+                           "--batch_size", "5", "--device", "cpu", "--no_progress", "--result_root", str(result_root),
+                           *roots(person)])
+    assert path == result_root / f"{NAME}_heldout_2s_{EPOCH}.mp4" and path.is_file()
+    assert not [p for p in result_root.iterdir() if p != path]   # no temporary or intermediate files left
+    info = probe(path)
+    assert "Video: h264" in info.raw_banner and "yuv420p" in info.raw_banner and "Audio: aac" in info.raw_banner
+    assert (info.width, info.height, info.average_fps) == (512, 512, 25.0)
+    frames = frame_count_for_samples(len(heldout))
+    assert len(video_packet_times(path)) == frames
+    assert abs(len(load_audio(path)) - len(heldout)) < SAMPLES_PER_FRAME   # audio track as long as the audio
+    decoded = decoded_frames(path, 512, 512)
+    rendered, _ = pingpong_render
+    assert len(decoded) == frames
+    for index in (0, 19, 20, 49):                         # the same frames, in order, as the API gives
+        assert np.abs(decoded[index].astype(float) - rendered[index]).mean() < 3
+    assert "frames/s" in capsys.readouterr().out
+
+
+# ---------------------------------------------------------------------------- ONNX
+
+def test_onnx_export_agrees_with_torch_and_renders(person, renderer, heldout, capsys):
+    exported = inference_main(["--name", NAME, "--export_onnx", *roots(person)])
+    assert exported == onnx_path_for(person.checkpoint) and exported.is_file()
+    assert f"exported {exported}" in capsys.readouterr().out
+
+    from data_utils.checkpoints import load_unet
+    from data_utils.dataset import model_input_batch
+
+    model, config = load_unet(person.checkpoint, "cpu")
+    crops = np.stack([renderer.load_background(index)[1] for index in (0, 33, 99)])
+    image6, _ = model_input_batch(torch.from_numpy(crops), torch.from_numpy(crops))
+    audio = np.stack([model_audio_input(person.features, index, "ave") for index in (0, 33, 99)])
+    with torch.no_grad():
+        expected = model(image6, torch.from_numpy(audio)).numpy()
+    session = OnnxUNet(exported, "cpu")
+    assert session.providers == ["CPUExecutionProvider"]
+    actual = session(image6.numpy(), audio)
+    assert actual.shape == (3, 3, 320, 320)
+    assert np.abs(actual - expected).max() < 1e-3
+
+    # Up to date: kept; the checkpoint rewritten after the export: exported again.
+    stamp = exported.stat().st_mtime_ns
+    assert ensure_onnx(person.checkpoint, model, config) == exported and exported.stat().st_mtime_ns == stamp
+    later = person.checkpoint.stat().st_mtime_ns + 10**9
+    os.utime(person.checkpoint, ns=(later, later))
+    ensure_onnx(person.checkpoint, model, config)
+    assert exported.stat().st_mtime_ns != stamp
+
+    samples = heldout[:int(0.6 * SAMPLE_RATE)]
+    with load_renderer(NAME, dataset_root=person.dataset_root, checkpoint_root=person.checkpoint_root,
+                       device="cpu", backend="onnx") as onnx_renderer:
+        onnx_frames = list(onnx_renderer.render(samples))
+    torch_frames = list(renderer.render(samples))
+    assert len(onnx_frames) == len(torch_frames) == 15
+    for mine, reference in zip(onnx_frames, torch_frames):
+        assert np.abs(mine.astype(int) - reference).max() <= 2
+
+
+# ---------------------------------------------------------------------------- bad input
+
+def test_unknown_name_lists_the_trained_names(person, capsys):
+    line = error_line(capsys, ["--name", "nobody", "--audio_path", str(HELDOUT_WAV), *roots(person)])
+    assert "unknown name 'nobody'" in line and f"trained names in {person.checkpoint_root}/: " in line
+    assert NAME in line.split("trained names")[1]
+
+
+def test_dataset_without_checkpoint_says_how_to_train(person, capsys):
+    (person.dataset_root / "newcomer").mkdir(exist_ok=True)
+    line = error_line(capsys, ["--name", "newcomer", "--audio_path", str(HELDOUT_WAV), *roots(person)])
+    assert "no trained checkpoint" in line and "python train_328.py --name newcomer" in line
+
+
+def test_bad_audio_files_give_one_line_each(person, tmp_path, capsys):
+    empty = tmp_path / "empty.wav"
+    empty.write_bytes(b"")
+    text = tmp_path / "notes.wav"
+    text.write_text("this is not audio\n" * 20)
+    missing = tmp_path / "missing.wav"
+    for path, expected in ((empty, "is empty"), (text, "is not a readable audio file"), (missing, "does not exist")):
+        line = error_line(capsys, ["--name", NAME, "--audio_path", str(path), "--output", str(tmp_path / "o.mp4"),
+                                   "--device", "cpu", *roots(person)])
+        assert str(path) in line and expected in line, line
+    assert not (tmp_path / "o.mp4").exists()
+
+
+def test_output_folder_that_cannot_be_written(person, tmp_path, capsys):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("x")
+    line = error_line(capsys, ["--name", NAME, "--audio_path", str(HELDOUT_WAV), "--device", "cpu",
+                               "--output", str(blocker / "out.mp4"), *roots(person)])
+    assert "cannot create the output folder" in line and str(blocker) in line
+    if os.geteuid() != 0:                                   # root writes anywhere: only testable as a user
+        locked = tmp_path / "locked"
+        locked.mkdir()
+        locked.chmod(0o500)
+        try:
+            line = error_line(capsys, ["--name", NAME, "--audio_path", str(HELDOUT_WAV), "--device", "cpu",
+                                       "--output", str(locked / "out.mp4"), *roots(person)])
+            assert "is not writable" in line and str(locked) in line
+        finally:
+            locked.chmod(0o700)
+
+
+def test_option_mistakes_give_one_line_each(person, capsys):
+    line = error_line(capsys, ["--name", NAME, "--audio_path", str(HELDOUT_WAV), "--asr", "hubert", *roots(person)])
+    assert "trained with --asr ave, not --asr hubert" in line
+    line = error_line(capsys, ["--name", NAME, "--audio_path", str(HELDOUT_WAV), "--checkpoint", "30", *roots(person)])
+    assert "30.pth does not exist (epochs saved: 10)" in line
+    line = error_line(capsys, ["--name", NAME, "--audio_path", str(HELDOUT_WAV), "--start_frame", "100",
+                               "--device", "cpu", *roots(person)])
+    assert "--start_frame 100 is outside the recording (frames 0 .. 99" in line
+    line = error_line(capsys, ["--name", NAME, *roots(person)])
+    assert "give --audio_path" in line
+    if not torch.cuda.is_available():
+        line = error_line(capsys, ["--name", NAME, "--audio_path", str(HELDOUT_WAV), "--device", "cuda",
+                                   *roots(person)])
+        assert "--device cuda" in line and "no CUDA GPU" in line
+
+
+def test_checkpoint_without_processed_dataset(person, tmp_path, capsys):
+    orphan = person.checkpoint_root / "orphan"
+    orphan.mkdir(exist_ok=True)
+    shutil.copy(person.checkpoint, orphan / "10.pth")
+    line = error_line(capsys, ["--name", "orphan", "--audio_path", str(HELDOUT_WAV), *roots(person)])
+    assert f"{person.dataset_root / 'orphan'} does not exist" in line and "process.py" in line
+    with pytest.raises(UserError, match="needs dataset_dir"):
+        list(render(LipSyncUNet("ave", (32, 16, 16), WIDTHS["tiny"]), HELDOUT_WAV))
