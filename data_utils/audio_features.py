@@ -579,13 +579,20 @@ def _fit_to_frames(samples: np.ndarray, frames: int, wav: Path) -> np.ndarray:
     return fitted
 
 
+def is_processed_dataset(folder) -> bool:
+    """True for a preprocessed dataset folder (aud.wav, full_body_img/, crop_boxes.npy)."""
+    layout = DatasetLayout(Path(folder))
+    return layout.audio_wav.exists() and layout.frames_dir.is_dir() and layout.crop_boxes.exists()
+
+
 def prepare_dataset_features(dataset_dir, asr, *, ave_checkpoint=None, hubert_model=None, wenet_model=None,
-                             device="cpu", force=False, progress: bool = True) -> Path:
+                             device="cpu", force=False, progress: bool = True, ave_config=None) -> Path:
     """Write dataset_dir/aud_<asr>.npy (one row per frame in full_body_img/) and its metadata JSON.
 
     For ``ave`` without a checkpoint the person's encoder is learned first
-    (dataset_dir/ave.pth, data_utils/ave_training.py). Finished work whose
-    metadata matches the request is kept unless ``force``.
+    (dataset_dir/ave.pth, data_utils/ave_training.py, ``ave_config`` an
+    AveTrainConfig). Finished work whose metadata matches the request is kept
+    unless ``force`` (which also relearns ave.pth).
     """
     _check_asr(asr)
     layout = DatasetLayout(Path(dataset_dir))
@@ -602,7 +609,7 @@ def prepare_dataset_features(dataset_dir, asr, *, ave_checkpoint=None, hubert_mo
     if asr == "ave" and ave_checkpoint is None:
         from data_utils.ave_training import train_ave_encoder
 
-        report = train_ave_encoder(layout.root, device=device, force=force, progress=progress)
+        report = train_ave_encoder(layout.root, ave_config, device=device, force=force, progress=progress)
         heldout = report.get("heldout_sync_accuracy")
     source = resolve_encoder(asr, dataset_dir=layout.root, ave_checkpoint=ave_checkpoint,
                              hubert_model=hubert_model, wenet_model=wenet_model)
@@ -673,6 +680,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help=f"HuBERT model folder or hub id (default {HUBERT_DEFAULT_MODEL})")
     parser.add_argument("--wenet_model", help="WeNet encoder exported to ONNX")
     parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
+    parser.add_argument("--force", action="store_true",
+                        help="for a dataset's aud.wav: recompute (and relearn ave.pth) even if up to date")
     return parser
 
 
@@ -687,14 +696,23 @@ def main(argv=None) -> Path:
         import torch
 
         device = "cuda" if torch.cuda.is_available() else "cpu"
+    options = {"ave_checkpoint": args.ave_checkpoint, "hubert_model": args.hubert_model,
+               "wenet_model": args.wenet_model}
+    if args.output is None and wav.name == DatasetLayout(wav.parent).audio_wav.name and is_processed_dataset(wav.parent):
+        # a preprocessed dataset: one row per extracted frame, ave.pth learned if needed, metadata for reuse
+        output = prepare_dataset_features(wav.parent, args.asr, device=device, force=args.force, **options)
+        metadata = json.loads(metadata_path(output).read_text())
+        accuracy = metadata.get("heldout_sync_accuracy")
+        print(f"{output}: {metadata['frames']} frames x {tuple(metadata['per_frame_shape'])} ({args.asr}, "
+              f"{metadata['encoder']})" + ("" if accuracy is None else
+                                           f"; AVE held-out sync accuracy {100 * accuracy:.1f}%"))
+        return output
     output = Path(args.output) if args.output else wav.parent / FEATURE_SPECS[args.asr].filename
     samples = as_samples(wav)
     source = resolve_encoder(args.asr, dataset_dir=wav.parent, ave_checkpoint=args.ave_checkpoint,
                              hubert_model=args.hubert_model, wenet_model=args.wenet_model)
     started = time.time()
-    features = extract_features(samples, args.asr, dataset_dir=wav.parent, ave_checkpoint=args.ave_checkpoint,
-                                hubert_model=args.hubert_model, wenet_model=args.wenet_model, device=device,
-                                progress=True)
+    features = extract_features(samples, args.asr, dataset_dir=wav.parent, device=device, progress=True, **options)
     seconds = time.time() - started
     save_numpy_atomic(output, features)
     write_json_atomic(metadata_path(output), {

@@ -255,16 +255,14 @@ def train_ave_encoder(dataset_dir, config: Optional[AveTrainConfig] = None, devi
 
     Returns the training report (held-out accuracy etc.), also stored in ave.pth.
     """
-    import torch
-
     from data_utils.audio import as_samples
-    from data_utils.audio_features import (AVE_CHECKPOINT_FORMAT, _fit_to_frames, ave_mel_windows,
+    from data_utils.audio_features import (AVE_CHECKPOINT_FORMAT, _fit_to_frames, _torch_load, ave_mel_windows,
                                            count_video_frames)
 
     layout = DatasetLayout(Path(dataset_dir))
     config = config or AveTrainConfig()
     if layout.ave_encoder.exists() and not force:
-        stored = torch.load(layout.ave_encoder, map_location="cpu", weights_only=True)
+        stored = _torch_load(layout.ave_encoder)   # an unreadable file is reported, not silently replaced
         report = stored.get("report", {}) if isinstance(stored, dict) else {}
         log.info("%s exists: keeping it (held-out sync accuracy %s)", layout.ave_encoder,
                  _percent(report.get("heldout_sync_accuracy")))
