@@ -40,6 +40,7 @@ CACHE_WRITER_THREADS = 4           # cv2 decodes and warps outside the GIL
 # An off-sync pair takes its audio at least this far from the face's own frame:
 # 5 frames = 200 ms, beyond the +-2 frame slack SyncNet-style sync scores allow.
 MIN_OFFSYNC_FRAMES = 5
+MIN_PAIR_FRAMES = 2 * MIN_OFFSYNC_FRAMES + 1   # the middle frame of a split still has a far partner
 
 
 # --------------------------------------------------------------------------- the model input
@@ -429,11 +430,15 @@ def offsync_index(frame_index: int, candidates: np.ndarray, rng: np.random.Gener
 class SyncPairDataset(Dataset):
     """SyncNet samples: a face crop, its own audio window and an off-sync one."""
 
-    def __init__(self, person: PersonData, frames: Sequence[int], seed: int = 0):
+    def __init__(self, person: PersonData, frames: Sequence[int], seed: int = 0, split: str = "training"):
         self.person = person
         self.frames = np.asarray(frames)
         self.seed = seed
         self.epoch = 0
+        if len(self.frames) < MIN_PAIR_FRAMES:
+            raise UserError(f"the {split} part of {person.layout.root} has {len(self.frames)} frames; "
+                            f"SyncNet needs at least {MIN_PAIR_FRAMES} to pair every face with audio "
+                            f"{MIN_OFFSYNC_FRAMES} frames away — use a longer recording or another --val_fraction")
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch

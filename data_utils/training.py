@@ -366,7 +366,7 @@ class SyncNetTask:
         self.augment = ColourJitter() if config.augment else None
         train_frames, val_frames = split_frames(person.frame_count, config.val_fraction)
         self.train_set = SyncPairDataset(person, train_frames, config.seed)
-        self.val_set = SyncPairDataset(person, val_frames, config.seed) if len(val_frames) else None
+        self.val_set = SyncPairDataset(person, val_frames, config.seed, "held-out") if len(val_frames) else None
 
     def model_config(self) -> Dict:
         from models.syncnet import SYNC_WIDTHS

@@ -38,10 +38,11 @@ def default_weights_path() -> Path:
 
 def vgg19_features(weights_path) -> nn.Sequential:
     """torchvision's VGG19 feature stack up to relu4_4, weights from ``weights_path``."""
-    from torchvision.models import vgg19
+    from torchvision.models.vgg import cfgs, make_layers
 
     weights_path = Path(weights_path)
-    features = vgg19(weights=None).features[:VGG19_LAYERS[-1] + 1]
+    # torchvision's own VGG19 ("E") feature layers, without the 120M-parameter classifier.
+    features = make_layers(cfgs["E"])[:VGG19_LAYERS[-1] + 1]
     try:
         state = torch.load(weights_path, map_location="cpu", weights_only=True)
     except Exception as error:  # any unreadable file is the same problem to the user

@@ -1,0 +1,281 @@
+"""Training on the bundled clip, CPU, tiny widths: the crop cache, loss going
+down, checkpoint names and intervals, exact resume, SyncNet with real
+negatives, DDP with gloo, and one clear line for every bad input."""
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import train_328
+import train_syncnet
+from data_utils import checkpoints as ckpt
+from data_utils.dataset import (MIN_OFFSYNC_FRAMES, JpegCrops, SyncPairDataset, build_crop_cache,
+                                cache_info_path, load_crop_boxes, open_person)
+from data_utils.errors import UserError
+from data_utils.layout import DatasetLayout
+from data_utils.training import TrainConfig, Trainer, UNetTask
+from models.unet_328 import WIDTHS, LipSyncUNet
+from tests.training_helpers import make_small_dataset, write_test_features
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+SMALL_FRAMES = 12          # 11 train + 1 held-out frame: an epoch is two CPU steps
+
+
+@pytest.fixture(autouse=True)
+def one_cpu_thread():
+    """Tiny models gain nothing from threads; on a shared machine OpenMP threads
+    spinning against other processes make each step 5-10x slower."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture
+def small(processed_clip, tmp_path) -> Path:
+    return make_small_dataset(processed_clip, tmp_path / "talker", SMALL_FRAMES)
+
+
+def base_args(dataset_dir, save_dir, *extra):
+    return ["--dataset_dir", str(dataset_dir), "--save_dir", str(save_dir), "--asr", "ave",
+            "--model_size", "tiny", "--batch_size", "4", "--num_workers", "0", "--device", "cpu",
+            "--perceptual", "off", "--quiet", *map(str, extra)]
+
+
+def run_main(main, argv, capsys):
+    """main(argv) that must fail with a UserError: (exit code, stderr lines)."""
+    with pytest.raises(SystemExit) as stopped:
+        main(argv)
+    return stopped.value.code, capsys.readouterr().err.strip().splitlines()
+
+
+# --------------------------------------------------------------------------- data
+
+def test_crop_cache_equals_jpeg_crops_and_is_built_once(small):
+    layout = DatasetLayout(small)
+    boxes = load_crop_boxes(layout)
+    person = open_person(small, "ave", show_progress=False)
+    jpeg = JpegCrops(layout, boxes)
+    for frame in (0, 7, SMALL_FRAMES - 1):
+        np.testing.assert_array_equal(person.crop(frame), jpeg[frame])
+    assert person.crop(0).std() > 10                   # a real picture, not zeros
+    stamp = layout.crop_cache.stat().st_mtime_ns
+    open_person(small, "ave", show_progress=False)
+    assert layout.crop_cache.stat().st_mtime_ns == stamp   # reused, not rebuilt
+    assert not list(small.glob(".*partial*"))
+    # New crop boxes invalidate the cache.
+    boxes[3] += 2
+    np.save(layout.crop_boxes, boxes)
+    build_crop_cache(layout, boxes, show_progress=False)
+    np.testing.assert_array_equal(open_person(small, "ave", show_progress=False).crop(3), jpeg[3])
+    assert cache_info_path(layout).is_file()
+
+
+def test_syncnet_pairs_use_real_offsync_audio(small):
+    person = open_person(small, "ave", show_progress=False)
+    dataset = SyncPairDataset(person, np.arange(SMALL_FRAMES), seed=0)
+    for item in range(SMALL_FRAMES):
+        sample = dataset[item]
+        assert not torch.equal(sample["audio"], sample["offsync_audio"])
+        matches = [other for other in range(SMALL_FRAMES)
+                   if torch.equal(torch.from_numpy(person.audio(other)), sample["offsync_audio"])]
+        assert matches and all(abs(other - item) >= MIN_OFFSYNC_FRAMES for other in matches)
+
+
+# --------------------------------------------------------------------------- learning
+
+def test_a_few_steps_lower_the_loss_and_zero_gradients_each_step(small, tmp_path):
+    torch.manual_seed(0)
+    config = TrainConfig(dataset_dir=small, save_dir=tmp_path / "ck", model_size="tiny", batch_size=2,
+                         lr=5e-3, num_workers=0, device="cpu", perceptual="off", show_progress=False)
+    person = open_person(small, "ave", show_progress=False)
+    model = LipSyncUNet("ave", person.audio_shape, WIDTHS["tiny"])
+    trainer = Trainer(UNetTask(model, person, config), config)
+    batch = next(iter(trainer.train_loader))
+    trainer.train_model.train()
+    with torch.no_grad():
+        before = float(trainer.task.losses(trainer.train_model, batch, trainer.device)["l1"])
+    for step in range(12):
+        trainer.train_step(batch, step, last_micro_step=False)
+        assert all(parameter.grad is None for parameter in model.parameters())   # zeroed every step
+    with torch.no_grad():
+        after = float(trainer.task.losses(trainer.train_model, batch, trainer.device)["l1"])
+    assert after < 0.8 * before, (before, after)
+
+
+def test_checkpoints_every_interval_and_exact_resume(small, tmp_path, capsys):
+    extra = ["--epochs", 4, "--save_interval", 3, "--lr_schedule", "cosine", "--augment", "--see_res",
+             "--lr", "1e-3"]
+    whole = tmp_path / "whole"
+    train_328.main(base_args(small, whole, *extra))
+    names = sorted(path.name for path in whole.glob("*.pth"))
+    assert names == ["3.pth", "4.pth", "best.pth", "latest.pth"]    # interval 3, plus the final epoch
+    assert sorted(path.name for path in (whole / "samples").iterdir()) == [
+        f"epoch_{epoch:04d}.png" for epoch in range(1, 5)]
+    assert (whole / "loss_curve.png").stat().st_size > 1000
+    log_lines = [line for line in (whole / "training.log").read_text().splitlines() if " epoch " in f" {line}"]
+    epoch_lines = [line for line in log_lines if "val_psnr" in line]
+    assert len(epoch_lines) == 4 and all("train_loss" in line and "val_l1" in line for line in epoch_lines)
+
+    latest = torch.load(whole / "latest.pth", weights_only=False)
+    assert latest["epoch"] == 4 and latest["finished"]
+    for key in ("model", "optimizer", "scaler", "scheduler", "args", "rng", "history", "config"):
+        assert key in latest
+    assert latest["config"]["asr"] == "ave" and latest["config"]["widths"] == list(WIDTHS["tiny"])
+    assert latest["config"]["features"]["per_frame_shape"] == [64]
+    model, config = ckpt.load_unet(ckpt.resolve_checkpoint(whole), "cpu", asr="ave", model_size="tiny")
+    assert ckpt.resolve_checkpoint(whole).name == "4.pth" and config["model_size"] == "tiny"
+    assert ckpt.resolve_checkpoint(whole, 3).name == "3.pth"
+    assert ckpt.resolve_checkpoint(whole, "best").name == "best.pth"
+
+    # The same run, interrupted after epoch 2 (Ctrl-C), then resumed.
+    parts = tmp_path / "parts"
+
+    def interrupt(trainer, epoch):
+        if epoch == 2:
+            raise KeyboardInterrupt
+
+    with pytest.raises(SystemExit) as stopped:
+        train_328.main(base_args(small, parts, *extra), callbacks=[interrupt])
+    assert stopped.value.code == 130
+    capsys.readouterr()
+    assert sorted(path.name for path in parts.glob("*.pth")) == ["best.pth", "latest.pth"]
+    code, lines = run_main(train_328.main, base_args(small, parts, *extra), capsys)
+    assert code == 2 and len(lines) == 1 and "--resume" in lines[0]       # never silently restarted
+    train_328.main(base_args(small, parts, *extra, "--resume"))
+    assert sorted(path.name for path in parts.glob("*.pth")) == names
+    resumed = torch.load(parts / "latest.pth", weights_only=False)
+    assert resumed["epoch"] == 4 and len(resumed["history"]) == 4
+    for key, value in latest["model"].items():
+        assert torch.equal(value, resumed["model"][key]), key
+    assert latest["optimizer"]["state"][0]["step"] == resumed["optimizer"]["state"][0]["step"]
+    for left, right in zip(latest["history"], resumed["history"]):
+        assert left["train_loss"] == right["train_loss"] and left["val_l1"] == right["val_l1"]
+    # A finished run resumed again has nothing to do.
+    train_328.main(base_args(small, parts, *extra, "--resume"))
+    assert torch.load(parts / "latest.pth", weights_only=False)["epoch"] == 4
+
+
+def test_gradient_accumulation_and_amp(small, tmp_path):
+    save = tmp_path / "accumulate"
+    train_328.main(base_args(small, save, "--epochs", 1, "--grad_accum", 2, "--amp"))
+    latest = torch.load(save / "latest.pth", weights_only=False)
+    micro_batches = (SMALL_FRAMES - 1) // 4                              # 2 micro-batches of 4
+    assert latest["optimizer"]["state"][0]["step"] == micro_batches // 2
+    assert np.isfinite(latest["history"][0]["train_loss"])
+
+
+def test_syncnet_training_then_unet_with_sync_loss(processed_clip, tmp_path, capsys):
+    # SyncNet needs 11+ frames per split (every face gets audio 5+ frames away): 40 frames, 30% held out.
+    data = make_small_dataset(processed_clip, tmp_path / "talker", 40)
+    save = tmp_path / "ck"
+    argv = ["--dataset_dir", str(data), "--save_dir", str(save / "syncnet"), "--model_size", "tiny",
+            "--batch_size", "8", "--epochs", "2", "--num_workers", "0", "--device", "cpu", "--quiet"]
+    code, lines = run_main(train_syncnet.main, argv + ["--val_fraction", "0.05"], capsys)
+    assert len(lines) == 1 and "held-out part" in lines[0] and "has 2 frames" in lines[0]
+    train_syncnet.main(argv + ["--val_fraction", "0.3"])
+    log_text = (save / "syncnet" / "training.log").read_text()
+    assert "val_accuracy" in log_text and "val_pair_accuracy" in log_text
+    accuracy = torch.load(save / "syncnet" / "latest.pth", weights_only=False)["history"][-1]["val_accuracy"]
+    assert 0.0 <= accuracy <= 1.0
+    train_328.main(base_args(data, save, "--epochs", 1, "--use_syncnet", "--val_fraction", "0.3"))
+    entry = torch.load(save / "latest.pth", weights_only=False)["history"][0]
+    assert entry["train_sync"] > 0 and "val_sync_accuracy" in entry
+    assert entry["train_loss"] == pytest.approx(entry["train_l1"] + 10 * entry["train_sync"], rel=1e-4)
+
+
+# --------------------------------------------------------------------------- torchrun
+
+def test_ddp_two_cpu_processes_with_gloo(small, tmp_path):
+    save = tmp_path / "ddp"
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+               str(REPO_ROOT / "train_328.py"), *base_args(small, save, "--epochs", 2, "--batch_size", 2,
+                                                           "--save_interval", 1)]
+    environment = {**os.environ, "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(command, capture_output=True, text=True, timeout=240, env=environment)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert sorted(path.name for path in save.glob("*.pth")) == ["1.pth", "2.pth", "best.pth", "latest.pth"]
+    log_text = (save / "training.log").read_text()
+    assert "2 process(es)" in log_text
+    # 11 train frames / (2 processes x batch 2) = 2 steps per epoch (drop_last).
+    assert "2 steps per epoch" in log_text
+    assert log_text.count("epoch 1/2") == 1 and log_text.count("epoch 2/2") == 1   # rank 0 logs alone
+    latest = torch.load(save / "latest.pth", weights_only=False)
+    assert latest["optimizer"]["state"][0]["step"] == 4
+
+
+# --------------------------------------------------------------------------- bad input
+
+def test_unprocessed_dataset_names_the_command(tmp_path, capsys):
+    raw = tmp_path / "May"
+    raw.mkdir()
+    (raw / "May.mp4").write_bytes(b"")
+    code, lines = run_main(train_328.main, base_args(raw, tmp_path / "ck"), capsys)
+    assert code == 2 and len(lines) == 1
+    assert "is not processed" in lines[0] and "python data_utils/process.py --input_video" in lines[0]
+    code, lines = run_main(train_328.main, base_args(tmp_path / "nobody", tmp_path / "ck"), capsys)
+    assert len(lines) == 1 and "does not exist" in lines[0] and "process.py" in lines[0]
+
+
+def test_features_for_another_asr(small, tmp_path, capsys):
+    argv = base_args(small, tmp_path / "ck")
+    argv[argv.index("ave")] = "hubert"
+    code, lines = run_main(train_328.main, argv, capsys)
+    assert code == 2 and len(lines) == 1
+    assert "has audio features for ave" in lines[0] and "--asr hubert" in lines[0]
+    # Features whose metadata says another encoder made them.
+    features = DatasetLayout(small).features("wenet")
+    write_test_features(small, "ave")
+    features.write_bytes(DatasetLayout(small).features("ave").read_bytes())
+    features.with_suffix(".json").write_text('{"asr": "ave"}')
+    argv[argv.index("hubert")] = "wenet"
+    code, lines = run_main(train_328.main, argv, capsys)
+    assert len(lines) == 1 and "holds features for --asr ave" in lines[0]
+
+
+def test_checkpoint_from_another_asr_or_width(small, tmp_path, capsys):
+    save = tmp_path / "ck"
+    train_328.main(base_args(small, save, "--epochs", 1))
+    path = ckpt.resolve_checkpoint(save)
+    with pytest.raises(UserError, match="trained with --asr ave, not --asr hubert"):
+        ckpt.load_unet(path, "cpu", asr="hubert")
+    with pytest.raises(UserError, match="model size tiny .* not full"):
+        ckpt.load_unet(path, "cpu", model_size="full")
+    argv = base_args(small, save, "--epochs", 2, "--resume")
+    argv[argv.index("tiny")] = "mobile"
+    code, lines = run_main(train_328.main, argv, capsys)
+    assert code == 2 and len(lines) == 1 and "model size tiny" in lines[0]
+    broken = tmp_path / "broken.pth"
+    broken.write_bytes(path.read_bytes()[:1000])
+    with pytest.raises(UserError, match="damaged or not a checkpoint"):
+        ckpt.load_unet(broken)
+    with pytest.raises(UserError, match="does not exist"):
+        ckpt.resolve_checkpoint(save, 7)
+    with pytest.raises(UserError, match="train first"):
+        ckpt.resolve_checkpoint(tmp_path / "nothing_here")
+
+
+def test_batch_size_larger_than_the_dataset(small, tmp_path, capsys):
+    code, lines = run_main(train_328.main, base_args(small, tmp_path / "ck") + ["--batch_size", "64"], capsys)
+    assert code == 2 and len(lines) == 1
+    assert "--batch_size 64 is larger than the 11 training frames" in lines[0]
+
+
+def test_cuda_requested_but_absent(small, tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    argv = base_args(small, tmp_path / "ck")
+    argv[argv.index("cpu")] = "cuda"
+    code, lines = run_main(train_328.main, argv, capsys)
+    assert code == 2 and len(lines) == 1
+    assert "--device cuda was requested but PyTorch sees no CUDA GPU" in lines[0]
+
+
+def test_missing_syncnet_and_missing_name(small, tmp_path, capsys):
+    code, lines = run_main(train_328.main, base_args(small, tmp_path / "ck", "--use_syncnet"), capsys)
+    assert len(lines) == 1 and "no SyncNet checkpoint" in lines[0] and "train_syncnet.py" in lines[0]
+    code, lines = run_main(train_328.main, ["--asr", "ave"], capsys)
+    assert len(lines) == 1 and "--name NAME" in lines[0]

@@ -1,0 +1,62 @@
+"""Helpers for the training tests: audio features for a processed test clip.
+
+The tests must not download or train a real audio encoder, so features come
+from a fixed random projection of the clip's own log-mel spectrogram, averaged
+per video frame: real, speech-driven values of the right layout (N, per_frame)
+aligned to the frames, written where data_utils/audio_features.py writes them.
+"""
+import json
+from pathlib import Path
+
+import numpy as np
+
+from data_utils.audio import MEL_HOP, load_audio, melspectrogram
+from data_utils.layout import DatasetLayout
+from data_utils.timebase import FEATURE_SPECS, SAMPLES_PER_FRAME
+
+PROJECTION_SEED = 1234
+# Small per-frame sizes keep tiny models tiny: 16 x 64 values -> (4, 16, 16) for ave.
+TEST_PER_FRAME = {"ave": (64,), "wenet": (64,), "hubert": (2, 32)}
+
+
+def write_test_features(dataset_dir, asr: str = "ave", per_frame_shape=None) -> Path:
+    layout = DatasetLayout(Path(dataset_dir))
+    per_frame_shape = tuple(per_frame_shape or TEST_PER_FRAME[asr])
+    frames = len(np.load(layout.crop_boxes))
+    mel = melspectrogram(load_audio(layout.audio_wav))               # (M, 80) at 80 per second
+    mel_per_frame = SAMPLES_PER_FRAME / MEL_HOP                     # 3.2
+    rows = []
+    for frame in range(frames):
+        start = int(frame * mel_per_frame)
+        stop = max(int((frame + 1) * mel_per_frame), start + 1)
+        chunk = mel[start:stop] if start < len(mel) else mel[-1:]
+        rows.append(chunk.mean(axis=0))
+    rows = np.stack(rows)
+    projection = np.random.default_rng(PROJECTION_SEED).standard_normal(
+        (rows.shape[1], int(np.prod(per_frame_shape)))) / np.sqrt(rows.shape[1])
+    features = np.tanh(rows @ projection).astype(np.float32).reshape((frames,) + per_frame_shape)
+    path = layout.features(asr)
+    np.save(path, features)
+    path.with_suffix(".json").write_text(json.dumps(
+        {"asr": asr, "encoder": "test projection of the log-mel spectrogram",
+         "per_frame_shape": list(per_frame_shape), "frames": frames}))
+    assert FEATURE_SPECS[asr].window_shape(per_frame_shape)
+    return path
+
+
+def make_small_dataset(processed_clip, destination, frames: int = 20, asr: str = "ave") -> Path:
+    """A copy of the processed test clip cut to its first ``frames`` frames, with features.
+
+    Real frames, crops and speech, few enough that a CPU epoch takes seconds.
+    """
+    import shutil
+
+    destination = Path(destination)
+    shutil.copytree(processed_clip, destination)
+    layout = DatasetLayout(destination)
+    np.save(layout.crop_boxes, np.load(layout.crop_boxes)[:frames])
+    for path in layout.frames_dir.glob("*.jpg"):
+        if int(path.stem) >= frames:
+            path.unlink()
+    write_test_features(destination, asr)
+    return destination
