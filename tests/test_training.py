@@ -279,3 +279,56 @@ def test_missing_syncnet_and_missing_name(small, tmp_path, capsys):
     assert len(lines) == 1 and "no SyncNet checkpoint" in lines[0] and "train_syncnet.py" in lines[0]
     code, lines = run_main(train_328.main, ["--asr", "ave"], capsys)
     assert len(lines) == 1 and "--name NAME" in lines[0]
+
+
+# --------------------------------------------------------------------------- training_328.sh
+
+def _script_sandbox(tmp_path):
+    """training_328.sh in a folder of its own, with a stand-in python that records its calls."""
+    root = tmp_path / "repo"
+    (root / "dataset" / "May").mkdir(parents=True)
+    (root / "dataset" / "May" / "May.mp4").write_bytes(b"video")
+    (root / "training_328.sh").write_text((REPO_ROOT / "training_328.sh").read_text())
+    fake = tmp_path / "fake_python"
+    fake.write_text('#!/usr/bin/env bash\necho "$*" >> "$CALLS"\n[ "$1" != "${FAIL_ON:-none}" ]\n')
+    fake.chmod(0o755)
+    return root, fake
+
+
+def _run_script(root, fake, *arguments, fail_on="none"):
+    calls = root / "calls.txt"
+    calls.unlink(missing_ok=True)
+    environment = {**os.environ, "PYTHON": str(fake), "CALLS": str(calls), "FAIL_ON": fail_on,
+                   "UNET_ARGS": "--model_size tiny --epochs 3"}
+    result = subprocess.run(["bash", str(root / "training_328.sh"), *arguments], capture_output=True,
+                            text=True, env=environment, timeout=60)
+    made = calls.read_text().splitlines() if calls.exists() else []
+    return result, made
+
+
+def test_training_script_runs_stages_in_order_stops_at_failure_and_skips_finished(tmp_path):
+    root, fake = _script_sandbox(tmp_path)
+    result, calls = _run_script(root, fake, "May", "cpu")
+    assert result.returncode == 0, result.stderr
+    assert [call.split()[0] for call in calls] == ["data_utils/process.py", "train_syncnet.py", "train_328.py"]
+    assert "--input_video dataset/May/May.mp4 --output_dir dataset/May --asr ave --device cpu" in calls[0]
+    assert "--resume" in calls[1] and "--use_syncnet --resume --model_size tiny --epochs 3" in calls[2]
+    assert result.stdout.count("== [") == 3
+
+    result, calls = _run_script(root, fake, "May", "cpu", "hubert", fail_on="train_syncnet.py")
+    assert result.returncode != 0
+    assert [call.split()[0] for call in calls] == ["data_utils/process.py", "train_syncnet.py"]
+    assert "--asr hubert" in calls[0]
+
+    (root / "checkpoint" / "May" / "syncnet").mkdir(parents=True)
+    (root / "checkpoint" / "May" / "syncnet" / "summary.json").write_text("{}")
+    result, calls = _run_script(root, fake, "May", "0")
+    assert result.returncode == 0 and "SyncNet already trained" in result.stdout
+    assert [call.split()[0] for call in calls] == ["data_utils/process.py", "train_328.py"]
+    assert "--device cuda" in calls[1]
+
+    result, calls = _run_script(root, fake, "Nobody", "0")
+    assert result.returncode == 2 and calls == []
+    assert "dataset/Nobody/Nobody.mp4 does not exist" in result.stderr
+    result, calls = _run_script(root, fake, "May")
+    assert result.returncode == 2 and "usage: bash training_328.sh NAME GPU [ASR]" in result.stderr

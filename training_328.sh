@@ -1,0 +1,71 @@
+#!/usr/bin/env bash
+# The whole path from a recording to checkpoints, stage by stage:
+#
+#   bash training_328.sh NAME GPU [ASR]      # dataset/NAME/NAME.mp4 -> checkpoint/NAME/10.pth, 20.pth, ...
+#   bash training_328.sh May 0               # GPU 0, ave features
+#   bash training_328.sh May 1 hubert        # GPU 1, HuBERT features
+#   bash training_328.sh May cpu             # no GPU (slow; for trying the pipeline)
+#
+# 1. preprocess  data_utils/process.py: 25 fps frames, landmarks, crop boxes, audio, aud_<ASR>.npy
+# 2. SyncNet     train_syncnet.py -> checkpoint/NAME/syncnet/best.pth
+# 3. U-Net       train_328.py --use_syncnet -> checkpoint/NAME/*.pth
+#
+# A re-run skips finished stages and resumes an interrupted training from its
+# latest.pth. Extra options go through the environment, e.g.
+#   UNET_ARGS="--model_size mobile --amp" SYNCNET_ARGS="--epochs 20" bash training_328.sh May 0
+# PYTHON picks the interpreter (default: python).
+set -euo pipefail
+
+usage="usage: bash training_328.sh NAME GPU [ASR]   (GPU: an index such as 0, or cpu; ASR: ave | hubert | wenet)"
+if [ $# -lt 2 ] || [ $# -gt 3 ]; then
+    echo "$usage" >&2
+    exit 2
+fi
+NAME=$1
+GPU=$2
+ASR=${3:-ave}
+PYTHON=${PYTHON:-python}
+read -r -a UNET_EXTRA <<< "${UNET_ARGS:-}"
+read -r -a SYNCNET_EXTRA <<< "${SYNCNET_ARGS:-}"
+
+cd "$(dirname "$0")"
+DATASET=dataset/$NAME
+VIDEO=$DATASET/$NAME.mp4
+CHECKPOINTS=checkpoint/$NAME
+
+case $ASR in
+    ave|hubert|wenet) ;;
+    *) echo "error: unknown ASR '$ASR' — use ave, hubert or wenet" >&2; exit 2 ;;
+esac
+if [ "$GPU" = "cpu" ]; then
+    DEVICE=cpu
+else
+    case $GPU in
+        ''|*[!0-9,]*) echo "error: GPU must be an index such as 0 (or cpu), not '$GPU'" >&2; exit 2 ;;
+    esac
+    export CUDA_VISIBLE_DEVICES=$GPU
+    DEVICE=cuda
+fi
+if [ ! -f "$VIDEO" ]; then
+    echo "error: $VIDEO does not exist — put the recording there: mkdir -p $DATASET && cp your_video.mp4 $VIDEO" >&2
+    exit 2
+fi
+
+echo "== [1/3] preprocessing $VIDEO ($ASR features; finished stages are skipped)"
+"$PYTHON" data_utils/process.py --input_video "$VIDEO" --output_dir "$DATASET" --asr "$ASR" --device "$DEVICE"
+
+echo "== [2/3] SyncNet -> $CHECKPOINTS/syncnet"
+if [ -f "$CHECKPOINTS/syncnet/summary.json" ]; then
+    echo "SyncNet already trained ($CHECKPOINTS/syncnet/summary.json): skipping"
+else
+    "$PYTHON" train_syncnet.py --name "$NAME" --asr "$ASR" --device "$DEVICE" --resume ${SYNCNET_EXTRA[@]+"${SYNCNET_EXTRA[@]}"}
+fi
+
+echo "== [3/3] U-Net -> $CHECKPOINTS"
+if [ -f "$CHECKPOINTS/summary.json" ]; then
+    echo "U-Net already trained ($CHECKPOINTS/summary.json): skipping"
+else
+    "$PYTHON" train_328.py --name "$NAME" --asr "$ASR" --device "$DEVICE" --use_syncnet --resume ${UNET_EXTRA[@]+"${UNET_EXTRA[@]}"}
+fi
+
+echo "== done: checkpoints in $CHECKPOINTS (training.log, loss_curve.png); next: python inference_328.py --name $NAME --audio_path your.wav"
