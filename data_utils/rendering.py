@@ -238,8 +238,8 @@ def feature_encoder_source(config: Dict, layout: DatasetLayout, ave_checkpoint=N
     recorded = (config.get("features") or {}).get("encoder")
     if asr == "ave" and ave_checkpoint is None and recorded and Path(recorded).is_file():
         ave_checkpoint = recorded
-    if asr == "hubert" and hubert_model is None and recorded and not str(recorded).startswith("test "):
-        hubert_model = recorded
+    if asr == "hubert" and hubert_model is None and recorded:
+        hubert_model = recorded            # a local folder or a hub id
     if asr == "wenet" and wenet_model is None and recorded and Path(recorded).is_file():
         wenet_model = recorded
     source = resolve_encoder(asr, dataset_dir=layout.root, ave_checkpoint=ave_checkpoint,

@@ -445,3 +445,35 @@ def test_checkpoint_without_processed_dataset(person, tmp_path, capsys):
     assert f"{person.dataset_root / 'orphan'} does not exist" in line and "process.py" in line
     with pytest.raises(UserError, match="needs dataset_dir"):
         list(render(LipSyncUNet("ave", (32, 16, 16), WIDTHS["tiny"]), HELDOUT_WAV))
+
+
+# ---------------------------------------------------------------------------- other encoders
+
+TINY_HUBERT_HIDDEN = 32          # (2, 32) values a frame -> a (1, 32, 32) window
+
+
+def test_hubert_model_renders_with_the_encoder_it_was_trained_on(processed_copy, tmp_path):
+    from transformers import HubertConfig, HubertModel
+
+    torch.manual_seed(3)
+    hubert_dir = tmp_path / "tiny hubert"
+    config = HubertConfig(hidden_size=TINY_HUBERT_HIDDEN, num_hidden_layers=1, num_attention_heads=2,
+                          intermediate_size=64, conv_dim=(16,) * 7, num_conv_pos_embeddings=16,
+                          num_conv_pos_embedding_groups=4, vocab_size=12)
+    HubertModel(config).eval().save_pretrained(hubert_dir)
+    prepare_dataset_features(processed_copy, "hubert", hubert_model=hubert_dir, progress=False)
+    layout = DatasetLayout(processed_copy)
+    audio_shape = (1, 32, 32)
+    model = LipSyncUNet("hubert", audio_shape, WIDTHS["tiny"])
+    checkpoint = save_checkpoint(tmp_path / "checkpoint" / "hu" / "20.pth", model.state_dict(),
+                                 model_config(UNET_KIND, "hubert", "tiny", WIDTHS["tiny"], audio_shape,
+                                              read_feature_metadata(layout, "hubert")), 20)
+    samples = load_audio(HELDOUT_WAV)[:int(0.6 * SAMPLE_RATE)]
+    with load_renderer(dataset_dir=processed_copy, checkpoint=checkpoint, device="cpu") as renderer:
+        assert renderer.asr == "hubert" and renderer.featurizer.source == str(hubert_dir)
+        renderer.unet = recorder = RecordingUNet(renderer.unet)
+        frames = list(renderer.render(samples))
+    assert len(frames) == 15 and frames[0].shape == (512, 512, 3)
+    whole = extract_features(samples, "hubert", hubert_model=hubert_dir)
+    expected = np.stack([model_audio_input(whole, index, "hubert") for index in range(15)])
+    np.testing.assert_allclose(np.concatenate(recorder.audio), expected, atol=1e-5)

@@ -1,0 +1,243 @@
+"""Inference speed: end-to-end frames/s (audio file -> finished mp4) and model-only
+frames/s, for eager PyTorch and onnxruntime, on the CPU and (when present) the GPU.
+
+    python benchmarks/bench_inference.py                           # full width, CPU (+ GPU if any)
+    python benchmarks/bench_inference.py --model_size mobile --seconds 4
+    python benchmarks/bench_inference.py --ort_sweep               # onnxruntime levels x threads
+
+Targets (issue 5): on one H100, end to end at least 100 frames/s (4x real time)
+at full width; on 2 CPU cores, onnxruntime at least 1.5x faster than eager torch.
+
+The person is the bundled clip (512x512), processed into a temporary folder;
+the U-Net and the AVE audio encoder have random weights of the real layouts
+(speed does not depend on the values). End to end covers everything the CLI
+does after loading: decoding the audio, AVE features, the model in batches,
+frame decoding, paste-back, H.264 + AAC encoding.
+"""
+import argparse
+import os
+import platform
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO_ROOT))
+
+BUNDLED = REPO_ROOT / "tests" / "data" / "talker_a_4s.mp4"
+SPEECH = REPO_ROOT / "tests" / "data" / "heldout_2s.wav"
+NAME = "bench"
+EPOCH = 1
+H100_TARGET_FPS = 100.0
+CPU_ORT_SPEEDUP_TARGET = 1.5
+WARMUP_CALLS = 2
+
+
+def cpu_description() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def build_person(scratch: Path, video: Path, model_size: str, batch_norm_seed: int = 0):
+    """A processed dataset, an AVE encoder and a random-weight checkpoint under ``scratch``."""
+    import numpy as np
+    import torch
+    from torch import nn
+
+    from data_utils.checkpoints import UNET_KIND, model_config, save_checkpoint
+    from data_utils.layout import DatasetLayout
+    from data_utils.preprocess import process_video
+    from data_utils.timebase import FEATURE_SPECS
+    from models.audio_encoders import AVE_FEATURES, AveAudioEncoder
+    from models.unet_328 import WIDTHS, LipSyncUNet
+
+    dataset_root, checkpoint_root = scratch / "dataset", scratch / "checkpoint"
+    layout = DatasetLayout(dataset_root / NAME)
+    layout.root.mkdir(parents=True)
+    shutil.copy(video, layout.source_video())
+    process_video(layout.source_video(), show_progress=False)
+    torch.manual_seed(batch_norm_seed)
+    torch.save(AveAudioEncoder(1.0).conv_stack.state_dict(), layout.ave_encoder)
+    audio_shape = FEATURE_SPECS["ave"].window_shape((AVE_FEATURES,))
+    model = LipSyncUNet("ave", audio_shape, WIDTHS[model_size])
+    for module in model.modules():
+        if isinstance(module, (nn.BatchNorm1d, nn.BatchNorm2d)):
+            module.running_var.uniform_(0.5, 1.5)
+    features = {"asr": "ave", "encoder": str(layout.ave_encoder), "per_frame_shape": [AVE_FEATURES]}
+    config = model_config(UNET_KIND, "ave", model_size, WIDTHS[model_size], audio_shape, features)
+    checkpoint = save_checkpoint(checkpoint_root / NAME / f"{EPOCH}.pth", model.state_dict(), config, EPOCH)
+    frames = len(np.load(layout.crop_boxes))
+    return dataset_root, checkpoint_root, checkpoint, frames
+
+
+def speech_file(scratch: Path, seconds: float) -> Path:
+    """``seconds`` of the bundled held-out speech, repeated, as a wav (what a user passes)."""
+    import numpy as np
+
+    from data_utils.audio import load_audio
+    from data_utils.timebase import SAMPLE_RATE
+    from data_utils.video_writer import write_wav
+
+    speech = load_audio(SPEECH)
+    wanted = int(seconds * SAMPLE_RATE)
+    samples = np.tile(speech, wanted // len(speech) + 1)[:wanted]
+    return write_wav(scratch / "speech.wav", samples)
+
+
+def timed(call, repeats: int) -> float:
+    """Seconds per call, after warm-up calls."""
+    for _ in range(WARMUP_CALLS):
+        call()
+    started = time.perf_counter()
+    for _ in range(repeats):
+        call()
+    return (time.perf_counter() - started) / repeats
+
+
+def model_inputs(batch_size: int, audio_shape):
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    image6 = rng.random((batch_size, 6, 320, 320), dtype=np.float32)
+    audio = rng.standard_normal((batch_size, *audio_shape)).astype(np.float32)
+    return image6, audio
+
+
+def torch_model_fps(model, image6, audio, device: str, repeats: int, half: bool = False) -> float:
+    import torch
+
+    model = model.to(device).eval()
+    image_tensor = torch.from_numpy(image6).to(device)
+    audio_tensor = torch.from_numpy(audio).to(device)
+
+    def call():
+        with torch.inference_mode(), torch.autocast("cuda", dtype=torch.float16, enabled=half):
+            model(image_tensor, audio_tensor)
+        if device == "cuda":
+            torch.cuda.synchronize()
+
+    return len(image6) / timed(call, repeats)
+
+
+def onnx_model_fps(onnx_path, image6, audio, device: str, repeats: int, threads=None,
+                   optimization: str = "all") -> float:
+    from data_utils.onnx_backend import OnnxUNet
+
+    session = OnnxUNet(onnx_path, device, threads, optimization)
+    if device == "cuda" and session.device != "cuda":
+        return float("nan")
+    return len(image6) / timed(lambda: session(image6, audio), repeats)
+
+
+def end_to_end_fps(args, dataset_root, checkpoint_root, audio_path, output, device, backend, half=False,
+                   threads=None):
+    from data_utils.rendering import load_renderer, render_to_file
+
+    started = time.perf_counter()
+    with load_renderer(NAME, dataset_root=dataset_root, checkpoint_root=checkpoint_root, device=device,
+                       backend=backend, half=half, batch_size=args.batch_size, onnx_threads=threads) as renderer:
+        loading = time.perf_counter() - started
+        result = render_to_file(renderer, audio_path, output, progress=False)
+    return result.frames_per_second, result.frames, loading
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model_size", default="full", choices=("full", "mobile", "tiny"))
+    parser.add_argument("--batch_size", type=int, default=8)
+    parser.add_argument("--seconds", type=float, default=4.0, help="audio length for the end-to-end runs")
+    parser.add_argument("--repeats", type=int, default=3, help="timed model calls (after warm-up)")
+    parser.add_argument("--threads", type=int, help="CPU threads for torch and onnxruntime (default: all usable)")
+    parser.add_argument("--video", type=Path, default=BUNDLED)
+    parser.add_argument("--devices", default="auto", help="cpu, cuda, or auto (cpu, and cuda when present)")
+    parser.add_argument("--skip_end_to_end", action="store_true")
+    parser.add_argument("--ort_sweep", action="store_true",
+                        help="also time onnxruntime at every graph optimisation level and 1..N threads")
+    args = parser.parse_args(argv)
+
+    import logging
+
+    import torch
+
+    from data_utils.checkpoints import load_unet
+    from data_utils.onnx_backend import OPTIMIZATION_LEVELS, cpu_thread_count, ensure_onnx
+
+    logging.basicConfig(level=logging.WARNING)
+    threads = args.threads or cpu_thread_count()
+    torch.set_num_threads(threads)
+    devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else []) if args.devices == "auto" \
+        else args.devices.split(",")
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none"
+    print(f"machine: {cpu_description()}, {threads} of {os.cpu_count()} cores used; GPU: {gpu}; "
+          f"torch {torch.__version__}; model {args.model_size}, batch {args.batch_size}")
+
+    with tempfile.TemporaryDirectory() as scratch_name:
+        scratch = Path(scratch_name)
+        dataset_root, checkpoint_root, checkpoint, frames = build_person(scratch, args.video, args.model_size)
+        model, config = load_unet(checkpoint, "cpu")
+        onnx_path = ensure_onnx(checkpoint, model, config)
+        image6, audio = model_inputs(args.batch_size, config["audio_shape"])
+        audio_path = speech_file(scratch, args.seconds)
+        rows = []
+        for device in devices:
+            torch_fps = torch_model_fps(model, image6, audio, device, args.repeats)
+            rows.append((device, "model only", "torch eager fp32", torch_fps))
+            if device == "cuda":
+                rows.append((device, "model only", "torch fp16 autocast",
+                             torch_model_fps(model, image6, audio, device, args.repeats, half=True)))
+            ort_fps = onnx_model_fps(onnx_path, image6, audio, device, args.repeats, threads)
+            rows.append((device, "model only", "onnxruntime", ort_fps))
+            print(f"[{device}] model only: torch {torch_fps:.2f} frames/s, onnxruntime {ort_fps:.2f} frames/s "
+                  f"-> onnxruntime/torch {ort_fps / torch_fps:.2f}x", flush=True)
+            if args.ort_sweep and device == "cpu":
+                for level in OPTIMIZATION_LEVELS:
+                    for count in sorted({1, threads}):
+                        fps = onnx_model_fps(onnx_path, image6, audio, device, args.repeats, count, level)
+                        print(f"[cpu] onnxruntime optimisation {level:9s} threads {count}: {fps:.2f} frames/s",
+                              flush=True)
+                for count in sorted({1, threads}):
+                    torch.set_num_threads(count)
+                    print(f"[cpu] torch eager threads {count}: "
+                          f"{torch_model_fps(model, image6, audio, device, args.repeats):.2f} frames/s", flush=True)
+                torch.set_num_threads(threads)
+            if args.skip_end_to_end:
+                continue
+            variants = [("torch", False), ("onnx", False)] + ([("torch", True)] if device == "cuda" else [])
+            for backend, half in variants:
+                fps, rendered, loading = end_to_end_fps(args, dataset_root, checkpoint_root, audio_path,
+                                                        scratch / f"out_{device}_{backend}.mp4", device, backend,
+                                                        half, threads)
+                label = f"{backend}{' fp16' if half else ''}"
+                rows.append((device, "end to end", label, fps))
+                print(f"[{device}] end to end ({backend}{' fp16' if half else ''}): {fps:.2f} frames/s "
+                      f"({rendered} frames of {args.seconds:g} s audio; {loading:.1f} s loading not counted)",
+                      flush=True)
+        print()
+        print(f"{'device':6s}  {'what':10s}  {'backend':20s}  frames/s  x real time")
+        for device, what, backend, fps in rows:
+            print(f"{device:6s}  {what:10s}  {backend:20s}  {fps:8.2f}  {fps / 25:6.2f}")
+        for device in devices:
+            model_rows = {backend: fps for dev, what, backend, fps in rows if dev == device and what == "model only"}
+            end_rows = {backend: fps for dev, what, backend, fps in rows if dev == device and what == "end to end"}
+            ratio = model_rows["onnxruntime"] / model_rows["torch eager fp32"]
+            line = f"[{device}] onnxruntime / eager torch: model only {ratio:.2f}x"
+            if end_rows:
+                line += f", end to end {end_rows['onnx'] / end_rows['torch']:.2f}x"
+            if device == "cpu":
+                line += f" (target on 2 cores: >= {CPU_ORT_SPEEDUP_TARGET}x)"
+            else:
+                best = max(end_rows.values()) if end_rows else float("nan")
+                line += f"; best end to end {best:.1f} frames/s (H100 target at full width: >= {H100_TARGET_FPS:g})"
+            print(line)
+        print(f"(recording: {frames} frames of {args.video.name})")
+
+
+if __name__ == "__main__":
+    main()
