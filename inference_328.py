@@ -22,6 +22,7 @@ from data_utils.rendering import (BACKENDS, DEFAULT_BATCH_SIZE, DEFAULT_FEATHER_
                                   default_output_path, load_renderer, locate_run,
                                   render_to_file)
 from data_utils.timebase import ASR_CHOICES
+from data_utils.video_writer import DEFAULT_CRF, DEFAULT_PRESET, X264_PRESETS
 
 log = logging.getLogger("inference")
 
@@ -45,6 +46,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="match the generated mouth region's colours to the frame before pasting")
     parser.add_argument("--feather", type=float, default=DEFAULT_FEATHER_PX,
                         help="crop pixels over which the generated region fades into the frame")
+    parser.add_argument("--crf", type=int, default=DEFAULT_CRF, help="H.264 quality: lower is better and larger")
+    parser.add_argument("--x264_preset", default=DEFAULT_PRESET, choices=X264_PRESETS,
+                        help="x264 speed preset; faster presets give larger files")
     parser.add_argument("--fp16", action="store_true", help="half precision on CUDA (torch backend)")
     parser.add_argument("--dataset_dir", help="processed recording (default: dataset/NAME)")
     parser.add_argument("--ave_checkpoint", help="AVE encoder for --asr ave (default: the one training used)")
@@ -91,7 +95,8 @@ def main(argv=None):
         label = checkpoint_label(renderer.checkpoint_path)
         output = Path(args.output) if args.output else \
             default_output_path(args.name, args.audio_path, label, args.result_root)
-        result = render_to_file(renderer, args.audio_path, output, args.start_frame, progress=not args.no_progress)
+        result = render_to_file(renderer, args.audio_path, output, args.start_frame, progress=not args.no_progress,
+                                crf=args.crf, preset=args.x264_preset)
     print(f"wrote {result.path} ({result.frames} frames, {result.frames_per_second:.1f} frames/s)")
     return result.path
 

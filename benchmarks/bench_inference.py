@@ -12,7 +12,9 @@ The person is the bundled clip (512x512), processed into a temporary folder;
 the U-Net and the AVE audio encoder have random weights of the real layouts
 (speed does not depend on the values). End to end covers everything the CLI
 does after loading: decoding the audio, AVE features, the model in batches,
-frame decoding, paste-back, H.264 + AAC encoding.
+frame decoding, paste-back, H.264 + AAC encoding. On the CPU it is also timed
+with the U-Net replaced by a copy of the input crop: the ceiling the rest of the
+pipeline allows.
 """
 import argparse
 import os
@@ -136,14 +138,25 @@ def onnx_model_fps(onnx_path, image6, audio, device: str, repeats: int, threads=
     return len(image6) / timed(lambda: session(image6, audio), repeats)
 
 
+class CopyCrop:
+    """Stands in for the U-Net to time everything around it: returns the crop's own centre."""
+
+    def __call__(self, crops_u8, audio):
+        from data_utils.crop import INNER
+
+        return crops_u8[:, INNER, INNER].copy()
+
+
 def end_to_end_fps(args, dataset_root, checkpoint_root, audio_path, output, device, backend, half=False,
-                   threads=None):
+                   threads=None, without_model=False):
     from data_utils.rendering import load_renderer, render_to_file
 
     started = time.perf_counter()
     with load_renderer(NAME, dataset_root=dataset_root, checkpoint_root=checkpoint_root, device=device,
                        backend=backend, half=half, batch_size=args.batch_size, onnx_threads=threads) as renderer:
         loading = time.perf_counter() - started
+        if without_model:
+            renderer.unet = CopyCrop()
         result = render_to_file(renderer, audio_path, output, progress=False)
     return result.frames_per_second, result.frames, loading
 
@@ -209,6 +222,13 @@ def main(argv=None):
                 torch.set_num_threads(threads)
             if args.skip_end_to_end:
                 continue
+            if device == "cpu":
+                fps, rendered, _ = end_to_end_fps(args, dataset_root, checkpoint_root, audio_path,
+                                                  scratch / "out_pipeline.mp4", "cpu", "torch", threads=threads,
+                                                  without_model=True)
+                rows.append((device, "end to end", "no U-Net (pipeline)", fps))
+                print(f"[cpu] end to end without the U-Net (audio, features, decoding, paste-back, encoding): "
+                      f"{fps:.2f} frames/s", flush=True)
             variants = [("torch", False), ("onnx", False)] + ([("torch", True)] if device == "cuda" else [])
             for backend, half in variants:
                 fps, rendered, loading = end_to_end_fps(args, dataset_root, checkpoint_root, audio_path,
@@ -225,7 +245,8 @@ def main(argv=None):
             print(f"{device:6s}  {what:10s}  {backend:20s}  {fps:8.2f}  {fps / 25:6.2f}")
         for device in devices:
             model_rows = {backend: fps for dev, what, backend, fps in rows if dev == device and what == "model only"}
-            end_rows = {backend: fps for dev, what, backend, fps in rows if dev == device and what == "end to end"}
+            end_rows = {backend: fps for dev, what, backend, fps in rows
+                        if dev == device and what == "end to end" and backend in ("torch", "onnx", "torch fp16")}
             ratio = model_rows["onnxruntime"] / model_rows["torch eager fp32"]
             line = f"[{device}] onnxruntime / eager torch: model only {ratio:.2f}x"
             if end_rows:

@@ -108,8 +108,8 @@ def pingpong_indices(start_frame: int, count: int, frame_count: int) -> np.ndarr
 
 @functools.lru_cache(maxsize=1)
 def _kept_region() -> np.ndarray:
-    """(320, 320) bool: the part of the inner crop the model does not repaint."""
-    return crop_geometry.inner_mask() == 0
+    """(320, 320) uint8, 255 where the model does not repaint the inner crop (an OpenCV mask)."""
+    return np.where(crop_geometry.inner_mask() == 0, 255, 0).astype(np.uint8)
 
 
 def match_colours(generated: np.ndarray, original: np.ndarray) -> np.ndarray:
@@ -119,17 +119,18 @@ def match_colours(generated: np.ndarray, original: np.ndarray) -> np.ndarray:
     pasted; outside that region it should reproduce the real frame exactly, so
     any colour cast shows there, free of the mouth's own change. A per-channel
     gain and offset that maps the generated statistics of that area onto the
-    real ones is applied to the whole square.
+    real ones is applied to the whole square (as a lookup table: uint8 in, uint8 out).
     """
+    import cv2
+
     kept = _kept_region()
-    generated_pixels = generated[kept].astype(np.float32)
-    original_pixels = original[kept].astype(np.float32)
-    generated_mean, original_mean = generated_pixels.mean(axis=0), original_pixels.mean(axis=0)
-    generated_std = np.maximum(generated_pixels.std(axis=0), COLOUR_STD_FLOOR)
-    original_std = np.maximum(original_pixels.std(axis=0), COLOUR_STD_FLOOR)
-    gain = np.clip(original_std / generated_std, *COLOUR_GAIN_LIMITS)
-    matched = (generated.astype(np.float32) - generated_mean) * gain + original_mean
-    return np.clip(matched + 0.5, 0, 255).astype(np.uint8)
+    generated_mean, generated_std = (value.ravel() for value in cv2.meanStdDev(generated, mask=kept))
+    original_mean, original_std = (value.ravel() for value in cv2.meanStdDev(original, mask=kept))
+    gain = np.clip(np.maximum(original_std, COLOUR_STD_FLOOR) / np.maximum(generated_std, COLOUR_STD_FLOOR),
+                   *COLOUR_GAIN_LIMITS)
+    levels = np.arange(256, dtype=np.float64)[:, None]
+    table = np.clip((levels - generated_mean) * gain + original_mean + 0.5, 0, 255).astype(np.uint8)
+    return cv2.LUT(generated, table[None])             # (1, 256, 3): one table per channel
 
 
 def compose_frame(frame: np.ndarray, crop_328: np.ndarray, generated_320: np.ndarray, box,
@@ -408,7 +409,12 @@ class LipSyncRenderer:
     def from_model(cls, model, dataset_dir, device: str = "auto", asr: Optional[str] = None,
                    ave_checkpoint=None, hubert_model=None, wenet_model=None, half: bool = False,
                    **options) -> "LipSyncRenderer":
-        """A renderer for a LipSyncUNet already in memory (e.g. during training)."""
+        """A renderer for a LipSyncUNet already in memory (e.g. during training).
+
+        The renderer works on a copy in eval mode: the caller's model keeps its mode and device.
+        """
+        import copy
+
         from data_utils.dataset import read_feature_metadata
 
         layout = DatasetLayout(Path(dataset_dir))
@@ -423,7 +429,8 @@ class LipSyncRenderer:
         device = resolve_device(device)
         featurizer = AudioFeaturizer(asr, feature_encoder_source(config, layout, ave_checkpoint, hubert_model,
                                                                  wenet_model), device)
-        return cls(layout, TorchUNet(model, device, half), featurizer, config, RenderOptions(**options))
+        return cls(layout, TorchUNet(copy.deepcopy(model), device, half), featurizer, config,
+                   RenderOptions(**options))
 
     # ------------------------------------------------------------------ frames
 
@@ -740,19 +747,19 @@ class RenderResult:
 
 
 def render_to_file(renderer: LipSyncRenderer, audio, output, start_frame: int = 0,
-                   progress: bool = True) -> RenderResult:
+                   progress: bool = True, crf: Optional[int] = None, preset: Optional[str] = None) -> RenderResult:
     """Render ``audio`` and stream the frames into ``output`` (H.264 + AAC mp4, 25 fps).
 
     ``audio``: an audio file (its own track is muxed, at its own quality) or
     16 kHz mono float32 samples (muxed from a temporary wav). The mp4 has
     exactly frame_count_for_samples(samples) frames and appears only when
-    complete.
+    complete. ``crf`` / ``preset``: x264 quality and speed (video_writer defaults).
     """
     from tqdm import tqdm
 
     from data_utils.atomic import temporary_sibling
     from data_utils.audio import as_samples
-    from data_utils.video_writer import VideoWriter, check_output_writable, write_wav
+    from data_utils.video_writer import DEFAULT_CRF, DEFAULT_PRESET, VideoWriter, check_output_writable, write_wav
 
     output = check_output_writable(output)
     start_frame = renderer.check_start_frame(start_frame)
@@ -765,7 +772,8 @@ def render_to_file(renderer: LipSyncRenderer, audio, output, start_frame: int = 
         temporary_wav = audio_file = write_wav(temporary_sibling(output).with_suffix(".wav"), samples)
     started = time.perf_counter()
     try:
-        with VideoWriter(output, renderer.width, renderer.height, audio=audio_file) as writer, \
+        with VideoWriter(output, renderer.width, renderer.height, audio=audio_file,
+                         crf=DEFAULT_CRF if crf is None else crf, preset=preset or DEFAULT_PRESET) as writer, \
                 tqdm(total=total, unit="frame", desc=f"rendering {output.name}", disable=not progress,
                      dynamic_ncols=True) as bar:
             for frame in renderer.render(samples, start_frame):

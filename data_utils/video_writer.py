@@ -33,6 +33,7 @@ VIDEO_CODEC = "libx264"
 PIXEL_FORMAT = "yuv420p"         # what every player decodes; needs even width and height
 DEFAULT_CRF = 18                 # visually lossless for faces; larger = smaller file
 DEFAULT_PRESET = "veryfast"      # x264 speed/size trade-off: keeps encoding ahead of a GPU render
+X264_PRESETS = ("ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow", "slower", "veryslow")
 AUDIO_CODEC = "aac"
 AUDIO_BITRATE = "128k"
 QUEUED_FRAMES = 8                # frames waiting for the encoder: bounds memory, absorbs jitter

@@ -276,6 +276,19 @@ def test_streaming_pieces_give_the_same_frames_with_bounded_latency(renderer, sh
         assert np.abs(mine.astype(int) - reference).max() <= 1
 
 
+def test_a_model_in_memory_renders_like_its_checkpoint(person, renderer):
+    from data_utils.checkpoints import load_unet
+
+    model, _ = load_unet(person.checkpoint, "cpu")
+    model.train()
+    samples = load_audio(HELDOUT_WAV)[:int(0.4 * SAMPLE_RATE)]
+    frames = list(render(model, samples, dataset_dir=person.root, device="cpu"))
+    assert model.training                                  # the caller's model is left as it was
+    reference = list(renderer.render(samples))
+    assert len(frames) == len(reference) == 10
+    assert all(np.array_equal(mine, theirs) for mine, theirs in zip(frames, reference))
+
+
 def test_render_is_a_generator_that_yields_before_the_audio_is_done(renderer, recording):
     samples = load_audio(HELDOUT_WAV)
     frames = renderer.render(samples)
