@@ -1,0 +1,281 @@
+"""Evaluation and checkpoint selection on the bundled clip (issue 6).
+
+A tiny U-Net is trained a few steps on the clip (real crops, real audio
+features from a small random AVE encoder, the training code's own loss; ten
+steps are enough for a recognisable lower face), and a deliberately damaged
+copy of it (its output layer pushed towards black) is saved as a later epoch. evaluate_328.py
+must score both on the held-out tail through the inference render path, pick
+the trained one, and write it to best.pth, which inference then loads.
+"""
+import itertools
+import json
+import shutil
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from data_utils import checkpoints as ckpt
+from data_utils import evaluation
+from data_utils.audio import load_audio
+from data_utils.evaluation import CheckpointResult, EvalOptions, choose_best, evaluate
+from data_utils.ffmpeg import probe
+from data_utils.video_writer import write_wav
+from evaluate_328 import main as evaluate_main
+from tests.conftest import HELDOUT_WAV
+
+VAL_FRACTION = 0.2            # 20 held-out frames of the clip's 100
+TRAIN_STEPS = 10
+TRAIN_LR = 1e-2
+TRAINED_EPOCH, DAMAGED_EPOCH = 10, 20
+DAMAGE_BIAS = -4.0            # added to the RGB output layer's bias: sigmoid(-4) = 0.02, a near-black mouth
+NEW_AUDIO_SECONDS = 0.8
+
+
+def random_ave_encoder(path):
+    """A small AVE audio encoder with random weights, saved like the released checkpoint."""
+    from models.audio_encoders import AveAudioEncoder
+
+    torch.manual_seed(0)
+    encoder = AveAudioEncoder(0.25)
+    for module in encoder.modules():
+        if isinstance(module, nn.BatchNorm2d):
+            module.running_mean.uniform_(-0.1, 0.1)
+            module.running_var.uniform_(0.5, 1.5)
+    torch.save(encoder.conv_stack.state_dict(), path)
+    return path
+
+
+def train_tiny_unet(root, run_dir):
+    """TRAIN_STEPS steps of the training code's U-Net objective; returns (state, config)."""
+    from data_utils.dataset import open_person
+    from data_utils.training import TrainConfig, UNetTask
+    from models.unet_328 import WIDTHS, LipSyncUNet
+
+    torch.manual_seed(0)
+    config = TrainConfig(dataset_dir=root, save_dir=run_dir, model_size="tiny", batch_size=2, lr=TRAIN_LR,
+                         perceptual="off", num_workers=0, val_fraction=VAL_FRACTION, device="cpu")
+    person = open_person(root, "ave", show_progress=False)
+    model = LipSyncUNet("ave", person.audio_shape, WIDTHS["tiny"])
+    task = UNetTask(model, person, config)
+    loader = torch.utils.data.DataLoader(task.train_set, batch_size=config.batch_size, shuffle=True,
+                                         generator=torch.Generator().manual_seed(0))
+    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
+    model.train()
+    losses = []
+    for _, batch in zip(range(TRAIN_STEPS), itertools.cycle(loader)):
+        loss = task.losses(model, batch, torch.device("cpu"))["total"]
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(float(loss.detach()))
+    assert losses[-1] < losses[0]
+    return model.state_dict(), task.model_config(), person.audio_shape, person.describe_features()
+
+
+def damaged(state):
+    """The trained weights with the RGB output layer's bias lowered: the mouth region comes out dark."""
+    broken = {key: value.clone() for key, value in state.items()}
+    output_bias = [key for key, value in broken.items() if key.endswith("bias") and tuple(value.shape) == (3,)][-1]
+    broken[output_bias] += DAMAGE_BIAS
+    return broken
+
+
+@pytest.fixture(scope="module")
+def run(processed_clip, tmp_path_factory):
+    """dataset/talker (with ave features) and checkpoint/talker: 10.pth trained, 20.pth damaged,
+    syncnet/best.pth a tiny SyncNet, all under one temporary project root."""
+    from data_utils.audio_features import prepare_dataset_features
+    from models.syncnet import SYNC_WIDTHS, SyncNet
+
+    project = tmp_path_factory.mktemp("project")
+    root = project / "dataset" / "talker"
+    shutil.copytree(processed_clip, root)
+    encoder = random_ave_encoder(root / "ave_random.pth")
+    prepare_dataset_features(root, "ave", ave_checkpoint=encoder, progress=False)
+    run_dir = project / "checkpoint" / "talker"
+    state, config, audio_shape, features = train_tiny_unet(root, run_dir)
+    ckpt.save_checkpoint(ckpt.epoch_path(run_dir, TRAINED_EPOCH), state, config, TRAINED_EPOCH)
+    ckpt.save_checkpoint(ckpt.epoch_path(run_dir, DAMAGED_EPOCH), damaged(state), config, DAMAGED_EPOCH)
+    torch.manual_seed(2)
+    syncnet = SyncNet("ave", audio_shape, "tiny").eval()
+    ckpt.save_checkpoint(ckpt.syncnet_dir(run_dir) / ckpt.BEST, syncnet.state_dict(),
+                         ckpt.model_config(ckpt.SYNCNET_KIND, "ave", "tiny", SYNC_WIDTHS["tiny"], audio_shape,
+                                           features), 1)
+    return project
+
+
+def options(project, **changes):
+    base = dict(name="talker", dataset_root=project / "dataset", checkpoint_root=project / "checkpoint",
+                device="cpu", val_fraction=VAL_FRACTION, show_progress=False)
+    base.update(changes)
+    return EvalOptions(**base)
+
+
+@pytest.fixture(scope="module")
+def heldout(run):
+    return evaluate(options(run))
+
+
+# ---------------------------------------------------------------------------- held-out tail, every checkpoint
+
+def test_every_checkpoint_is_scored_on_the_heldout_tail(run, heldout):
+    assert heldout["mode"] == "heldout"
+    assert heldout["frames"] == {"first": 80, "last": 99, "count": 20}
+    assert [entry["epoch"] for entry in heldout["checkpoints"]] == [TRAINED_EPOCH, DAMAGED_EPOCH]
+    expected = {"psnr", "ssim", "mouth_psnr", "mouth_ssim", "lmd", "opening_correlation", "opening_offset",
+                "opening_ratio", "change_ratio", "energy_correlation", "lse_d", "lse_c", "sync_offset",
+                "face_found"}
+    for entry in heldout["checkpoints"]:
+        scores = entry["scores"]
+        assert expected <= set(scores), expected - set(scores)
+        assert 0 < scores["ssim"] <= 1 and 0 < scores["psnr"] < evaluation.metrics.MAX_PSNR_DB
+        assert 0 <= scores["lse_d"] <= 2                  # distances of unit vectors
+        assert scores["face_found"] > 0.5
+    # the recording's own row: the ceiling every checkpoint is read against
+    reference = heldout["reference"]
+    assert reference["lmd"] == 0 and reference["change_ratio"] == 1
+    assert np.isfinite(reference["lse_c"]) and np.isfinite(reference["energy_correlation"])
+    assert heldout["machine"] and heldout["syncnet"].endswith("best.pth")
+
+
+def test_selection_picks_the_trained_checkpoint_over_the_damaged_one(run, heldout):
+    scores = {entry["epoch"]: entry["scores"] for entry in heldout["checkpoints"]}
+    trained, broken = scores[TRAINED_EPOCH], scores[DAMAGED_EPOCH]
+    for key in ("psnr", "ssim", "mouth_psnr", "mouth_ssim"):
+        assert trained[key] > broken[key], key
+    assert trained["lmd"] < broken["lmd"]
+    best = heldout["best"]
+    assert best["epoch"] == TRAINED_EPOCH and best["metric"] == "lmd" and best["better"] == "lower"
+    assert best["value"] == pytest.approx(trained["lmd"])
+    # best.pth: the trained weights, and why they won
+    run_dir = run / "checkpoint" / "talker"
+    chosen = torch.load(run_dir / "best.pth", weights_only=False)
+    source = torch.load(run_dir / f"{TRAINED_EPOCH}.pth", weights_only=False)
+    assert chosen["epoch"] == TRAINED_EPOCH and chosen["config"] == source["config"]
+    assert all(torch.equal(chosen["model"][key], value) for key, value in source["model"].items())
+    selection = chosen["selection"]
+    assert selection["metric"] == "lmd" and selection["source"] == f"{TRAINED_EPOCH}.pth"
+    assert selection["value"] == pytest.approx(trained["lmd"])
+    assert set(selection["scores"]) == {str(TRAINED_EPOCH), str(DAMAGED_EPOCH)}
+    assert not list(run_dir.glob(".*partial*")), "an atomic write left its temporary file"
+
+
+def test_inference_loads_the_chosen_best_checkpoint(run, heldout):
+    from data_utils.rendering import load_renderer
+
+    with load_renderer("talker", checkpoint="best", device="cpu", dataset_root=run / "dataset",
+                       checkpoint_root=run / "checkpoint") as renderer:
+        assert renderer.checkpoint_path.name == "best.pth"
+        frame = next(iter(renderer.render(np.zeros(640, np.float32))))
+    assert frame.shape == (512, 512, 3)
+
+
+def test_outputs_table_json_video_and_strips(run, heldout):
+    out = run / "checkpoint" / "talker" / "evaluation" / "heldout"
+    stored = json.loads((out / "scores.json").read_text())
+    assert stored["best"]["epoch"] == TRAINED_EPOCH
+    assert stored["checkpoints"][0]["scores"]["lmd"] == pytest.approx(heldout["checkpoints"][0]["scores"]["lmd"])
+    table = (out / "table.md").read_text()
+    assert table == heldout["table"] + "\n"
+    lines = table.splitlines()
+    assert lines[0].startswith("| checkpoint | PSNR | SSIM | mouth PSNR | mouth SSIM | LMD |")
+    assert lines[2].startswith("| recording (truth) |")
+    assert lines[3].startswith(f"| {TRAINED_EPOCH} * |") and lines[4].startswith(f"| {DAMAGED_EPOCH} |")
+    assert "machine:" in table and "best: epoch 10 by lmd" in table
+    video = out / f"epoch_{TRAINED_EPOCH}_side_by_side.mp4"
+    info = probe(video)
+    assert (info.width, info.height) == (1024, 512) and info.has_audio      # truth | generated
+    assert info.duration == pytest.approx(20 / 25, abs=0.05)
+    import cv2
+
+    strip = cv2.imread(str(out / f"epoch_{TRAINED_EPOCH}_strip.png"))
+    tile = evaluation.STRIP_TILE_PX
+    assert strip.shape == (2 * tile, evaluation.STRIP_COLUMNS * tile, 3)     # truth row, generated row
+    combined = cv2.imread(str(out / "strip.png"))
+    assert combined.shape == (3 * tile, evaluation.STRIP_COLUMNS * tile, 3)  # truth + both checkpoints
+    # the top row is the real recording: its first tile is the held-out tail's first frame's crop
+    first = cv2.imread(str(run / "dataset" / "talker" / "full_body_img" / "80.jpg"))
+    boxes = np.load(run / "dataset" / "talker" / "crop_boxes.npy")
+    expected = evaluation.strip_tile(first, boxes[80])
+    assert np.abs(strip[tile // 2:tile, :tile].astype(int) - expected[tile // 2:].astype(int)).mean() < 2
+
+
+def test_rerun_reuses_scores_and_can_select_by_another_metric(run, heldout):
+    again = evaluate(options(run, select_by="mouth_ssim"))
+    assert all(entry["reused"] for entry in again["checkpoints"])
+    assert again["checkpoints"][1]["scores"]["lmd"] == pytest.approx(heldout["checkpoints"][1]["scores"]["lmd"])
+    assert again["best"]["epoch"] == TRAINED_EPOCH and again["best"]["metric"] == "mouth_ssim"
+    chosen = torch.load(run / "checkpoint" / "talker" / "best.pth", weights_only=False)
+    assert chosen["selection"]["metric"] == "mouth_ssim"
+
+
+# ---------------------------------------------------------------------------- new audio, one checkpoint
+
+def test_new_audio_reports_sync_without_ground_truth(run, heldout, tmp_path, capsys):
+    samples = load_audio(HELDOUT_WAV)[:int(NEW_AUDIO_SECONDS * 16000)]
+    audio = write_wav(tmp_path / "other speaker.wav", samples)
+    best_before = (run / "checkpoint" / "talker" / "best.pth").read_bytes()
+    report = evaluate_main(["--name", "talker", "--checkpoint", str(TRAINED_EPOCH), "--audio_path", str(audio),
+                            "--device", "cpu", "--quiet", "--dataset_root", str(run / "dataset"),
+                            "--checkpoint_root", str(run / "checkpoint")])
+    assert report["mode"] == "audio" and report["frames"]["count"] == 20
+    (entry,) = report["checkpoints"]
+    scores = entry["scores"]
+    assert {"lse_d", "lse_c", "sync_offset", "energy_correlation", "energy_offset", "face_found"} <= set(scores)
+    assert "lmd" not in scores and "psnr" not in scores      # nothing to compare with
+    assert report["best"] is None
+    assert (run / "checkpoint" / "talker" / "best.pth").read_bytes() == best_before
+    out = run / "checkpoint" / "talker" / "evaluation" / "audio_other speaker"
+    assert probe(out / f"epoch_{TRAINED_EPOCH}_side_by_side.mp4").duration == pytest.approx(NEW_AUDIO_SECONDS, abs=0.05)
+    printed = capsys.readouterr().out
+    assert "| checkpoint | LSE-D | LSE-C |" in printed and "no ground truth" in printed
+
+
+# ---------------------------------------------------------------------------- choosing
+
+def result(epoch, **scores):
+    return CheckpointResult(path=f"{epoch}.pth", epoch=epoch, scores={"face_found": 1.0, **scores})
+
+
+def test_choose_best_direction_ties_and_faceless_checkpoints():
+    results = [result(10, lmd=0.03, mouth_ssim=0.7), result(20, lmd=0.02, mouth_ssim=0.6),
+               result(30, lmd=0.02, mouth_ssim=0.5)]
+    assert choose_best(results, "lmd").epoch == 30                  # lower wins; a tie goes to the later epoch
+    assert choose_best(results, "mouth_ssim").epoch == 10           # higher wins
+    lost_face = [result(10, lmd=0.03), CheckpointResult("20.pth", 20, {"lmd": 0.001, "face_found": 0.3})]
+    assert choose_best(lost_face, "lmd").epoch == 10                # few faces found: LMD of a handful of frames
+    assert choose_best([result(10, lmd=float("nan"))], "lmd") is None
+
+
+# ---------------------------------------------------------------------------- bad input, one line each
+
+def error_line(capsys, argv) -> str:
+    with pytest.raises(SystemExit) as exit_info:
+        evaluate_main(argv)
+    assert exit_info.value.code == 2
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
+    assert len(lines) == 1, lines
+    return lines[0]
+
+
+def test_bad_input_gives_one_clear_line(run, tmp_path, capsys):
+    roots = ["--dataset_root", str(run / "dataset"), "--checkpoint_root", str(run / "checkpoint"), "--device", "cpu"]
+    line = error_line(capsys, ["--name", "nobody", *roots])
+    assert "dataset/nobody does not exist" in line and "process.py" in line
+    line = error_line(capsys, ["--name", "talker", "--checkpoint", "70", *roots])
+    assert "70.pth does not exist" in line and "10, 20" in line
+    empty = tmp_path / "empty run"
+    empty.mkdir()
+    line = error_line(capsys, ["--name", "talker", "--checkpoint_dir", str(empty), *roots])
+    assert "nothing to evaluate" in line and "train_328.py --name talker" in line
+    line = error_line(capsys, ["--name", "talker", "--val_fraction", "0.05", "--no_video", *roots])
+    assert "only 5 frames" in line and "--val_fraction" in line
+    line = error_line(capsys, ["--name", "talker", "--val_fraction", "1.5", *roots])
+    assert "--val_fraction must be between 0 and 1" in line
+    line = error_line(capsys, ["--name", "talker", "--audio_path", str(tmp_path / "missing.wav"), *roots])
+    assert "missing.wav does not exist" in line
+    line = error_line(capsys, ["--name", "talker", "--syncnet_checkpoint", str(tmp_path / "none.pth"),
+                               "--select_by", "lse_c", "--val_fraction", str(VAL_FRACTION), *roots])
+    assert "--select_by lse_c needs a trained SyncNet" in line and "train_syncnet.py" in line
