@@ -569,10 +569,13 @@ class RenderStream:
         if final:
             target = frame_count_for_samples(self.samples_in)
         else:
+            # Rows up to here have all the audio their encoder window sees.
             target = self.samples_in // SAMPLES_PER_FRAME - self.context
-        new = target - self._features_stop
-        # Each call pays for 2 x context frames of margin: wait for a batch's worth.
-        if new <= 0 or (not final and new < self.batch_size):
+            # Each call pays for 2 x context frames of margin, so compute only when
+            # the new rows complete a batch for the model (frame i needs rows to i + 7).
+            if target - (WINDOW_AFTER - 1) - self._next_render < self.batch_size:
+                return
+        if target <= self._features_stop:
             return
         first = self._piece_start()
         end_sample = self.samples_in if final else (target + self.context) * SAMPLES_PER_FRAME
