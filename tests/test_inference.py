@@ -491,3 +491,25 @@ def test_hubert_model_renders_with_the_encoder_it_was_trained_on(processed_copy,
     whole = extract_features(samples, "hubert", hubert_model=hubert_dir)
     expected = np.stack([model_audio_input(whole, index, "hubert") for index in range(15)])
     np.testing.assert_allclose(np.concatenate(recorder.audio), expected, atol=1e-5)
+
+
+# ---------------------------------------------------------------------------- the writer alone
+
+def test_video_writer_failure_is_one_line_and_leaves_no_file(tmp_path):
+    from data_utils.video_writer import VideoWriter
+
+    not_audio = tmp_path / "notes.txt"
+    not_audio.write_text("not audio\n")
+    output = tmp_path / "broken.mp4"
+    frame = np.zeros((64, 64, 3), np.uint8)
+    with pytest.raises(UserError, match=r"broken\.mp4: ffmpeg (stopped while writing|could not write) the video"):
+        with VideoWriter(output, 64, 64, audio=not_audio) as writer:
+            for _ in range(200):
+                writer.write(frame)
+    assert list(tmp_path.iterdir()) == [not_audio]
+
+    odd = tmp_path / "odd.mp4"
+    with VideoWriter(odd, 63, 65) as writer:               # odd sizes are padded for yuv420p
+        for value in range(5):
+            writer.write(np.full((65, 63, 3), value * 40, np.uint8))
+    assert len(video_packet_times(odd)) == 5 and probe(odd).has_audio is False
