@@ -178,7 +178,7 @@ def bench_training(video: Path, dataset: Path, steps, device):
     crops = load_mouth_crops(layout, frames, progress=False)
     prepare = time.perf_counter() - started
     config = AveTrainConfig()
-    model, report = train_sync_model(mel_windows, crops, config, device, progress=True, steps=steps)
+    model, report = train_sync_model(mel_windows, crops, config, device, progress=False, steps=steps)
     step_time = report["train_seconds"] / max(report["steps"], 1)
     target_frames = int(RECORDING_FOR_TARGET_S * 25)
     target_train_frames = split_frames(target_frames, config.heldout_fraction)[0]
@@ -195,7 +195,10 @@ def main(argv=None):
     parser.add_argument("--video", type=Path, default=FIXTURE if FIXTURE.exists() else BUNDLED,
                         help="talking-head clip: its audio is timed, and it is the AVE training data")
     parser.add_argument("--dataset", type=Path, help="an already processed dataset folder of --video")
-    parser.add_argument("--threads", type=int, default=2, help="CPU threads (the target is for 2 cores)")
+    parser.add_argument("--threads", default="1,2",
+                        help="torch/onnxruntime CPU thread counts to time extraction with (the target is for 2 "
+                             "cores; on a busy shared machine 2 OpenMP threads can be slower than 1)")
+    parser.add_argument("--train_threads", type=int, default=1, help="CPU threads for the AVE training run")
     parser.add_argument("--train_steps", type=int, help="AVE training steps (default: what the clip gets)")
     parser.add_argument("--hubert_seconds", type=float, default=20.0, help="audio seconds timed for HuBERT")
     parser.add_argument("--skip_training", action="store_true")
@@ -208,48 +211,51 @@ def main(argv=None):
 
     from data_utils.audio import load_audio
 
-    torch.set_num_threads(args.threads)
-    os.environ.setdefault("OMP_NUM_THREADS", str(args.threads))
+    thread_counts = [int(value) for value in str(args.threads).split(",")]
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs visible "
           f"(load average {load:.1f} at start: above the CPU count, other work is slowing every figure), "
-          f"torch {torch.__version__} with {torch.get_num_threads()} threads, "
+          f"torch {torch.__version__}, "
           f"CUDA {'yes: ' + torch.cuda.get_device_name(0) if torch.cuda.is_available() else 'no'}")
     started = time.perf_counter()
     samples = load_audio(args.video)
     seconds = len(samples) / 16000
     print(f"audio: {args.video.name}, {seconds:.1f} s, decoded to 16 kHz mono in "
           f"{time.perf_counter() - started:.2f} s")
-    devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
-    figures = {"audio_seconds": seconds, "threads": args.threads, "load_average_start": load}
+    runs = [("cpu", threads) for threads in thread_counts] + \
+        ([("cuda", max(thread_counts))] if torch.cuda.is_available() else [])
+    figures = {"audio_seconds": seconds, "load_average_start": load}
     with tempfile.TemporaryDirectory() as scratch:
         scratch = Path(scratch)
-        for device in devices:
+        for device, threads in runs:
+            torch.set_num_threads(threads)
+            where = f"{device}, {threads} thread{'s' if threads > 1 else ''}" if device == "cpu" else device
             ave = bench_ave_extraction(samples, device, repeats=3)
-            figures[f"ave_{device}"] = ave
-            print(f"[{device}] AVE mel spectrogram: {ave.pop('mel_rtf'):.0f}x real time")
+            figures[f"ave_{device}_{threads}"] = ave
+            print(f"[{where}] AVE mel spectrogram: {ave.pop('mel_rtf'):.0f}x real time")
             for label, result in ave.items():
                 rtf = result["rtf"]
                 verdict = "" if device != "cpu" else \
                     f" — target {AVE_EXTRACTION_TARGET_RTF:.0f}x: {'met' if rtf >= AVE_EXTRACTION_TARGET_RTF else 'NOT met'}"
-                print(f"[{device}] AVE extraction, {label}: {rtf:.1f}x real time{verdict} "
+                print(f"[{where}] AVE extraction, {label}: {rtf:.1f}x real time{verdict} "
                       f"({result['audio_seconds_per_cpu_second']:.1f} audio s per CPU s)")
             if not args.skip_hubert:
                 hubert = bench_hubert(samples, device, args.hubert_seconds)
-                figures[f"hubert_{device}"] = hubert
-                print(f"[{device}] HuBERT (hubert-large size, random weights) on {hubert['seconds']:.0f} s: "
+                figures[f"hubert_{device}_{threads}"] = hubert
+                print(f"[{where}] HuBERT (hubert-large size, random weights) on {hubert['seconds']:.0f} s: "
                       f"{hubert['rtf']:.2f}x real time, {hubert['per_frame']} per frame")
             if not args.skip_wenet:
-                wenet = bench_wenet(samples, device, scratch, args.threads)
-                figures[f"wenet_{device}"] = wenet
-                print(f"[{device}] WeNet fbank: {wenet['fbank_rtf']:.0f}x real time; WeNet-sized ONNX encoder "
+                wenet = bench_wenet(samples, device, scratch, threads)
+                figures[f"wenet_{device}_{threads}"] = wenet
+                print(f"[{where}] WeNet fbank: {wenet['fbank_rtf']:.0f}x real time; WeNet-sized ONNX encoder "
                       f"({wenet['providers'][0]}): {wenet['encoder_rtf']:.1f}x real time")
         if not args.skip_training:
             dataset = args.dataset or scratch / "dataset" / "bench"
+            torch.set_num_threads(args.train_threads)
             training = bench_training(args.video, dataset, args.train_steps, "cpu")
             figures["ave_training_cpu"] = training
             report = training["report"]
-            print(f"[cpu] AVE training on {training['frames']} frames ({training['frames'] / 25:.0f} s): "
+            print(f"[cpu, {args.train_threads} thread(s)] AVE training on {training['frames']} frames ({training['frames'] / 25:.0f} s): "
                   f"prepare {training['prepare_seconds']:.1f} s ({training['prepare_ms_per_frame']:.1f} ms/frame), "
                   f"{report['steps']} steps x {training['batch_size']} in {report['train_seconds']:.0f} s "
                   f"({training['step_seconds']:.2f} s/step)")

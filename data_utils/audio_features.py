@@ -28,7 +28,7 @@ import logging
 import sys
 import time
 from pathlib import Path
-from typing import Callable, Dict, Optional, Tuple
+from typing import Callable, Optional, Tuple
 
 if __package__ in (None, ""):
     # Run as a file (python data_utils/audio_features.py): make the repo importable.
@@ -37,7 +37,7 @@ if __package__ in (None, ""):
 import numpy as np
 
 from data_utils.atomic import save_numpy_atomic, write_json_atomic
-from data_utils.audio import MEL_BANDS, MEL_HOP, SILENCE_MEL_VALUE, as_samples, melspectrogram
+from data_utils.audio import MEL_HOP, SILENCE_MEL_VALUE, as_samples, melspectrogram
 from data_utils.errors import UserError, exit_on_user_error
 from data_utils.layout import DatasetLayout
 from data_utils.timebase import (ASR_CHOICES, FEATURE_SPECS, FPS, SAMPLE_RATE, SAMPLES_PER_FRAME,
@@ -100,13 +100,14 @@ def ave_mel_windows(samples: np.ndarray, frame_count: Optional[int] = None) -> n
     """
     samples = as_samples(samples)
     count = frame_count_for_samples(len(samples)) if frame_count is None else int(frame_count)
-    mel = melspectrogram(samples)                                  # (M, 80)
-    margin = AVE_WINDOW_MEL_FRAMES
-    starts = ave_window_start(np.arange(count))
-    needed_after = max(0, int(starts[-1]) + margin - len(mel)) if count else 0
-    padded = np.pad(mel, [(margin, needed_after + margin), (0, 0)], constant_values=SILENCE_MEL_VALUE)
-    index = (starts + margin)[:, None] + np.arange(AVE_WINDOW_MEL_FRAMES)[None, :]
-    windows = padded[index]                                         # (N, 16, 80)
+    return mel_windows_for_frames(melspectrogram(samples), np.arange(count))
+
+
+def mel_windows_for_frames(mel: np.ndarray, frames: np.ndarray) -> np.ndarray:
+    """(len(frames), 1, 80, 16) windows of a (M, 80) mel spectrogram, silence outside it."""
+    index = ave_window_start(np.asarray(frames))[:, None] + np.arange(AVE_WINDOW_MEL_FRAMES)[None, :]
+    inside = (index >= 0) & (index < len(mel))
+    windows = np.where(inside[..., None], mel[np.clip(index, 0, max(len(mel) - 1, 0))], SILENCE_MEL_VALUE)
     return np.ascontiguousarray(windows.transpose(0, 2, 1)[:, None]).astype(np.float32)
 
 
@@ -168,14 +169,16 @@ def ave_features(samples, encoder, device="cpu", frame_count: Optional[int] = No
     import torch
     from tqdm import tqdm
 
-    windows = ave_mel_windows(samples, frame_count)
+    samples = as_samples(samples)
+    count = frame_count_for_samples(len(samples)) if frame_count is None else int(frame_count)
+    mel = melspectrogram(samples)
     encoder = encoder.to(device).eval()
     outputs = []
-    starts = range(0, len(windows), AVE_BATCH)
+    starts = range(0, count, AVE_BATCH)     # windows made per batch: memory stays bounded for long audio
     with torch.inference_mode():
         for start in tqdm(starts, desc="ave features", unit="batch", disable=not progress):
-            batch = torch.from_numpy(windows[start:start + AVE_BATCH]).to(device)
-            outputs.append(encoder(batch).float().cpu().numpy())
+            windows = mel_windows_for_frames(mel, np.arange(start, min(start + AVE_BATCH, count)))
+            outputs.append(encoder(torch.from_numpy(windows).to(device)).float().cpu().numpy())
     return np.concatenate(outputs).astype(np.float32)
 
 

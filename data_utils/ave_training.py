@@ -46,13 +46,17 @@ SHIFT_PX = 3                    # mouth crop jitter during training: the box is 
 
 @dataclass
 class AveTrainConfig:
-    """Defaults learn a 5-minute recording in a few CPU minutes (benchmarks/bench_audio_features.py)."""
-    width: float = 0.5                  # AVE hidden channel scale; 1.0 is the released layout
+    """Defaults learn a 5-minute recording in a few CPU minutes (benchmarks/bench_audio_features.py).
+
+    On the 40 s fixture 100 steps already rank 91% of held-out pairs right and
+    300 steps 94%; a 5-minute recording gets 8 passes (about 530 steps).
+    """
+    width: float = 0.5                  # AVE hidden channel scale (1.0 is the released layout): 4x less compute
     embed_dim: int = 128
     batch_size: int = 96
-    epochs: float = 20.0                # passes over the training frames ...
+    epochs: float = 8.0                 # passes over the training frames ...
     min_steps: int = 300                # ... but never fewer / more steps than this
-    max_steps: int = 1500
+    max_steps: int = 1000
     learning_rate: float = 1e-3
     temperature: float = 0.1
     heldout_fraction: float = 0.15

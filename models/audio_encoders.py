@@ -14,12 +14,10 @@ that an in-sync mel window should match.
 """
 from typing import List, Tuple
 
-import torch
 from torch import nn
 from torch.nn import functional as F
 
 AVE_FEATURES = 512              # values per video frame
-MEL_WINDOW_SHAPE = (80, 16)     # (mel bands, mel frames) of one AVE input window
 
 # (in, out, kernel, stride, padding, residual) of the released conv stack at width 1.
 # Mel axis 80 -> 27 -> 9 -> 3 -> 1, time axis 16 -> 16 -> 6 -> 3 -> 1.
