@@ -332,3 +332,17 @@ def test_training_script_runs_stages_in_order_stops_at_failure_and_skips_finishe
     assert "dataset/Nobody/Nobody.mp4 does not exist" in result.stderr
     result, calls = _run_script(root, fake, "May")
     assert result.returncode == 2 and "usage: bash training_328.sh NAME GPU [ASR]" in result.stderr
+
+
+def test_patience_stops_when_the_held_out_score_stops_improving(small, tmp_path, monkeypatch):
+    scores = iter([0.5, 0.4, 0.45, 0.41, 0.3, 0.2])          # best at epoch 2, then two worse epochs
+
+    def scripted_validate(self, model, loader, device, autocast):
+        return {"val_l1": next(scores), "val_psnr": 20.0}
+
+    monkeypatch.setattr(UNetTask, "validate", scripted_validate)
+    save = tmp_path / "ck"
+    train_328.main(base_args(small, save, "--epochs", 6, "--patience", 2, "--save_interval", 10))
+    assert sorted(path.name for path in save.glob("*.pth")) == ["4.pth", "best.pth", "latest.pth"]
+    assert torch.load(save / "best.pth", weights_only=False)["epoch"] == 2
+    assert "stopping early: val_l1 has not improved for 2 epochs" in (save / "training.log").read_text()
