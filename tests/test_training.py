@@ -346,3 +346,29 @@ def test_patience_stops_when_the_held_out_score_stops_improving(small, tmp_path,
     assert sorted(path.name for path in save.glob("*.pth")) == ["4.pth", "best.pth", "latest.pth"]
     assert torch.load(save / "best.pth", weights_only=False)["epoch"] == 2
     assert "stopping early: val_l1 has not improved for 2 epochs" in (save / "training.log").read_text()
+
+
+def test_metrics_go_to_tensorboard_when_it_is_installed(small, tmp_path, monkeypatch):
+    import types
+
+    written = []
+
+    class RecordingWriter:
+        def __init__(self, log_dir):
+            written.append(("dir", log_dir))
+
+        def add_scalar(self, key, value, step):
+            written.append((key, value, step))
+
+        def close(self):
+            written.append(("closed",))
+
+    fake = types.ModuleType("torch.utils.tensorboard")
+    fake.SummaryWriter = RecordingWriter
+    monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", fake)
+    save = tmp_path / "ck"
+    train_328.main(base_args(small, save, "--epochs", 1))
+    assert written[0] == ("dir", str(save / "tensorboard")) and written[-1] == ("closed",)
+    keys = {entry[0] for entry in written[1:-1]}
+    assert {"train_loss", "val_l1", "val_psnr", "lr"} <= keys
+    assert all(entry[2] == 1 for entry in written[1:-1])
