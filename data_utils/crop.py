@@ -141,6 +141,11 @@ def _frame_to_crop_matrix(box, size: int) -> np.ndarray:
     return np.array([[scale, 0.0, -x0 * scale], [0.0, scale, -y0 * scale]], dtype=np.float64)
 
 
+def frame_to_crop_matrix(box, size: int = CROP_SIZE) -> np.ndarray:
+    """(2, 3) affine map from frame pixels to the pixels of ``cut_crop(frame, box, size)``."""
+    return _frame_to_crop_matrix(box, size)
+
+
 def cut_crop(frame: np.ndarray, box, size: int = CROP_SIZE) -> np.ndarray:
     """The ``size`` x ``size`` model crop of ``frame`` for ``box`` (x0, y0, x1, y1).
 

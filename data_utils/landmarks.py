@@ -45,10 +45,12 @@ def quiet_native_stderr():
 
 
 class MediapipeLandmarker:
-    """478-point face mesh (refined lips, eyes and irises) in tracking mode."""
+    """478-point face mesh (refined lips, eyes and irises), in tracking mode unless
+    ``static_image_mode``: then every image is searched afresh, so the result
+    depends only on that image (frames may come in any order, from any thread)."""
     scheme = MEDIAPIPE
 
-    def __init__(self):
+    def __init__(self, static_image_mode: bool = False):
         # mediapipe's C++ side logs to stderr unless told otherwise before import.
         os.environ.setdefault("GLOG_minloglevel", "2")
         os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
@@ -58,7 +60,7 @@ class MediapipeLandmarker:
             raise UserError("mediapipe is not installed — run: pip install -r requirements.txt") from None
         with quiet_native_stderr():
             self._mesh = mp.solutions.face_mesh.FaceMesh(
-                static_image_mode=False, max_num_faces=1, refine_landmarks=True,
+                static_image_mode=static_image_mode, max_num_faces=1, refine_landmarks=True,
                 min_detection_confidence=MEDIAPIPE_MIN_DETECTION_CONFIDENCE,
                 min_tracking_confidence=MEDIAPIPE_MIN_TRACKING_CONFIDENCE)
         self._started = False
