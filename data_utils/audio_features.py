@@ -141,7 +141,7 @@ def load_ave_encoder(path, device="cpu"):
         if checkpoint["format"] != AVE_CHECKPOINT_FORMAT:
             raise UserError(f"{path} is a {checkpoint['format']!r} checkpoint, not an AVE encoder "
                             f"({AVE_CHECKPOINT_FORMAT!r}) — give the dataset's ave.pth or a SyncTalk AVE .pth")
-        state = checkpoint["conv_stack"]
+        state = checkpoint.get("conv_stack") if isinstance(checkpoint.get("conv_stack"), dict) else {}
     else:
         state = checkpoint
         prefixed = {key[len("audio_encoder."):]: value for key, value in state.items()
@@ -688,6 +688,25 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def write_audio_features(wav, asr, output=None, *, device="cpu", **options) -> Tuple[Path, dict]:
+    """Features of any audio file to ``output`` (default: next to it, e.g. aud_ave.npy) + metadata JSON."""
+    wav = Path(wav)
+    output = Path(output) if output else wav.parent / FEATURE_SPECS[asr].filename
+    samples = as_samples(wav)
+    source = resolve_encoder(asr, dataset_dir=wav.parent, **options)
+    started = time.time()
+    features = extract_features(samples, asr, dataset_dir=wav.parent, device=device, progress=True, **options)
+    seconds = time.time() - started
+    save_numpy_atomic(output, features)
+    metadata = {"asr": asr, "encoder": source, "encoder_stamp": _source_stamp(source),
+                "per_frame_shape": list(features.shape[1:]), "frames": len(features), "fps": FPS,
+                "sample_rate": SAMPLE_RATE, "dtype": str(features.dtype), "source_audio": str(wav),
+                "audio_seconds": round(len(samples) / SAMPLE_RATE, 3),
+                "alignment": "row i is centred on video frame i's instant, i / 25 s", "seconds": round(seconds, 3)}
+    write_json_atomic(metadata_path(output), metadata)
+    return output, metadata
+
+
 @exit_on_user_error
 def main(argv=None) -> Path:
     args = build_parser().parse_args(argv)
@@ -705,27 +724,14 @@ def main(argv=None) -> Path:
         # a preprocessed dataset: one row per extracted frame, ave.pth learned if needed, metadata for reuse
         output = prepare_dataset_features(wav.parent, args.asr, device=device, force=args.force, **options)
         metadata = json.loads(metadata_path(output).read_text())
-        accuracy = metadata.get("heldout_sync_accuracy")
-        print(f"{output}: {metadata['frames']} frames x {tuple(metadata['per_frame_shape'])} ({args.asr}, "
-              f"{metadata['encoder']})" + ("" if accuracy is None else
-                                           f"; AVE held-out sync accuracy {100 * accuracy:.1f}%"))
-        return output
-    output = Path(args.output) if args.output else wav.parent / FEATURE_SPECS[args.asr].filename
-    samples = as_samples(wav)
-    source = resolve_encoder(args.asr, dataset_dir=wav.parent, ave_checkpoint=args.ave_checkpoint,
-                             hubert_model=args.hubert_model, wenet_model=args.wenet_model)
-    started = time.time()
-    features = extract_features(samples, args.asr, dataset_dir=wav.parent, device=device, progress=True, **options)
-    seconds = time.time() - started
-    save_numpy_atomic(output, features)
-    write_json_atomic(metadata_path(output), {
-        "asr": args.asr, "encoder": source, "encoder_stamp": _source_stamp(source),
-        "per_frame_shape": list(features.shape[1:]), "frames": len(features), "fps": FPS,
-        "sample_rate": SAMPLE_RATE, "dtype": str(features.dtype), "source_audio": str(wav),
-        "alignment": "row i is centred on video frame i's instant, i / 25 s", "seconds": round(seconds, 3)})
-    duration = len(samples) / SAMPLE_RATE
-    print(f"{output}: {features.shape[0]} frames x {tuple(features.shape[1:])} from {duration:.2f} s of audio "
-          f"({args.asr}, {source}) in {seconds:.1f} s ({duration / max(seconds, 1e-9):.0f}x real time)")
+    else:
+        output, metadata = write_audio_features(wav, args.asr, args.output, device=device, **options)
+    accuracy = metadata.get("heldout_sync_accuracy")
+    timing = f" from {metadata['audio_seconds']:.2f} s of audio in {metadata['seconds']:.1f} s" \
+        if "audio_seconds" in metadata else ""
+    print(f"{output}: {metadata['frames']} frames x {tuple(metadata['per_frame_shape'])} ({args.asr}, "
+          f"{metadata['encoder']}){timing}"
+          + ("" if accuracy is None else f"; AVE held-out sync accuracy {100 * accuracy:.1f}%"))
     return output
 
 
