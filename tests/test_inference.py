@@ -12,7 +12,6 @@ import os
 import shutil
 import subprocess
 import tracemalloc
-from pathlib import Path
 from types import SimpleNamespace
 
 import cv2
