@@ -300,9 +300,7 @@ def train_ave_encoder(dataset_dir, config: Optional[AveTrainConfig] = None, devi
                f"frames the in-sync pair beats off-sync pairs {_percent(report['heldout_sync_accuracy'])} of the "
                f"time (untrained {_percent(report['heldout_sync_accuracy_untrained'])}, chance 50%) -> "
                f"{layout.ave_encoder}")
-    log.info(message)
-    if progress:
-        print(message)
+    (print if progress else log.info)(message)   # the report line the user waits for; once
     return report
 
 
