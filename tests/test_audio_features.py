@@ -723,25 +723,27 @@ def test_cli_as_a_script_writes_features_next_to_the_wav(tmp_path, released_ave_
     assert "aud_ave.npy: 50 frames" in result.stdout
 
 
-def test_cli_bad_input_is_one_line_with_exit_code_2(tmp_path):
-    result = _run_cli(["--asr", "deepspeech", "--wav", HELDOUT_WAV], module=True)
-    assert result.returncode == 2
-    assert result.stderr.strip() == ("error: unknown --asr 'deepspeech' — choose one of: ave, hubert, wenet")
+def test_cli_bad_input_is_one_line_with_exit_code_2(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_code:
+        af.main(["--asr", "deepspeech", "--wav", str(HELDOUT_WAV)])
+    assert exit_code.value.code == 2
+    assert capsys.readouterr().err.strip() == "error: unknown --asr 'deepspeech' — choose one of: ave, hubert, wenet"
     empty = tmp_path / "empty.wav"
     empty.write_bytes(b"")
-    result = _run_cli(["--asr", "hubert", "--wav", empty], module=True)
-    assert result.returncode == 2 and result.stderr.strip() == f"error: {empty} is empty (0 bytes) — " \
-                                                               "record or copy the audio again"
+    with pytest.raises(SystemExit) as exit_code:
+        af.main(["--asr", "hubert", "--wav", str(empty)])
+    assert exit_code.value.code == 2
+    assert capsys.readouterr().err.strip() == f"error: {empty} is empty (0 bytes) — record or copy the audio again"
+    # as a module, offline, with a hub id that is not cached: one line, no traceback
     offline = _run_cli(["--asr", "hubert", "--wav", HELDOUT_WAV, "--hubert_model", "no-such-org/no-such-model"],
                        module=True, env={"HF_HUB_OFFLINE": "1"})
     assert offline.returncode == 2 and len(offline.stderr.strip().splitlines()) == 1
     assert "could not load HuBERT model 'no-such-org/no-such-model'" in offline.stderr
 
 
-def test_cli_on_a_datasets_aud_wav_fills_the_dataset(processed_copy, tiny_hubert):
-    result = _run_cli(["--asr", "hubert", "--wav", processed_copy / "aud.wav", "--hubert_model", tiny_hubert,
-                       "--device", "cpu"], module=True)
-    assert result.returncode == 0, result.stderr
+def test_cli_on_a_datasets_aud_wav_fills_the_dataset(processed_copy, tiny_hubert, capsys):
+    af.main(["--asr", "hubert", "--wav", str(processed_copy / "aud.wav"), "--hubert_model", str(tiny_hubert),
+             "--device", "cpu"])
     assert np.load(processed_copy / "aud_hu.npy").shape == (_video_frames(processed_copy), 2, TINY_HIDDEN)
     assert json.loads((processed_copy / "aud_hu.json").read_text())["encoder"] == str(tiny_hubert)
-    assert f"aud_hu.npy: {_video_frames(processed_copy)} frames" in result.stdout
+    assert f"aud_hu.npy: {_video_frames(processed_copy)} frames" in capsys.readouterr().out
