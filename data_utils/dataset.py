@@ -332,6 +332,22 @@ class PersonData:
     crops: object                       # np.memmap (N, 328, 328, 3) BGR, or JpegCrops
     features: np.ndarray                # (N, *per_frame) float32
     feature_metadata: Dict = field(default_factory=dict)
+    face_found: Optional[np.ndarray] = None   # (N,) bool; None: every frame has a face
+
+    def split(self, val_fraction: float) -> Tuple[np.ndarray, np.ndarray]:
+        """``split_frames`` without the frames where preprocessing found no face.
+
+        Their landmarks (and so their crops) were interpolated: they show
+        whatever covered the face, and must never be a target or a reference.
+        """
+        train, held_out = split_frames(self.frame_count, val_fraction)
+        if self.face_found is None:
+            return train, held_out
+        train, held_out = train[self.face_found[train]], held_out[self.face_found[held_out]]
+        if len(train) == 0:
+            raise UserError(f"{self.layout.face_found} says no training frame shows a face — "
+                            "re-run preprocessing on a recording where the face is visible")
+        return train, held_out
 
     @property
     def frame_count(self) -> int:
@@ -373,7 +389,13 @@ def open_person(dataset_dir, asr: str, use_cache: bool = True, build_cache: bool
         crops = open_crop_cache(layout, len(boxes))
     else:
         crops = JpegCrops(layout, boxes)
-    return PersonData(layout, asr, crops, features, read_feature_metadata(layout, asr))
+    face_found = None
+    if layout.face_found.exists():
+        face_found = np.load(layout.face_found).astype(bool)
+        if len(face_found) != len(boxes):
+            raise UserError(f"{layout.face_found} has {len(face_found)} frames but the dataset has "
+                            f"{len(boxes)} — re-run: {process_command(layout)}")
+    return PersonData(layout, asr, crops, features, read_feature_metadata(layout, asr), face_found)
 
 
 # --------------------------------------------------------------------------- samples

@@ -36,7 +36,7 @@ from data_utils import checkpoints as ckpt
 from data_utils import crop
 from data_utils.atomic import write_bytes_atomic, write_json_atomic
 from data_utils.dataset import (ColourJitter, LipSyncDataset, PersonData, SyncPairDataset,
-                                inner_rgb_batch, model_input_batch, open_person, split_frames)
+                                inner_rgb_batch, model_input_batch, open_person)
 from data_utils.errors import UserError
 
 log = logging.getLogger("training")
@@ -283,7 +283,7 @@ class UNetTask:
         self.model, self.person, self.config = model, person, config
         self.perceptual, self.syncnet = perceptual, syncnet
         self.augment = ColourJitter() if config.augment else None
-        train_frames, val_frames = split_frames(person.frame_count, config.val_fraction)
+        train_frames, val_frames = person.split(config.val_fraction)
         self.train_set = LipSyncDataset(person, train_frames, train_frames, config.seed)
         self.val_set = LipSyncDataset(person, val_frames, val_frames, config.seed) if len(val_frames) else None
 
@@ -364,7 +364,7 @@ class SyncNetTask:
     def __init__(self, model: nn.Module, person: PersonData, config: TrainConfig):
         self.model, self.person, self.config = model, person, config
         self.augment = ColourJitter() if config.augment else None
-        train_frames, val_frames = split_frames(person.frame_count, config.val_fraction)
+        train_frames, val_frames = person.split(config.val_fraction)
         self.train_set = SyncPairDataset(person, train_frames, config.seed)
         self.val_set = SyncPairDataset(person, val_frames, config.seed, "held-out") if len(val_frames) else None
 

@@ -372,3 +372,19 @@ def test_metrics_go_to_tensorboard_when_it_is_installed(small, tmp_path, monkeyp
     keys = {entry[0] for entry in written[1:-1]}
     assert {"train_loss", "val_l1", "val_psnr", "lr"} <= keys
     assert all(entry[2] == 1 for entry in written[1:-1])
+
+
+def test_frames_without_a_face_are_never_targets_or_references(small):
+    """Preprocessing interpolated their landmarks: their crops show no real mouth."""
+    layout = DatasetLayout(small)
+    found = np.load(layout.face_found)
+    found[[3, 4, 5]] = False
+    found[-1] = False
+    np.save(layout.face_found, found)
+    person = open_person(small, "ave", show_progress=False)
+    train, held_out = person.split(0.25)
+    assert not {3, 4, 5} & set(train.tolist())
+    assert len(found) - 1 not in held_out and len(held_out) == round(len(found) * 0.25) - 1
+    np.save(layout.face_found, found[:-2])
+    with pytest.raises(UserError, match="face_found.npy has"):
+        open_person(small, "ave", show_progress=False)

@@ -54,7 +54,8 @@ def make_small_dataset(processed_clip, destination, frames: int = 20, asr: str =
     destination = Path(destination)
     shutil.copytree(processed_clip, destination)
     layout = DatasetLayout(destination)
-    np.save(layout.crop_boxes, np.load(layout.crop_boxes)[:frames])
+    for per_frame_array in (layout.crop_boxes, layout.face_found, layout.landmarks_array):
+        np.save(per_frame_array, np.load(per_frame_array)[:frames])
     for path in layout.frames_dir.glob("*.jpg"):
         if int(path.stem) >= frames:
             path.unlink()
