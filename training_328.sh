@@ -13,7 +13,7 @@
 # A re-run skips finished stages and resumes an interrupted training from its
 # latest.pth. Extra options go through the environment, e.g.
 #   UNET_ARGS="--model_size mobile --amp" SYNCNET_ARGS="--epochs 20" bash training_328.sh May 0
-# PYTHON picks the interpreter (default: python).
+# PYTHON picks the interpreter (default: the project's .venv when it exists, else python).
 set -euo pipefail
 
 usage="usage: bash training_328.sh NAME GPU [ASR]   (GPU: an index such as 0, or cpu; ASR: ave | hubert | wenet)"
@@ -24,7 +24,9 @@ fi
 NAME=$1
 GPU=$2
 ASR=${3:-ave}
-PYTHON=${PYTHON:-python}
+if [ -z "${PYTHON:-}" ]; then
+    if [ -x "$(dirname "$0")/.venv/bin/python" ]; then PYTHON="$(cd "$(dirname "$0")" && pwd)/.venv/bin/python"; else PYTHON=python; fi
+fi
 read -r -a UNET_EXTRA <<< "${UNET_ARGS:-}"
 read -r -a SYNCNET_EXTRA <<< "${SYNCNET_ARGS:-}"
 
