@@ -4,6 +4,7 @@
     python inference_328.py --name May --audio_path speech.mp3 --checkpoint 120 --output result/talk.mp4
     python inference_328.py --name May --export_onnx                 # checkpoint/May/<epoch>.onnx
     python inference_328.py --name May --audio_path new.wav --backend onnx
+    python inference_328.py --name May --audio_path new.wav --mouth_scale 1.2   # open the mouth wider
 
 The work lives in data_utils/rendering.py (importable: render, load_renderer,
 render_to_file); this script only parses options.
@@ -18,9 +19,11 @@ if __package__ in (None, ""):
 
 from data_utils.errors import UserError, exit_on_user_error
 from data_utils.layout import CHECKPOINT_ROOT, DATASET_ROOT, RESULT_ROOT
+from data_utils.mouth_control import DEFAULT_FACELESS_FADE_FRAMES, MOUTH_SCALE_LIMITS
 from data_utils.rendering import (BACKENDS, DEFAULT_BATCH_SIZE, DEFAULT_FEATHER_PX, DEVICES, checkpoint_label,
                                   default_output_path, load_renderer, locate_run,
                                   render_to_file)
+from data_utils.silence import VAD_CHOICES
 from data_utils.timebase import ASR_CHOICES
 from data_utils.video_writer import DEFAULT_CRF, DEFAULT_PRESET, X264_PRESETS
 
@@ -50,6 +53,17 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--x264_preset", default=DEFAULT_PRESET, choices=X264_PRESETS,
                         help="x264 speed preset; faster presets give larger files")
     parser.add_argument("--fp16", action="store_true", help="half precision on CUDA (torch backend)")
+    parser.add_argument("--no_silence_hold", dest="silence_hold", action="store_false",
+                        help="keep the model's mouth in pauses (default: pauses show the person's own closed mouth)")
+    parser.add_argument("--vad", choices=VAD_CHOICES,
+                        help="pause detector: silero (default) or energy (a speech-band energy gate, for clean audio)")
+    parser.add_argument("--mouth_scale", type=float, default=1.0,
+                        help="how wide the mouth opens: 1.2 = 20%% wider, 0.8 = 20%% less "
+                             f"({MOUTH_SCALE_LIMITS[0]:g}-{MOUTH_SCALE_LIMITS[1]:g})")
+    parser.add_argument("--paint_faceless", action="store_true",
+                        help="paint the mouth on frames where preprocessing found no face (default: leave them untouched)")
+    parser.add_argument("--faceless_fade", type=int, default=DEFAULT_FACELESS_FADE_FRAMES,
+                        help="frames over which the mouth fades out before a frame without a face (0: cut)")
     parser.add_argument("--dataset_dir", help="processed recording (default: dataset/NAME)")
     parser.add_argument("--ave_checkpoint", help="AVE encoder for --asr ave (default: the one training used)")
     parser.add_argument("--hubert_model", help="HuBERT folder or hub id for --asr hubert (default: the one training used)")
@@ -90,7 +104,8 @@ def main(argv=None):
         backend=args.backend, half=args.fp16, ave_checkpoint=args.ave_checkpoint, hubert_model=args.hubert_model,
         wenet_model=args.wenet_model, onnx_threads=args.onnx_threads, dataset_root=args.dataset_root,
         checkpoint_root=args.checkpoint_root, batch_size=args.batch_size, feather_px=args.feather,
-        colour_match=args.colour_match, workers=args.workers)
+        colour_match=args.colour_match, workers=args.workers, silence_hold=args.silence_hold, vad=args.vad,
+        mouth_scale=args.mouth_scale, paint_faceless=args.paint_faceless, faceless_fade=args.faceless_fade)
     with renderer:
         label = checkpoint_label(renderer.checkpoint_path)
         output = Path(args.output) if args.output else \

@@ -57,6 +57,7 @@ JAW_SIDE_MARGIN = 0.25                # the jaw moves fully this far (mouth widt
 MIN_FALLOFF_PX = 12.0
 FALLOFF_PER_SHIFT = 3.0
 SIDE_FALLOFF_PX = 8.0                 # at least this much room between the jaw's core and the region's side
+LIP_EDGE_MARGIN = 0.25               # of the gap, on each side: the face mesh's lip edges are this uncertain
 WARP_ITERATIONS = 6                   # fixed-point steps inverting the warp: error halves per step or faster
 
 
@@ -287,7 +288,12 @@ def opening_warp_maps(upper, lower, left, right, chin, factor: float, feather_px
     gap = v_lower - v_upper
     if gap < MIN_GAP_PX:
         return None
-    shift = (factor - 1.0) * gap
+    # Stretch a little beyond the detected lip edges: wherever inside this band
+    # the visible edges really are, the gap between them scales by ``factor``.
+    margin = LIP_EDGE_MARGIN * gap
+    v_upper, v_lower = v_upper - margin, v_lower + margin
+    stretched = v_lower - v_upper
+    shift = (factor - 1.0) * stretched
     # The region where pixels may move: the repainted square minus its feathered rim.
     top = crop_geometry.MASK_TOP + feather_px
     bottom = crop_geometry.MASK_BOTTOM - 1 - feather_px
@@ -308,7 +314,7 @@ def opening_warp_maps(upper, lower, left, right, chin, factor: float, feather_px
     def displacement(u, v):
         """Shift along ``down`` of the point at mouth coordinates (u, v)."""
         profile = np.where(v <= v_upper, 0.0, np.where(
-            v < v_lower, shift * (v - v_upper) / gap, np.where(
+            v < v_lower, shift * (v - v_upper) / stretched, np.where(
                 v <= v_jaw_end, shift, np.where(
                     v < v_end, shift * (0.5 + 0.5 * np.cos(np.pi * (v - v_jaw_end) / (v_end - v_jaw_end))),
                     0.0))))

@@ -24,7 +24,12 @@ How a frame is made (frame i of the output, 25 fps, 640 samples of audio each):
   of frames i-8 .. i+7 (data_utils.timebase.model_audio_input);
 - paste-back: the generated 320 square replaces the crop's centre and is
   blended into the frame through data_utils.crop.paste_crop's feathered mask
-  (no hard rectangle), optionally after matching its colours to the frame.
+  (no hard rectangle), optionally after matching its colours to the frame;
+- mouth controls (data_utils/mouth_control.py, issue 7), between the model and
+  the paste-back: recording frames without a face are written untouched; the
+  mouth opening is scaled by ``mouth_scale``; in pauses of the audio
+  (data_utils/silence.py) the mouth cross-fades to the person's own closed
+  mouth.
 
 Streaming: audio features are computed piece by piece, with enough audio
 context around each piece that the rows equal those of the whole file (AVE is
@@ -48,6 +53,7 @@ import numpy as np
 from data_utils import crop as crop_geometry
 from data_utils.errors import UserError
 from data_utils.layout import CHECKPOINT_ROOT, DATASET_ROOT, RESULT_ROOT, DatasetLayout, checkpoint_dir
+from data_utils.mouth_control import DEFAULT_FACELESS_FADE_FRAMES, MouthControls, check_mouth_scale
 from data_utils.timebase import (ASR_CHOICES, FEATURE_SPECS, SAMPLE_RATE, SAMPLES_PER_FRAME, WINDOW_AFTER,
                                  WINDOW_BEFORE, frame_count_for_samples, model_audio_input)
 
@@ -363,12 +369,25 @@ class RenderOptions:
     feather_px: float = DEFAULT_FEATHER_PX
     colour_match: bool = False
     workers: Optional[int] = None      # threads for decoding and paste-back; None = up to the core count
+    # Mouth controls (data_utils/mouth_control.py):
+    silence_hold: bool = True          # pauses in the audio show the person's own closed mouth
+    vad: Optional[str] = None          # pause detector: "silero" (None: silero, or energy without silero-vad)
+    mouth_scale: float = 1.0           # > 1 opens the mouth wider, < 1 less
+    paint_faceless: bool = False       # paint frames where preprocessing found no face (default: untouched)
+    faceless_fade: int = DEFAULT_FACELESS_FADE_FRAMES   # frames the mouth fades out over before them
 
     def check(self) -> "RenderOptions":
+        from data_utils.silence import VAD_CHOICES
+
         if int(self.batch_size) < 1:
             raise UserError(f"--batch_size must be at least 1, got {self.batch_size}")
         if self.feather_px < 0:
             raise UserError(f"--feather must be 0 or more crop pixels, got {self.feather_px}")
+        if self.vad is not None and self.vad not in VAD_CHOICES:
+            raise UserError(f"unknown --vad {self.vad!r} — choose one of: {', '.join(VAD_CHOICES)}")
+        check_mouth_scale(self.mouth_scale)
+        if int(self.faceless_fade) < 0:
+            raise UserError(f"--faceless_fade must be 0 or more frames, got {self.faceless_fade}")
         return self
 
 
@@ -400,6 +419,12 @@ class LipSyncRenderer:
             raise UserError(f"{last} is missing ({self.frame_count} crop boxes but fewer frames) — "
                             f"run again: {process_command(layout)}")
         self.height, self.width = self._read_frame(0).shape[:2]
+        options = self.options
+        self.controls = MouthControls(layout, self.boxes, silence_hold=options.silence_hold, vad=options.vad,
+                                      mouth_scale=options.mouth_scale, paint_faceless=options.paint_faceless,
+                                      faceless_fade=int(options.faceless_fade), feather_px=options.feather_px)
+        self._compose = functools.partial(compose_frame, feather_px=options.feather_px,
+                                          colour_match=options.colour_match)
         workers = self.options.workers or min(MAX_WORKER_THREADS, cpu_thread_count())
         self._pool = ThreadPoolExecutor(max_workers=max(1, workers), thread_name_prefix="render")
         expected = tuple(config.get("audio_shape") or ())
@@ -450,6 +475,14 @@ class LipSyncRenderer:
         frame = self._read_frame(index)
         return frame, crop_geometry.cut_crop(frame, self.boxes[index])
 
+    def compose_output(self, frame: np.ndarray, crop_328: np.ndarray, generated: np.ndarray,
+                       recording_frame: int, hold_weight: float = 0.0) -> np.ndarray:
+        """The output frame: the mouth controls, then the feathered paste-back of the generated square.
+
+        A recording frame without a face comes back as ``frame`` itself, untouched.
+        """
+        return self.controls.apply(frame, crop_328, generated, recording_frame, hold_weight, self._compose)
+
     @property
     def frame_size(self) -> Tuple[int, int]:
         """(width, height) of the output frames: the recording's own size."""
@@ -492,6 +525,7 @@ class LipSyncRenderer:
 
     def close(self) -> None:
         self._pool.shutdown(wait=True)
+        self.controls.close()
 
     def __enter__(self) -> "LipSyncRenderer":
         return self
@@ -527,6 +561,8 @@ class RenderStream:
         self._loads: Dict[int, Future] = {}       # output frame -> pending (frame, crop)
         self._next_render = 0                     # next output frame to go through the model
         self._composing: Deque[Tuple[int, List[Future]]] = deque()
+        self._hold = renderer.controls.new_silence_hold()   # None when the silence hold is off
+        self.held_frames = 0                      # output frames with some of the closed mouth in them
 
     @property
     def latency_frames(self) -> int:
@@ -543,6 +579,8 @@ class RenderStream:
             raise UserError("the audio contains NaN or infinite samples")
         self._samples = np.concatenate([self._samples, samples])
         self.samples_in += samples.size
+        if self._hold is not None:
+            self._hold.push(samples)
         return self._drain(final=False)
 
     def finish(self) -> Iterator[np.ndarray]:
@@ -551,6 +589,8 @@ class RenderStream:
         if self.samples_in == 0:
             raise UserError("the audio contains no samples — give a recording with sound")
         self.finished = True
+        if self._hold is not None:
+            self._hold.finish()
         return self._drain(final=True)
 
     @property
@@ -603,7 +643,10 @@ class RenderStream:
         if final:
             return self._features_stop - self._next_render
         # Frame i's window needs feature rows up to i + WINDOW_AFTER - 1.
-        return max(0, self._features_stop - WINDOW_AFTER + 1 - self._next_render)
+        ready = self._features_stop - WINDOW_AFTER + 1
+        if self._hold is not None:        # (its look-ahead is shorter than the window's: never the limit)
+            ready = min(ready, self._hold.ready_frames)
+        return max(0, ready - self._next_render)
 
     def _background(self, output_index: int) -> Future:
         """The pending (frame, crop) of output frame ``output_index``; prefetches what follows."""
@@ -626,12 +669,13 @@ class RenderStream:
         audio = np.stack([model_audio_input(self._features, index - self._features_start, renderer.asr)
                           for index in indices])
         generated = renderer.unet(crops, audio)
-        options = renderer.options
+        holds = self._hold.weights(indices.start, indices.stop) if self._hold is not None else np.zeros(count)
+        self.held_frames += int(np.count_nonzero(holds))
         jobs = []
-        for (frame, crop_328), image, index in zip(backgrounds, generated, indices):
-            box = renderer.boxes[pingpong_index(self.start_frame + index, renderer.frame_count)]
-            jobs.append(renderer._pool.submit(compose_frame, frame, crop_328, image, box,
-                                              options.feather_px, options.colour_match))
+        for (frame, crop_328), image, index, hold in zip(backgrounds, generated, indices, holds):
+            recording_frame = pingpong_index(self.start_frame + index, renderer.frame_count)
+            jobs.append(renderer._pool.submit(renderer.compose_output, frame, crop_328, image, recording_frame,
+                                              float(hold)))
         self._composing.append((self._next_render, jobs))
         self._next_render += count
 
@@ -672,7 +716,8 @@ def load_renderer(name: Optional[str] = None, *, dataset_dir=None, checkpoint=No
     ``checkpoint``: None = newest epoch, an epoch number, "best", or a .pth path.
     ``asr``: None = the checkpoint's; anything else must match it.
     ``backend``: "torch" or "onnx" (exported next to the checkpoint on first use).
-    ``options``: RenderOptions fields (batch_size, feather_px, colour_match, workers).
+    ``options``: RenderOptions fields (batch_size, feather_px, colour_match, workers, and the mouth
+    controls silence_hold, vad, mouth_scale, paint_faceless, faceless_fade).
     """
     from data_utils.checkpoints import load_unet
 

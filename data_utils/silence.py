@@ -26,9 +26,9 @@ at least 0.5. The gate calls it speech when at least half of its 10 ms hops
 inside the window are open.
 
 Hold weights go from 0 (the model's mouth) to 1 (the person's closed mouth).
-A run of non-speech frames is a pause when it lasts at least 0.2 s or touches
-the start or end of the audio. Shorter gaps are stop closures and breaths
-inside speech, and the mouth keeps moving through them. Inside a pause, the
+A run of non-speech frames is a pause when it lasts at least 0.2 s. Shorter
+gaps are stop closures and breaths inside speech, and the mouth keeps moving
+through them. Inside a pause, the
 hold starts one frame after the voice stops (the last sound still shapes the
 mouth). It lets go two frames before the voice returns, because the mouth
 opens about 80 ms ahead of the sound. It ramps up and down along a raised
@@ -363,7 +363,8 @@ def hold_weights(speech, starts_at_audio_start: bool = True, ends_at_audio_end: 
     weights = np.zeros(count, np.float64)
     for start, stop in _runs(~speech):
         after_speech, before_speech = start > 0, stop < count
-        if after_speech and before_speech and stop - start < MIN_PAUSE_FRAMES:
+        cut_off = (start == 0 and open_start) or (stop == count and open_end)
+        if stop - start < MIN_PAUSE_FRAMES and not cut_off:
             continue                             # a gap inside speech: the mouth moves on
         first = start + (HOLD_AFTER_SPEECH_FRAMES if after_speech else 0)
         last = stop - (RELEASE_BEFORE_SPEECH_FRAMES if before_speech else 0)
