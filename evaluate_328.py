@@ -10,7 +10,8 @@ correlation and offset, SyncNet distance/confidence, stability. When every
 checkpoint was scored, checkpoint/NAME/best.pth becomes the winner by
 --select_by (inference_328.py --checkpoint best).
 New audio (--audio_path): no ground truth, so SyncNet distance/confidence and
-mouth opening against loudness only.
+mouth opening against loudness only, unless --truth_video is a real video of
+the person speaking that audio (framed like the recording).
 
 Tables, JSON, side-by-side videos and PNG strips go to
 checkpoint/NAME/evaluation/. The work lives in data_utils/evaluation.py.
@@ -39,6 +40,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--checkpoint", help="score only this one: an epoch number, best, latest or a .pth path "
                                              "(default: every numbered epoch, and best.pth is chosen)")
     parser.add_argument("--audio_path", help="new audio without ground truth (default: the held-out tail)")
+    parser.add_argument("--truth_video", help="a 25 fps video of the person really speaking --audio_path, framed "
+                                              "like the recording: every held-out measure is made against it")
     parser.add_argument("--start_frame", type=int, default=0, help="recording frame --audio_path starts from")
     parser.add_argument("--val_fraction", type=float,
                         help="held-out tail of the recording (default: what the run was trained with, else 0.05)")
@@ -68,7 +71,8 @@ def options_from_args(args) -> EvalOptions:
 
     return EvalOptions(
         name=args.name, dataset_dir=path(args.dataset_dir), checkpoint_dir=path(args.checkpoint_dir),
-        checkpoint=args.checkpoint, audio_path=path(args.audio_path), start_frame=args.start_frame,
+        checkpoint=args.checkpoint, audio_path=path(args.audio_path), truth_video=path(args.truth_video),
+        start_frame=args.start_frame,
         val_fraction=args.val_fraction, select_by=args.select_by, select=not args.no_select,
         syncnet_checkpoint=path(args.syncnet_checkpoint), device=args.device, batch_size=args.batch_size,
         output_dir=path(args.output_dir), write_video=not args.no_video, force=args.force,

@@ -18,7 +18,10 @@ beside it.
 
 New audio (``--audio_path``): there is no truth, so only the measures that need
 none are reported: SyncNet distance/confidence and mouth opening against
-loudness.
+loudness. When a video of the person really speaking that audio exists
+(``--truth_video``, 25 fps, the recording's framing, frame k at the head pose
+of recording frame start_frame + k, as the bundled fixture's
+heldout_a_truth.mp4 is), every held-out measure is made against it instead.
 
 Outputs, in checkpoint/NAME/evaluation/<heldout | audio_STEM>/:
     scores.json         every checkpoint's scores, the reference row, the choice
@@ -293,6 +296,7 @@ class EvalOptions:
     checkpoint_dir: Optional[Path] = None      # default checkpoint/NAME
     checkpoint: Optional[str] = None           # None: every numbered epoch; else an epoch, best, latest or a path
     audio_path: Optional[Path] = None          # new audio instead of the held-out tail
+    truth_video: Optional[Path] = None         # the person really speaking audio_path, if filmed
     start_frame: int = 0                       # recording frame new audio starts from
     val_fraction: Optional[float] = None       # None: what the run was trained with
     select_by: str = DEFAULT_SELECT_BY
@@ -320,6 +324,8 @@ class EvalOptions:
             raise UserError(f"--val_fraction must be between 0 and 1, got {self.val_fraction}")
         if self.batch_size < 1:
             raise UserError(f"--batch_size must be at least 1, got {self.batch_size}")
+        if self.truth_video is not None and self.audio_path is None:
+            raise UserError("--truth_video is the person speaking --audio_path: give --audio_path too")
         return self
 
     @property
@@ -437,6 +443,23 @@ def read_frame(layout: DatasetLayout, index: int) -> np.ndarray:
     return frame
 
 
+def check_truth_video(path: Path, frame_size: Tuple[int, int]) -> None:
+    """A truth video must be 25 fps and framed like the recording (frame k beside generated frame k)."""
+    from data_utils.ffmpeg import probe
+
+    if not path.is_file():
+        raise UserError(f"--truth_video {path} does not exist — check the path")
+    info = probe(path)
+    if not info.has_video:
+        raise UserError(f"--truth_video {path} has no video stream")
+    if info.average_fps is None or abs(info.average_fps - FPS) > 0.01:
+        raise UserError(f"--truth_video {path} runs at {info.average_fps} fps, not {FPS} — convert it "
+                        f"(ffmpeg -i {path.name} -vf fps={FPS} out.mp4) so frame k matches generated frame k")
+    if tuple(info.display_size) != tuple(frame_size):
+        raise UserError(f"--truth_video {path} is {info.display_size[0]}x{info.display_size[1]} but the recording is "
+                        f"{frame_size[0]}x{frame_size[1]} — the truth must be framed like the recording")
+
+
 def recording_samples(layout: DatasetLayout, frame_count: int) -> np.ndarray:
     """aud.wav as exactly frame_count x 640 samples (preprocessing already made it so)."""
     from data_utils.audio import load_audio
@@ -477,6 +500,35 @@ class Reference:
     mouth_boxes: Optional[np.ndarray] = None
     real_changes: Optional[List[float]] = None  # frame-to-frame change of the real mouth
     scores: Optional[Dict] = None               # the real frames' own scores (held-out only)
+    truth_video: Optional[Path] = None          # real frames from this video instead of the recording
+
+    def real_frames(self, layout: DatasetLayout) -> Iterator[np.ndarray]:
+        """The true frame for every scored frame, in order."""
+        if self.truth_video is None:
+            for index in self.frames:
+                yield read_frame(layout, index)
+            return
+        yield from video_frames(self.truth_video, len(self.frames))
+
+
+def video_frames(path: Path, count: int) -> Iterator[np.ndarray]:
+    """The first ``count`` decoded BGR frames of ``path``; fewer is a UserError."""
+    from data_utils.ffmpeg import probe
+    from data_utils.preprocess import FrameReader
+
+    reader = FrameReader(probe(path))
+    produced = 0
+    try:
+        for frame in reader:
+            if produced == count:
+                break
+            produced += 1
+            yield frame
+    finally:
+        reader.close()
+    if produced < count:
+        raise UserError(f"--truth_video {path} has {produced} frames but the audio needs {count} — "
+                        "give the video of exactly this audio (25 fps)")
 
 
 def measure_recording(layout: DatasetLayout, reference: Reference, syncnet, asr: str, device,
@@ -490,8 +542,8 @@ def measure_recording(layout: DatasetLayout, reference: Reference, syncnet, asr:
     embedder = SyncEmbedder(syncnet, reference.features, asr, device) \
         if syncnet is not None and reference.features is not None else None
     shape = None
-    for k, index in enumerate(_progress(reference.frames, len(reference.frames), "recording", show_progress)):
-        frame = read_frame(layout, index)
+    for k, frame in enumerate(_progress(reference.real_frames(layout), len(reference.frames), "truth",
+                                        show_progress)):
         shape = frame.shape
         track.add(frame)
         if embedder is not None:
@@ -499,12 +551,12 @@ def measure_recording(layout: DatasetLayout, reference: Reference, syncnet, asr:
     landmarks = track.result()
     missing = int((~np.isfinite(landmarks).all(axis=(1, 2))).sum())
     if missing:
-        raise UserError(f"no face found in {missing} of the {len(landmarks)} held-out frames of {layout.root} "
-                        "— evaluate on another stretch (--val_fraction) or check the recording")
+        source = reference.truth_video or f"the held-out frames of {layout.root}"
+        raise UserError(f"no face found in {missing} of the {len(landmarks)} frames of {source} "
+                        "— evaluate on another stretch (--val_fraction) or check the video")
     mouth_boxes = metrics.mouth_boxes(landmarks, shape)
     changes, previous = [], None
-    for k, index in enumerate(reference.frames):
-        frame = read_frame(layout, index)
+    for k, frame in enumerate(reference.real_frames(layout)):
         if previous is not None:
             changes.append(metrics.mouth_change(previous, frame, mouth_boxes[k]))
         previous = frame
@@ -551,6 +603,7 @@ class Evaluation:
         self.boxes = np.load(self.layout.crop_boxes)
         self.frame_count = len(self.boxes)
         self.heldout = options.audio_path is None
+        self.has_truth = self.heldout or options.truth_video is not None
         if self.heldout:
             self.output_dir = Path(options.output_dir or self.run_dir / EVALUATION_SUBDIR / HELDOUT_SUBDIR)
         else:
@@ -560,7 +613,6 @@ class Evaluation:
             self.run_dir / "syncnet" / "best.pth"
         self.val_fraction = None
         self.reference: Optional[Reference] = None
-        self._syncnet_loaded = False
         self.syncnet = None
         self.asr: Optional[str] = None
 
@@ -594,14 +646,18 @@ class Evaluation:
                 and self.options.select:
             raise UserError(f"--select_by {self.options.select_by} needs a trained SyncNet at {self.syncnet_path} — "
                             f"train it (python train_syncnet.py --name {self.layout.name}) or choose --select_by lmd")
-        if self.heldout:
+        if self.has_truth:
             self.reference = measure_recording(self.layout, self.reference, self.syncnet, asr, self.device,
                                                self.options.show_progress)
 
     def _heldout_reference(self, asr: str) -> Reference:
         from data_utils.dataset import split_frames
 
-        fraction = self.options.val_fraction or trained_val_fraction(self.run_dir) or DEFAULT_VAL_FRACTION
+        trained = trained_val_fraction(self.run_dir)
+        fraction = self.options.val_fraction or trained or DEFAULT_VAL_FRACTION
+        if trained is not None and fraction > trained + 1e-9:
+            log.warning("--val_fraction %g is larger than the %g the run was trained with: the first "
+                        "held-out frames were seen in training and score too well", fraction, trained)
         self.val_fraction = fraction
         _, tail = split_frames(self.frame_count, fraction)
         if len(tail) < MIN_EVAL_FRAMES:
@@ -631,9 +687,12 @@ class Evaluation:
         start = renderer.check_start_frame(self.options.start_frame)
         frames = pingpong_indices(start, count, self.frame_count)
         features = renderer.featurizer(samples, count)
+        truth = self.options.truth_video
+        if truth is not None:
+            check_truth_video(Path(truth), renderer.frame_size)
         return Reference(frames=frames, crop_boxes=self.boxes[frames], samples=samples,
                          energy=metrics.audio_energy(samples, count), features=np.asarray(features, np.float32),
-                         feature_rows=np.arange(count))
+                         feature_rows=np.arange(count), truth_video=Path(truth) if truth else None)
 
     # ------------------------------------------------------------------ caching
     def _cache_key(self, path: Path) -> Dict:
@@ -644,6 +703,9 @@ class Evaluation:
         if not self.heldout:
             audio = Path(self.options.audio_path)
             key["audio"] = {"file": str(audio.resolve()), **checkpoint_stamp(audio)}
+            key["start_frame"] = int(self.options.start_frame)
+        if reference.truth_video is not None:
+            key["truth_video"] = {"file": str(reference.truth_video.resolve()), **checkpoint_stamp(reference.truth_video)}
         return key
 
     def _cached(self, path: Path, epoch: int) -> Optional[CheckpointResult]:
@@ -705,7 +767,7 @@ class Evaluation:
         self.output_dir.mkdir(parents=True, exist_ok=True)
         embedder = SyncEmbedder(self.syncnet, reference.features, self.asr, self.device) \
             if self.syncnet is not None and reference.features is not None else None
-        labels = ("truth", f"epoch {epoch}") if self.heldout else ("recording", f"epoch {epoch}")
+        labels = ("truth", f"epoch {epoch}") if self.has_truth else ("recording", f"epoch {epoch}")
         video_path = self.output_dir / f"epoch_{epoch}_side_by_side.mp4"
         audio_file = self.output_dir / ".scored_audio.wav"
         writer = None
@@ -718,10 +780,10 @@ class Evaluation:
         scorer = ClipScorer(reference.crop_boxes, reference.mouth_boxes, embedder, reference.feature_rows,
                             writer, labels, strip_picks(count))
         frames = _progress(self._generated_frames(renderer), count, f"epoch {epoch}", self.options.show_progress)
+        real_frames = reference.real_frames(self.layout) if self.has_truth else None
         try:
-            for k, generated in enumerate(frames):
-                real = read_frame(self.layout, reference.frames[k]) if self.heldout else None
-                scorer.add(generated, real)
+            for generated in frames:
+                scorer.add(generated, next(real_frames) if real_frames is not None else None)
             if writer is not None:
                 writer.close()
         except BaseException:
@@ -748,7 +810,7 @@ class Evaluation:
         found = np.isfinite(opening)
         scores["face_found"] = float(found.mean())
         scores["mouth_opening"] = float(np.nanmean(opening)) if found.any() else float("nan")
-        if self.heldout:
+        if self.has_truth:
             scores.update(metrics.lip_sync_scores(landmarks, reference.landmarks))
             scores.update(metrics.stability(measured["changes"], reference.real_changes))
         scores.update(metrics.opening_energy_scores(opening, reference.energy))
@@ -768,15 +830,18 @@ class Evaluation:
         results = []
         for path in self.checkpoints:
             result = self.score_checkpoint(path)
-            log.info("epoch %d: %s", result.epoch, format_scores(result.scores, self.heldout))
+            log.info("epoch %d: %s", result.epoch, format_scores(result.scores, self.has_truth))
             results.append(result)
         best = None
         if self.options.select and self.complete:
             best = choose_best(results, self.options.select_by)
             if best is not None:
                 write_best(self.run_dir, best, self.options.select_by, results, self.describe())
-            else:
+            elif self.has_truth:
                 log.warning("no checkpoint has a %s score: best.pth left as it was", self.options.select_by)
+            else:
+                log.info("new audio without --truth_video has no %s: best.pth left as it was "
+                         "(choose with --select_by lse_c or energy_correlation)", self.options.select_by)
         report = self.report(results, best)
         write_json_atomic(self.output_dir / "scores.json", finite_or_none(report))
         table = format_table(report)
@@ -791,6 +856,8 @@ class Evaluation:
         return {"name": self.layout.name, "dataset": str(self.layout.root), "run": str(self.run_dir),
                 "mode": "heldout" if self.heldout else "audio",
                 "audio": str(self.options.audio_path) if not self.heldout else str(self.layout.audio_wav),
+                "truth": ("held-out tail" if self.heldout else
+                          str(self.options.truth_video) if self.options.truth_video else None),
                 "frames": {"first": int(reference.frames[0]), "last": int(reference.frames[-1]),
                            "count": int(len(reference.frames))},
                 "val_fraction": self.val_fraction, "syncnet": str(self.syncnet_path) if self.syncnet else None,
@@ -820,7 +887,7 @@ class Evaluation:
             image = cv2.imread(str(result.strip))
             if image is None:
                 continue
-            if self.heldout:
+            if self.has_truth:
                 half = image.shape[0] // 2
                 if not rows:
                     rows.append(image[:half])
@@ -905,10 +972,11 @@ def format_scores(scores: Dict, heldout: bool = True) -> str:
 def format_table(report: Dict) -> str:
     """A markdown table: one row per checkpoint (the chosen one starred), the recording first."""
     heldout = report["mode"] == "heldout"
-    columns = HELDOUT_COLUMNS if heldout else AUDIO_COLUMNS
+    has_truth = report.get("truth") is not None
+    columns = HELDOUT_COLUMNS if has_truth else AUDIO_COLUMNS
     lines = ["| checkpoint | " + " | ".join(heading for _, heading, _ in columns) + " |",
              "|---|" + "---:|" * len(columns)]
-    if heldout and report.get("reference"):
+    if has_truth and report.get("reference"):
         reference = report["reference"]
         cells = ["—" if key in ("psnr", "ssim", "mouth_psnr", "mouth_ssim") else _cell(reference.get(key), pattern)
                  for key, _, pattern in columns]
@@ -919,9 +987,13 @@ def format_table(report: Dict) -> str:
         lines.append(f"| {name} | " + " | ".join(_cell(entry["scores"].get(key), pattern)
                                                 for key, _, pattern in columns) + " |")
     frames = report["frames"]
-    where = (f"held-out tail, frames {frames['first']}-{frames['last']} ({frames['count']} frames, "
-             f"{frames['count'] / FPS:.1f} s)") if heldout else \
-        f"{report['audio']} ({frames['count']} frames, {frames['count'] / FPS:.1f} s), no ground truth"
+    length = f"{frames['count']} frames, {frames['count'] / FPS:.1f} s"
+    if heldout:
+        where = f"held-out tail, frames {frames['first']}-{frames['last']} ({length})"
+    elif has_truth:
+        where = f"{report['audio']} ({length}) against {report['truth']}"
+    else:
+        where = f"{report['audio']} ({length}), no ground truth"
     lines.append("")
     lines.append(f"{report['name']}: {where}; machine: {report['machine']}")
     if report.get("best"):

@@ -23,7 +23,7 @@ from data_utils.evaluation import CheckpointResult, EvalOptions, choose_best, ev
 from data_utils.ffmpeg import probe
 from data_utils.video_writer import write_wav
 from evaluate_328 import main as evaluate_main
-from tests.conftest import HELDOUT_WAV
+from tests.conftest import HELDOUT_WAV, ffmpeg
 
 VAL_FRACTION = 0.2            # 20 held-out frames of the clip's 100
 TRAIN_STEPS = 10
@@ -231,6 +231,36 @@ def test_new_audio_reports_sync_without_ground_truth(run, heldout, tmp_path, cap
     assert probe(out / f"epoch_{TRAINED_EPOCH}_side_by_side.mp4").duration == pytest.approx(NEW_AUDIO_SECONDS, abs=0.05)
     printed = capsys.readouterr().out
     assert "| checkpoint | LSE-D | LSE-C |" in printed and "no ground truth" in printed
+
+
+def test_new_audio_with_a_truth_video_gets_every_measure(run, heldout, tmp_path, capsys):
+    """The recording's first 0.8 s as "new" audio, and its own frames as the video of
+    the person speaking it: scored like the held-out tail, against that video."""
+    dataset = run / "dataset" / "talker"
+    frames = int(NEW_AUDIO_SECONDS * 25)
+    audio = write_wav(tmp_path / "speech.wav", load_audio(dataset / "aud.wav")[:frames * 640])
+    truth = tmp_path / "truth.mp4"
+    ffmpeg("-framerate", 25, "-start_number", 0, "-i", dataset / "full_body_img" / "%d.jpg", "-frames:v", frames,
+           "-c:v", "libx264", "-crf", 12, "-pix_fmt", "yuv420p", truth)
+    roots = ["--name", "talker", "--dataset_root", str(run / "dataset"), "--checkpoint_root", str(run / "checkpoint"),
+             "--device", "cpu", "--quiet", "--no_video", "--checkpoint", str(TRAINED_EPOCH), "--audio_path", str(audio)]
+    report = evaluate_main([*roots, "--truth_video", str(truth)])
+    assert report["truth"] == str(truth) and report["reference"]["lmd"] == 0
+    scores = report["checkpoints"][0]["scores"]
+    assert {"psnr", "mouth_ssim", "lmd", "opening_correlation", "change_ratio", "lse_c"} <= set(scores)
+    assert 0 < scores["lmd"] < 0.1 and 0 < scores["mouth_ssim"] < 1
+    assert f"speech.wav ({frames} frames, 0.8 s) against {truth}" in report["table"]
+    capsys.readouterr()
+    # a truth video that cannot sit beside the generated frames: one line each
+    for video_filter, message in (("fps=30", "runs at 30.0 fps, not 25"),
+                                  ("scale=256:256", "is 256x256 but the recording is 512x512")):
+        wrong = tmp_path / f"wrong {video_filter.split('=')[0]}.mp4"
+        ffmpeg("-i", truth, "-vf", video_filter, "-c:v", "libx264", wrong)
+        assert message in error_line(capsys, [*roots, "--truth_video", str(wrong)])
+    short = tmp_path / "short.mp4"
+    ffmpeg("-i", truth, "-frames:v", 5, "-c:v", "libx264", short)
+    line = error_line(capsys, [*roots, "--truth_video", str(short), "--force"])
+    assert "has 5 frames but the audio needs 20" in line
 
 
 # ---------------------------------------------------------------------------- choosing
