@@ -48,6 +48,8 @@ log = logging.getLogger(__name__)
 # --- AVE -------------------------------------------------------------------------
 AVE_WINDOW_MEL_FRAMES = 16      # 0.2 s of mel frames per video frame (what the AVE encoder sees)
 AVE_BATCH = 256                 # mel windows per encoder call
+AVE_ONNX_ON_CPU = True          # run the AVE encoder through onnxruntime on CPU (same numbers, ~2x faster)
+AVE_ONNX_OPSET = 17
 
 # --- HuBERT ----------------------------------------------------------------------
 HUBERT_DEFAULT_MODEL = "facebook/hubert-large-ls960-ft"
@@ -173,13 +175,53 @@ def ave_features(samples, encoder, device="cpu", frame_count: Optional[int] = No
     count = frame_count_for_samples(len(samples)) if frame_count is None else int(frame_count)
     mel = melspectrogram(samples)
     encoder = encoder.to(device).eval()
+    session = _ave_onnx_session(encoder) if str(device) == "cpu" and AVE_ONNX_ON_CPU else None
     outputs = []
     starts = range(0, count, AVE_BATCH)     # windows made per batch: memory stays bounded for long audio
     with torch.inference_mode():
         for start in tqdm(starts, desc="ave features", unit="batch", disable=not progress):
             windows = mel_windows_for_frames(mel, np.arange(start, min(start + AVE_BATCH, count)))
-            outputs.append(encoder(torch.from_numpy(windows).to(device)).float().cpu().numpy())
+            if session is not None:
+                outputs.append(session.run(None, {"mel": windows})[0])
+            else:
+                outputs.append(encoder(torch.from_numpy(windows).to(device)).float().cpu().numpy())
     return np.concatenate(outputs).astype(np.float32)
+
+
+def _ave_onnx_session(encoder):
+    """An onnxruntime CPU session running ``encoder``'s current weights, or None if that fails.
+
+    On CPU onnxruntime runs this small conv stack about 2x faster than eager
+    PyTorch (measured in benchmarks/bench_audio_features.py). The session is
+    kept on the module and rebuilt when its weights change.
+    """
+    import io
+    import warnings
+
+    import torch
+
+    fingerprint = tuple((tensor.data_ptr(), tensor._version) for tensor in encoder.state_dict().values())
+    cached = getattr(encoder, "_onnx_cpu_session", None)
+    if cached is not None and cached[0] == fingerprint:
+        return cached[1]
+    try:
+        import onnxruntime
+
+        buffer = io.BytesIO()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")      # the TorchScript exporter announces its deprecation
+            torch.onnx.export(encoder, (torch.zeros(2, 1, 80, AVE_WINDOW_MEL_FRAMES),), buffer,
+                              input_names=["mel"], output_names=["features"],
+                              dynamic_axes={"mel": {0: "batch"}, "features": {0: "batch"}},
+                              opset_version=AVE_ONNX_OPSET, dynamo=False)
+        options = onnxruntime.SessionOptions()
+        options.intra_op_num_threads = torch.get_num_threads()   # the same CPU budget as torch
+        session = onnxruntime.InferenceSession(buffer.getvalue(), options, providers=["CPUExecutionProvider"])
+    except Exception as error:  # any exporter/runtime problem: eager PyTorch gives the same numbers
+        log.debug("AVE encoder stays on eager PyTorch (%s: %s)", type(error).__name__, error)
+        session = None
+    encoder._onnx_cpu_session = (fingerprint, session)
+    return session
 
 
 # =============================================================================

@@ -195,6 +195,23 @@ def test_ave_features_with_a_checkpoint(released_ave_checkpoint, reference_sampl
     assert model_audio_input(features, 0, "ave").shape == (32, 16, 16)
 
 
+def test_onnxruntime_and_pytorch_give_the_same_ave_features(released_ave_checkpoint, reference_samples,
+                                                            monkeypatch):
+    encoder = af.load_ave_encoder(released_ave_checkpoint)
+    fast = af.ave_features(reference_samples, encoder)
+    session = encoder._onnx_cpu_session[1]
+    assert session is not None                                                # the CPU path really used ORT
+    assert af.ave_features(reference_samples[:8000], encoder) is not None and \
+        encoder._onnx_cpu_session[1] is session                               # built once, reused
+    monkeypatch.setattr(af, "AVE_ONNX_ON_CPU", False)
+    np.testing.assert_allclose(fast, af.ave_features(reference_samples, encoder), atol=1e-5)
+    monkeypatch.setattr(af, "AVE_ONNX_ON_CPU", True)
+    with torch.no_grad():                                                     # new weights: a new session
+        encoder.conv_stack[12].conv_block[0].bias.add_(1.0)
+    changed = af.ave_features(reference_samples, encoder)
+    assert encoder._onnx_cpu_session[1] is not session and not np.allclose(changed, fast)
+
+
 def test_prefixed_audio_visual_state_dict_is_accepted(tmp_path, released_ave_checkpoint):
     state = torch.load(released_ave_checkpoint, weights_only=True)
     whole = {f"audio_encoder.{key}": value for key, value in state.items()}
