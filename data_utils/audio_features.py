@@ -27,6 +27,7 @@ import json
 import logging
 import sys
 import time
+import weakref
 from pathlib import Path
 from typing import Callable, Optional, Tuple
 
@@ -188,12 +189,16 @@ def ave_features(samples, encoder, device="cpu", frame_count: Optional[int] = No
     return np.concatenate(outputs).astype(np.float32)
 
 
+# encoder -> (weights fingerprint, onnxruntime session); weak, so the module stays copyable and picklable
+_AVE_SESSIONS = weakref.WeakKeyDictionary()
+
+
 def _ave_onnx_session(encoder):
     """An onnxruntime CPU session running ``encoder``'s current weights, or None if that fails.
 
     On CPU onnxruntime runs this small conv stack about 2x faster than eager
     PyTorch (measured in benchmarks/bench_audio_features.py). The session is
-    kept on the module and rebuilt when its weights change.
+    kept per module and rebuilt when its weights change.
     """
     import io
     import warnings
@@ -201,7 +206,7 @@ def _ave_onnx_session(encoder):
     import torch
 
     fingerprint = tuple((tensor.data_ptr(), tensor._version) for tensor in encoder.state_dict().values())
-    cached = getattr(encoder, "_onnx_cpu_session", None)
+    cached = _AVE_SESSIONS.get(encoder)
     if cached is not None and cached[0] == fingerprint:
         return cached[1]
     try:
@@ -220,7 +225,7 @@ def _ave_onnx_session(encoder):
     except Exception as error:  # any exporter/runtime problem: eager PyTorch gives the same numbers
         log.debug("AVE encoder stays on eager PyTorch (%s: %s)", type(error).__name__, error)
         session = None
-    encoder._onnx_cpu_session = (fingerprint, session)
+    _AVE_SESSIONS[encoder] = (fingerprint, session)
     return session
 
 

@@ -199,17 +199,20 @@ def test_onnxruntime_and_pytorch_give_the_same_ave_features(released_ave_checkpo
                                                             monkeypatch):
     encoder = af.load_ave_encoder(released_ave_checkpoint)
     fast = af.ave_features(reference_samples, encoder)
-    session = encoder._onnx_cpu_session[1]
+    session = af._AVE_SESSIONS[encoder][1]
     assert session is not None                                                # the CPU path really used ORT
     assert af.ave_features(reference_samples[:8000], encoder) is not None and \
-        encoder._onnx_cpu_session[1] is session                               # built once, reused
+        af._AVE_SESSIONS[encoder][1] is session                               # built once, reused
     monkeypatch.setattr(af, "AVE_ONNX_ON_CPU", False)
     np.testing.assert_allclose(fast, af.ave_features(reference_samples, encoder), atol=1e-5)
     monkeypatch.setattr(af, "AVE_ONNX_ON_CPU", True)
     with torch.no_grad():                                                     # new weights: a new session
         encoder.conv_stack[12].conv_block[0].bias.add_(1.0)
     changed = af.ave_features(reference_samples, encoder)
-    assert encoder._onnx_cpu_session[1] is not session and not np.allclose(changed, fast)
+    assert af._AVE_SESSIONS[encoder][1] is not session and not np.allclose(changed, fast)
+    import copy
+
+    copy.deepcopy(encoder)                                                    # the cache does not ride along
 
 
 def test_prefixed_audio_visual_state_dict_is_accepted(tmp_path, released_ave_checkpoint):
