@@ -52,6 +52,11 @@ def build_parser() -> argparse.ArgumentParser:
                         help="SyncNet for LSE-D/LSE-C (default: checkpoint/NAME/syncnet/best.pth when it exists)")
     parser.add_argument("--device", choices=DEVICES, default="auto")
     parser.add_argument("--batch_size", type=int, default=DEFAULT_BATCH_SIZE, help="frames per model call")
+    render = parser.add_argument_group("rendering (as inference_328.py; scores the video those options give)")
+    render.add_argument("--no_silence_hold", action="store_true", help="keep painting the mouth during pauses")
+    render.add_argument("--mouth_scale", type=float, default=1.0, help="> 1 opens the mouth wider, < 1 less")
+    render.add_argument("--colour_match", "--color_match", dest="colour_match", action="store_true",
+                        help="match the generated region's colours to the frame before pasting")
     parser.add_argument("--output_dir", help="where tables, videos and strips go "
                                              "(default: checkpoint/NAME/evaluation/heldout or audio_STEM)")
     parser.add_argument("--no_video", action="store_true", help="no side-by-side videos (faster)")
@@ -69,12 +74,20 @@ def options_from_args(args) -> EvalOptions:
     def path(value):
         return Path(value) if value else None
 
+    render_options = {}
+    if args.no_silence_hold:
+        render_options["silence_hold"] = False
+    if args.mouth_scale != 1.0:
+        render_options["mouth_scale"] = args.mouth_scale
+    if args.colour_match:
+        render_options["colour_match"] = True
     return EvalOptions(
         name=args.name, dataset_dir=path(args.dataset_dir), checkpoint_dir=path(args.checkpoint_dir),
         checkpoint=args.checkpoint, audio_path=path(args.audio_path), truth_video=path(args.truth_video),
         start_frame=args.start_frame,
         val_fraction=args.val_fraction, select_by=args.select_by, select=not args.no_select,
         syncnet_checkpoint=path(args.syncnet_checkpoint), device=args.device, batch_size=args.batch_size,
+        render_options=render_options,
         output_dir=path(args.output_dir), write_video=not args.no_video, force=args.force,
         ave_checkpoint=path(args.ave_checkpoint), hubert_model=args.hubert_model,
         wenet_model=path(args.wenet_model), dataset_root=Path(args.dataset_root),

@@ -304,6 +304,9 @@ class EvalOptions:
     syncnet_checkpoint: Optional[Path] = None  # default checkpoint/NAME/syncnet/best.pth
     device: str = "auto"
     batch_size: int = DEFAULT_BATCH_SIZE
+    # data_utils.rendering.RenderOptions fields (silence_hold, mouth_scale, colour_match, ...): score the
+    # video exactly as inference_328.py would render it with the same options
+    render_options: Dict = dataclasses.field(default_factory=dict)
     output_dir: Optional[Path] = None          # default checkpoint/NAME/evaluation/<heldout | audio_STEM>
     write_video: bool = True
     force: bool = False                        # re-score checkpoints whose scores are cached
@@ -624,7 +627,8 @@ class Evaluation:
         return load_renderer(dataset_dir=self.layout.root, checkpoint=str(path), device=self.device,
                              batch_size=options.batch_size, ave_checkpoint=options.ave_checkpoint,
                              hubert_model=options.hubert_model, wenet_model=options.wenet_model,
-                             checkpoint_root=options.checkpoint_root, dataset_root=options.dataset_root)
+                             checkpoint_root=options.checkpoint_root, dataset_root=options.dataset_root,
+                             **options.render_options)
 
     def _prepare(self, renderer) -> None:
         """SyncNet and the reference, once, from the first checkpoint's encoder and features."""
@@ -698,6 +702,7 @@ class Evaluation:
     def _cache_key(self, path: Path) -> Dict:
         reference = self.reference
         key = {"version": SCORES_VERSION, "checkpoint": checkpoint_stamp(path),
+               "render_options": dict(sorted(self.options.render_options.items())),
                "frames": [int(reference.frames[0]), int(reference.frames[-1]), int(len(reference.frames))],
                "syncnet": checkpoint_stamp(self.syncnet_path) if self.syncnet is not None else None}
         if not self.heldout:
@@ -861,6 +866,7 @@ class Evaluation:
                 "frames": {"first": int(reference.frames[0]), "last": int(reference.frames[-1]),
                            "count": int(len(reference.frames))},
                 "val_fraction": self.val_fraction, "syncnet": str(self.syncnet_path) if self.syncnet else None,
+                "render_options": dict(self.options.render_options),
                 "device": str(self.device), "machine": describe_machine(self.device)}
 
     def report(self, results: List[CheckpointResult], best: Optional[CheckpointResult]) -> Dict:

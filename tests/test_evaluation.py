@@ -209,6 +209,11 @@ def test_rerun_reuses_scores_and_can_select_by_another_metric(run, heldout):
     assert again["best"]["epoch"] == TRAINED_EPOCH and again["best"]["metric"] == "mouth_ssim"
     chosen = torch.load(run / "checkpoint" / "talker" / "best.pth", weights_only=False)
     assert chosen["selection"]["metric"] == "mouth_ssim"
+    # other render options are another video: scored again, and the options are on record
+    other = evaluate(options(run, checkpoint=str(TRAINED_EPOCH), write_video=False,
+                             render_options={"silence_hold": False}))
+    assert not other["checkpoints"][0]["reused"] and other["render_options"] == {"silence_hold": False}
+    assert other["best"] is None                                  # one checkpoint: nothing was chosen
 
 
 # ---------------------------------------------------------------------------- new audio, one checkpoint
