@@ -15,12 +15,13 @@
    mode, so every frame is measured on its own). A smooth warp in crop space
    then moves the lower lip and the jaw along the mouth's own vertical axis,
    so that the inner-lip gap becomes ``mouth_scale`` times the generated one.
-   The upper lip, which sits on the skull, stays where it is. The warp acts
-   frame by frame on what the model drew, so the timing (the lip sync) is the
-   model's. Lip thickness and teeth keep their shape: only the dark gap
-   between the lips and the skin below the chin are stretched or squeezed.
-   The warp fades to nothing before the feathered edge of the repainted
-   region, so paste-back stays seamless.
+   The upper lip, which sits on the skull, stays where it is; the lower lip
+   and the chin move as one. What is stretched or squeezed is the gap
+   between the lips (with a quarter of its height on each side: the
+   uncertainty of the detected lip edges) and the skin below the chin. The
+   warp acts frame by frame on what the model drew, so the timing (the lip
+   sync) is the model's. It fades to nothing before the feathered edge of
+   the repainted region, so paste-back stays seamless.
 3. The silence hold (weights from data_utils/silence.py) cross-fades the
    generated mouth to the person's own closed mouth. That mouth is the frame
    of the recording whose audio is silent (same detector) and whose
@@ -425,8 +426,6 @@ class MouthControls:
     def __init__(self, layout: DatasetLayout, boxes: np.ndarray, *, silence_hold: bool = True,
                  vad: Optional[str] = None, mouth_scale: float = 1.0, paint_faceless: bool = False,
                  faceless_fade: int = DEFAULT_FACELESS_FADE_FRAMES, feather_px: float = 12.0):
-        from data_utils.silence import make_detector
-
         self.boxes = boxes
         self.face_found = load_face_found(layout, len(boxes))
         if paint_faceless:
@@ -442,7 +441,6 @@ class MouthControls:
         self.vad = vad
         self.neutral = None
         if silence_hold:
-            make_detector(vad)                    # fails early, with one line, if the detector is missing
             self.neutral = NeutralMouth.from_dataset(layout, boxes, self.face_found, vad)
         self.scaler = MouthScaler(mouth_scale, feather_px) if float(mouth_scale) != 1.0 else None
         if self.scaler is None:

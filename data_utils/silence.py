@@ -14,10 +14,12 @@ Voice activity (``--vad``):
   model and is exact on clean audio (TTS, studio speech). Under background
   noise it cuts into quiet speech, so it is only the fallback.
 
-On the 40 s fixture with phoneme ground truth (README "Silence hold"), both
-label about 97 % of frames correctly on clean speech. With white noise at
-20 dB SNR or pink noise at 10 dB SNR, Silero still never holds the mouth
-during speech; the energy gate does, for 24 to 47 frames.
+On the 40 s fixture with phoneme ground truth (benchmarks/bench_mouth_control.py
+--fixture), both label about 97 % of frames correctly on clean speech. With
+white noise 20 dB or pink noise 10 dB below the speech, Silero still labels
+96 % / 95 % correctly and never holds the mouth during speech; the energy gate
+drops to 91 % / 82 %, holds the mouth for up to 22 speech frames and misses
+half of the pauses.
 
 A video frame i stands for the 40 ms centred on its instant i / 25 s (the
 window data_utils.metrics.audio_energy uses too). Silero calls the frame
@@ -51,8 +53,7 @@ from data_utils.timebase import FPS, SAMPLE_RATE, SAMPLES_PER_FRAME, frame_count
 
 log = logging.getLogger(__name__)
 
-VAD_CHOICES = ("silero", "energy")
-DEFAULT_VAD = "silero"
+VAD_CHOICES = ("silero", "energy")     # None: silero, or the energy gate when silero-vad is not installed
 
 # A frame's audio: the 40 ms centred on its instant.
 FRAME_HALF_WINDOW = SAMPLES_PER_FRAME // 2
