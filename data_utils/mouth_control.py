@@ -474,4 +474,7 @@ class MouthControls:
 
     def close(self) -> None:
         if self.scaler is not None:
+            if self.scaler.frames_scaled or self.scaler.frames_unchanged:
+                log.info("mouth scale %g: %d frames scaled, %d left as drawn (closed mouth, or the face mesh "
+                         "found no lips)", self.scaler.factor, self.scaler.frames_scaled, self.scaler.frames_unchanged)
             self.scaler.close()

@@ -12,6 +12,7 @@ model's outputs through a cache, so each frame goes through the U-Net once.
 """
 import hashlib
 import shutil
+import sys
 from types import SimpleNamespace
 
 import cv2
@@ -33,7 +34,7 @@ from data_utils.metrics import mouth_opening, offset_correlation
 from data_utils.mouth_control import (MOUTH_SCALE_LIMITS, choose_neutral_frame, load_face_found,
                                       opening_warp_maps, presence_weights)
 from data_utils.rendering import load_renderer, pingpong_indices
-from data_utils.silence import (LOOK_AHEAD_FRAMES, LOOK_BACK_FRAMES, MIN_PAUSE_FRAMES, RAMP_FRAMES, SilenceHold,
+from data_utils.silence import (LOOK_AHEAD_FRAMES, LOOK_BACK_FRAMES, RAMP_FRAMES, SilenceHold,
                                 detect_speech, hold_weights, silence_hold_weights)
 from data_utils.timebase import SAMPLE_RATE, SAMPLES_PER_FRAME, frame_count_for_samples
 from inference_328 import main as inference_main
@@ -219,6 +220,9 @@ def test_unknown_or_missing_detector_is_one_clear_line(monkeypatch):
         silence.make_detector("webrtc")
     monkeypatch.setattr(silence, "silero_available", lambda: False)
     assert silence.make_detector(None).name == "energy"        # falls back, with a warning
+    monkeypatch.setitem(sys.modules, "silero_vad", None)       # asked for by name but not installed
+    with pytest.raises(UserError, match="needs the silero-vad package — run: pip install -r requirements.txt"):
+        silence.make_detector("silero")
 
 
 # ---------------------------------------------------------------------------- hold weights
@@ -574,6 +578,27 @@ def test_script_renders_a_recording_with_faceless_frames(person, faceless, tmp_p
                     "--no_progress", "--mouth_scale", "1.2", "--faceless_fade", "0", "--vad", "energy"])
     assert len(video_packet_times(output)) == 15
     assert f"wrote {output}" in capsys.readouterr().out
+
+
+def test_script_options_reach_the_render_api(monkeypatch):
+    import inference_328
+
+    seen = {}
+
+    def fake_load_renderer(name, **options):
+        seen.update(options)
+        raise UserError("stop here")
+
+    monkeypatch.setattr(inference_328, "load_renderer", fake_load_renderer)
+    with pytest.raises(SystemExit):
+        inference_main(["--name", NAME, "--audio_path", str(HELDOUT_WAV)])
+    assert (seen["silence_hold"], seen["vad"], seen["mouth_scale"], seen["paint_faceless"], seen["faceless_fade"]) \
+        == (True, None, 1.0, False, 3)                        # the defaults
+    with pytest.raises(SystemExit):
+        inference_main(["--name", NAME, "--audio_path", str(HELDOUT_WAV), "--no_silence_hold", "--vad", "energy",
+                        "--mouth_scale", "0.8", "--paint_faceless", "--faceless_fade", "5"])
+    assert (seen["silence_hold"], seen["vad"], seen["mouth_scale"], seen["paint_faceless"], seen["faceless_fade"]) \
+        == (False, "energy", 0.8, True, 5)
 
 
 def test_datasets_without_face_found_paint_every_frame(tmp_path):
