@@ -34,8 +34,8 @@ if [ "$device" = cuda ]; then
     syncnet_epochs=100; syncnet_batch=32; speed=(--amp --num_workers 4)
 else
     # Two CPU cores: the tiny width, a few minutes, a high learning rate annealed to zero,
-    # a checkpoint every epoch so the evaluation has several to choose from.
-    model_size=tiny; epochs="${DEMO_EPOCHS:-3}"; save_interval=1; batch_size=2; lr=5e-3
+    # a checkpoint every other epoch so the evaluation has several to choose from.
+    model_size=tiny; epochs="${DEMO_EPOCHS:-10}"; save_interval=2; batch_size=2; lr=5e-3
     syncnet_epochs=40; syncnet_batch=16; speed=(--num_workers 0)
 fi
 

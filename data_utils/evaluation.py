@@ -77,6 +77,10 @@ SELECTION_METRICS: Dict[str, str] = {
 }
 DEFAULT_SELECT_BY = "lmd"
 LANDMARK_METRICS = ("lmd", "opening_correlation")
+# A SyncNet that cannot find the sync point of the real frames (their LSE-C below
+# this) has not learned sync: its scores of generated frames mean nothing. Real
+# speech scored by a SyncNet with ~80 % held-out pair accuracy gives 0.2 or more.
+MIN_INFORMATIVE_LSE_C = 0.05
 SYNCNET_METRICS = ("lse_d", "lse_c")
 
 
@@ -162,19 +166,20 @@ class SyncEmbedder:
 
 
 def load_evaluation_syncnet(path: Optional[Path], asr: str, audio_shape, device):
-    """The trained SyncNet for the sync scores, or None (with the reason logged)."""
-    from data_utils.checkpoints import load_syncnet
+    """The trained SyncNet for the sync scores and its held-out pair accuracy, or (None, None)."""
+    from data_utils.checkpoints import load_syncnet, read_checkpoint
 
     if path is None or not Path(path).is_file():
         log.info("no SyncNet at %s: SyncNet distance/confidence are skipped "
                  "(train one: python train_syncnet.py --name NAME)", path)
-        return None
+        return None, None
     try:
         model, _ = load_syncnet(path, device, asr=asr, audio_shape=audio_shape)
     except UserError as error:
         log.warning("SyncNet distance/confidence skipped: %s", error)
-        return None
-    return model
+        return None, None
+    accuracy = (read_checkpoint(path).get("metrics") or {}).get("val_pair_accuracy")
+    return model, accuracy
 
 
 # --------------------------------------------------------------------------- pictures
@@ -617,6 +622,7 @@ class Evaluation:
         self.val_fraction = None
         self.reference: Optional[Reference] = None
         self.syncnet = None
+        self.syncnet_accuracy: Optional[float] = None
         self.asr: Optional[str] = None
 
     # ------------------------------------------------------------------ setup that needs the first model
@@ -645,7 +651,8 @@ class Evaluation:
             from data_utils.timebase import FEATURE_SPECS
 
             audio_shape = FEATURE_SPECS[asr].window_shape(self.reference.features.shape[1:])
-        self.syncnet = load_evaluation_syncnet(self.syncnet_path, asr, audio_shape, self.device)
+        self.syncnet, self.syncnet_accuracy = load_evaluation_syncnet(self.syncnet_path, asr, audio_shape,
+                                                                      self.device)
         if self.options.select_by in SYNCNET_METRICS and self.syncnet is None and self.complete \
                 and self.options.select:
             raise UserError(f"--select_by {self.options.select_by} needs a trained SyncNet at {self.syncnet_path} — "
@@ -653,6 +660,11 @@ class Evaluation:
         if self.has_truth:
             self.reference = measure_recording(self.layout, self.reference, self.syncnet, asr, self.device,
                                                self.options.show_progress)
+            real_confidence = self.reference.scores.get("lse_c")
+            if real_confidence is not None and real_confidence < MIN_INFORMATIVE_LSE_C:
+                log.warning("the SyncNet %s finds no sync point even in the real frames (LSE-C %.3f < %.2f): it has "
+                            "not learned sync (too little data or training), so LSE-D/LSE-C say nothing here",
+                            self.syncnet_path, real_confidence, MIN_INFORMATIVE_LSE_C)
 
     def _heldout_reference(self, asr: str) -> Reference:
         from data_utils.dataset import split_frames
@@ -866,6 +878,7 @@ class Evaluation:
                 "frames": {"first": int(reference.frames[0]), "last": int(reference.frames[-1]),
                            "count": int(len(reference.frames))},
                 "val_fraction": self.val_fraction, "syncnet": str(self.syncnet_path) if self.syncnet else None,
+                "syncnet_pair_accuracy": self.syncnet_accuracy,
                 "render_options": dict(self.options.render_options),
                 "device": str(self.device), "machine": describe_machine(self.device)}
 
@@ -1008,6 +1021,15 @@ def format_table(report: Dict) -> str:
                      f"({best['better']} is better) -> {best['path']}")
     if report.get("syncnet") is None:
         lines.append("LSE-D/LSE-C: n/a without a trained SyncNet (python train_syncnet.py --name NAME)")
+    else:
+        accuracy = report.get("syncnet_pair_accuracy")
+        note = f"LSE-D/LSE-C by {report['syncnet']}"
+        if accuracy is not None:
+            note += f" (held-out pair accuracy {accuracy:.0%})"
+        real = (report.get("reference") or {}).get("lse_c")
+        if real is not None and real < MIN_INFORMATIVE_LSE_C:
+            note += f"; it finds no sync point in the real frames (LSE-C {real:.3f}), so its scores are not informative"
+        lines.append(note)
     return "\n".join(lines)
 
 

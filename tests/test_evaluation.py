@@ -184,6 +184,7 @@ def test_outputs_table_json_video_and_strips(run, heldout):
     assert lines[2].startswith("| recording (truth) |")
     assert lines[3].startswith(f"| {TRAINED_EPOCH} * |") and lines[4].startswith(f"| {DAMAGED_EPOCH} |")
     assert "machine:" in table and "best: epoch 10 by lmd" in table
+    assert f"LSE-D/LSE-C by {run / 'checkpoint' / 'talker' / 'syncnet' / 'best.pth'}" in table
     video = out / f"epoch_{TRAINED_EPOCH}_side_by_side.mp4"
     info = probe(video)
     assert (info.width, info.height) == (1024, 512) and info.has_audio      # truth | generated
