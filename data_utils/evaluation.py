@@ -48,7 +48,7 @@ import numpy as np
 from data_utils import crop, metrics
 from data_utils.atomic import write_json_atomic, write_text_atomic
 from data_utils.errors import UserError
-from data_utils.landmarks import create_landmarker
+from data_utils.landmarks import create_landmarker, interpolate_missing
 from data_utils.layout import CHECKPOINT_ROOT, DATASET_ROOT, DatasetLayout, checkpoint_dir
 from data_utils.timebase import FPS, SAMPLES_PER_FRAME, WINDOW_BEFORE, frame_count_for_samples, model_audio_input
 
@@ -557,12 +557,17 @@ def measure_recording(layout: DatasetLayout, reference: Reference, syncnet, asr:
         if embedder is not None:
             embedder.add(frame, reference.crop_boxes[k], reference.feature_rows[k])
     landmarks = track.result()
-    missing = int((~np.isfinite(landmarks).all(axis=(1, 2))).sum())
-    if missing:
-        source = reference.truth_video or f"the held-out frames of {layout.root}"
-        raise UserError(f"no face found in {missing} of the {len(landmarks)} frames of {source} "
+    found = np.isfinite(landmarks).all(axis=(1, 2))
+    source = reference.truth_video or f"the held-out frames of {layout.root}"
+    if not found.any():
+        raise UserError(f"no face found in any of the {len(landmarks)} frames of {source} "
                         "— evaluate on another stretch (--val_fraction) or check the video")
-    mouth_boxes = metrics.mouth_boxes(landmarks, shape)
+    if not found.all():
+        # Those frames keep NaN landmarks (no lip measure there); their mouth box,
+        # needed for the picture measures, comes from the neighbouring frames.
+        log.warning("no face found in %d of the %d frames of %s: lip measures skip them",
+                    int((~found).sum()), len(found), source)
+    mouth_boxes = metrics.mouth_boxes(interpolate_missing(landmarks, found), shape)
     changes, previous = [], None
     for k, frame in enumerate(reference.real_frames(layout)):
         if previous is not None:
@@ -570,7 +575,7 @@ def measure_recording(layout: DatasetLayout, reference: Reference, syncnet, asr:
         previous = frame
     opening = metrics.mouth_opening(landmarks)
     scores = {"lmd": 0.0, "opening_correlation": 1.0, "opening_offset": 0, "opening_best_correlation": 1.0,
-              "opening_ratio": 1.0, "face_found": 1.0, "mouth_opening": float(np.mean(opening))}
+              "opening_ratio": 1.0, "face_found": float(found.mean()), "mouth_opening": float(np.nanmean(opening))}
     scores.update(metrics.stability(changes, changes))
     scores.update(metrics.opening_energy_scores(opening, reference.energy))
     if embedder is not None:

@@ -256,6 +256,14 @@ def test_new_audio_with_a_truth_video_gets_every_measure(run, heldout, tmp_path,
     assert {"psnr", "mouth_ssim", "lmd", "opening_correlation", "change_ratio", "lse_c"} <= set(scores)
     assert 0 < scores["lmd"] < 0.1 and 0 < scores["mouth_ssim"] < 1
     assert f"speech.wav ({frames} frames, 0.8 s) against {truth}" in report["table"]
+    # true frames without a face (here blacked out) are left out of the lip measures, not fatal
+    covered = tmp_path / "covered.mp4"
+    ffmpeg("-i", truth, "-vf", "drawbox=enable='between(n,5,7)':x=0:y=0:w=iw:h=ih:color=black:t=fill",
+           "-c:v", "libx264", "-crf", 12, covered)
+    partly = evaluate_main([*roots, "--truth_video", str(covered)])
+    assert partly["reference"]["face_found"] == pytest.approx(17 / 20)
+    assert np.isfinite(partly["checkpoints"][0]["scores"]["lmd"])
+    assert partly["checkpoints"][0]["scores"]["mouth_psnr"] != pytest.approx(scores["mouth_psnr"])
     capsys.readouterr()
     # a truth video that cannot sit beside the generated frames: one line each
     for video_filter, message in (("fps=30", "runs at 30.0 fps, not 25"),
