@@ -756,7 +756,7 @@ class Evaluation:
         renderer = self._renderer(path)
         try:
             self._prepare(renderer)
-            if self.reference.features is not None and renderer.asr != self.asr:
+            if renderer.asr != self.asr:
                 raise UserError(f"{path} was trained with --asr {renderer.asr} but {self.checkpoints[0]} "
                                 f"with --asr {self.asr} — evaluate them separately (--checkpoint)")
             cached = self._cached(path, epoch)
