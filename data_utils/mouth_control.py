@@ -268,11 +268,11 @@ def opening_warp_maps(upper, lower, left, right, chin, factor: float, feather_px
     Points are (x, y) in the generated square's pixels: inner-lip centres
     ``upper`` and ``lower``, mouth corners ``left`` and ``right``, ``chin``.
     Along the mouth's vertical axis v (perpendicular to the corner line),
-    every point is shifted by D(v): 0 above the upper inner lip, growing
-    linearly across the gap to shift = (factor - 1) * gap at the lower inner
-    lip, constant over the lower lip and chin (the jaw moves as one), fading
-    to 0 along a raised cosine before the repainted region's feathered
-    bottom. Across, the shift is full between the corners (plus a margin) and
+    every point is shifted by D(v): 0 above the band from LIP_EDGE_MARGIN
+    gaps above the upper inner lip to as far below the lower one, growing
+    linearly across that band (which, with the gap, scales by ``factor``),
+    constant over the lower lip and chin (the jaw moves as one), fading to 0
+    along a raised cosine before the repainted region's feathered bottom. Across, the shift is full between the corners (plus a margin) and
     fades towards the region's sides. Returns None when there is nothing to
     do (closed mouth) or no room.
     """

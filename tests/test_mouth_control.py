@@ -34,8 +34,9 @@ from data_utils.metrics import mouth_opening, offset_correlation
 from data_utils.mouth_control import (MOUTH_SCALE_LIMITS, choose_neutral_frame, load_face_found,
                                       opening_warp_maps, presence_weights)
 from data_utils.rendering import load_renderer, pingpong_indices
-from data_utils.silence import (LOOK_AHEAD_FRAMES, LOOK_BACK_FRAMES, RAMP_FRAMES, SilenceHold,
-                                detect_speech, hold_weights, silence_hold_weights)
+from data_utils.silence import (HOLD_AFTER_SPEECH_FRAMES, LOOK_AHEAD_FRAMES, LOOK_BACK_FRAMES, RAMP_FRAMES,
+                                RELEASE_BEFORE_SPEECH_FRAMES, SilenceHold, detect_speech, hold_weights,
+                                silence_hold_weights)
 from data_utils.timebase import SAMPLE_RATE, SAMPLES_PER_FRAME, frame_count_for_samples
 from inference_328 import main as inference_main
 from models.audio_encoders import AveAudioEncoder
@@ -53,12 +54,13 @@ AVE_TEST_WIDTH = 0.125
 # fixture's talker_a.truth.npz, shifted by the clip's start (0.8 s into talker_a).
 CLIP_SILENCES_S = ((0.0, 0.213), (2.253, 2.395))
 SILENCE_S = 1.0                 # each inserted pause
-# Frames away from a pause's edges by at least this many are the hold's full part:
-# one frame of hangover plus the ramp after the voice stops, the ramp plus two
-# frames of release before it returns.
-# Silero's 32 ms steps can call the first silent frame speech: one more frame of slack.
-HOLD_SETTLE_FRAMES = 1 + RAMP_FRAMES + 1
-HOLD_RELEASE_FRAMES = RAMP_FRAMES + 2
+# Frames at least this far from a pause's edges are the hold's full part: the
+# hangover plus the ramp after the voice stops (and one frame of slack: Silero's
+# 32 ms steps can call the first silent frame speech), the ramp plus the release
+# before it returns.
+DETECTOR_SLACK_FRAMES = 1
+HOLD_SETTLE_FRAMES = HOLD_AFTER_SPEECH_FRAMES + RAMP_FRAMES + DETECTOR_SLACK_FRAMES
+HOLD_RELEASE_FRAMES = RAMP_FRAMES + RELEASE_BEFORE_SPEECH_FRAMES
 OPEN_MOUTH = 0.01               # face widths: a mouth measured wider than this is open
 CLOSED_JAW = 0.01               # the fixture's jaw_open below this: a closed mouth
 
