@@ -213,8 +213,9 @@ def main(argv=None):
 
     thread_counts = [int(value) for value in str(args.threads).split(",")]
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    busy = ": above the CPU count, other work is slowing every figure" if load > (os.cpu_count() or 1) else ""
     print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs visible "
-          f"(load average {load:.1f} at start: above the CPU count, other work is slowing every figure), "
+          f"(load average {load:.1f} at start{busy}), "
           f"torch {torch.__version__}, "
           f"CUDA {'yes: ' + torch.cuda.get_device_name(0) if torch.cuda.is_available() else 'no'}")
     started = time.perf_counter()
