@@ -307,7 +307,8 @@ def extract_audio(video: Path, output: Path, frame_count: int) -> Dict:
 
     result = subprocess.run(
         [ffmpeg_binary(), "-hide_banner", "-nostdin", "-loglevel", "error", "-i", str(video),
-         "-map", "0:a:0", "-ac", "1", "-ar", str(SAMPLE_RATE), "-f", "f32le", "-"],
+         "-map", "0:a:0", "-ac", "1", "-rematrix_maxval", "1",  # average stereo, never clip
+         "-ar", str(SAMPLE_RATE), "-f", "f32le", "-"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     if result.returncode != 0:
         raise UserError(f"{video}: ffmpeg could not read the audio track "
