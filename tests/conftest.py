@@ -49,3 +49,15 @@ def processed_copy(processed_clip, tmp_path) -> Path:
     target = tmp_path / processed_clip.name
     shutil.copytree(processed_clip, target)
     return target
+
+
+def cli_error_line(main, capsys, argv) -> str:
+    """Run a script's ``main(argv)`` expecting bad input: it must exit 2 with exactly
+    one ``error:`` line on stderr and no traceback; returns that line."""
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    assert exit_info.value.code == 2
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    errors = [line for line in lines if line.startswith("error: ")]
+    assert len(errors) == 1 and not any("Traceback" in line for line in lines), lines
+    return errors[0]

@@ -23,7 +23,7 @@ from data_utils.evaluation import CheckpointResult, EvalOptions, choose_best, ev
 from data_utils.ffmpeg import probe
 from data_utils.video_writer import write_wav
 from evaluate_328 import main as evaluate_main
-from tests.conftest import HELDOUT_WAV, ffmpeg
+from tests.conftest import HELDOUT_WAV, ffmpeg, cli_error_line
 
 VAL_FRACTION = 0.2            # 20 held-out frames of the clip's 100
 TRAIN_STEPS = 10
@@ -296,12 +296,7 @@ def test_choose_best_direction_ties_and_faceless_checkpoints():
 # ---------------------------------------------------------------------------- bad input, one line each
 
 def error_line(capsys, argv) -> str:
-    with pytest.raises(SystemExit) as exit_info:
-        evaluate_main(argv)
-    assert exit_info.value.code == 2
-    lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
-    assert len(lines) == 1, lines
-    return lines[0]
+    return cli_error_line(evaluate_main, capsys, argv)
 
 
 def test_bad_input_gives_one_clear_line(run, tmp_path, capsys):

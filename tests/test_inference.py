@@ -36,7 +36,7 @@ from data_utils.video_writer import write_wav
 from inference_328 import main as inference_main
 from models.audio_encoders import AveAudioEncoder
 from models.unet_328 import WIDTHS, LipSyncUNet
-from tests.conftest import CLIP_FRAMES_25FPS, HELDOUT_WAV
+from tests.conftest import CLIP_FRAMES_25FPS, HELDOUT_WAV, cli_error_line
 
 NAME = "talker"
 EPOCH = 10
@@ -138,13 +138,7 @@ def decoded_frames(path, width, height):
 
 
 def error_line(capsys, argv) -> str:
-    with pytest.raises(SystemExit) as exit_info:
-        inference_main(argv)
-    assert exit_info.value.code == 2
-    lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
-    errors = [line for line in lines if line.startswith("error: ")]
-    assert len(errors) == 1 and not any("Traceback" in line for line in lines), lines
-    return errors[0]
+    return cli_error_line(inference_main, capsys, argv)
 
 
 # ---------------------------------------------------------------------------- ping-pong order

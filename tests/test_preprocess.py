@@ -12,17 +12,11 @@ from data_utils.ffmpeg import is_constant_frame_rate, probe
 from data_utils.landmarks import MediapipeLandmarker, parse_lms
 from data_utils.process import main as process_main
 from data_utils.timebase import FPS, SAMPLE_RATE, SAMPLES_PER_FRAME
-from tests.conftest import CLIP, CLIP_FRAMES_25FPS, CLIP_TRUTH, HELDOUT_WAV, ffmpeg
+from tests.conftest import CLIP, CLIP_FRAMES_25FPS, CLIP_TRUTH, HELDOUT_WAV, ffmpeg, cli_error_line
 
 
 def user_error_line(capsys, argv) -> str:
-    """Run the CLI expecting a user error; returns its single stderr line."""
-    with pytest.raises(SystemExit) as exit_info:
-        process_main(argv)
-    assert exit_info.value.code == 2
-    lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
-    assert len(lines) == 1, lines
-    return lines[0]
+    return cli_error_line(process_main, capsys, argv)
 
 
 def make_25fps_clip(target, video_filter="fps=25", extra=()):
