@@ -347,7 +347,8 @@ def compute_features(layout: DatasetLayout, asr: str, feature_options: Dict, for
             raise
         raise UserError(f"--asr {asr}: audio feature extraction is not available in this version "
                         "(data_utils/audio_features.py is missing); run without --asr") from None
-    path = audio_features.prepare_dataset_features(layout.root, asr, force=force, **feature_options)
+    path = audio_features.prepare_dataset_features(layout.root, asr, force=force,
+                                                   progress=_progress.enabled, **feature_options)
     return {"asr": asr, "file": Path(path).name}
 
 

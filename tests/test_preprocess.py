@@ -376,3 +376,23 @@ def test_face_alignment_backend_missing_says_how_to_install(tmp_path, monkeypatc
     video = make_25fps_clip(tmp_path / "fa.mp4")
     line = user_error_line(capsys, [str(video), "--landmarks", "face_alignment", "--quiet"])
     assert "pip install face-alignment" in line and "--landmarks mediapipe" in line
+
+
+# ---------------------------------------------------------------------------- the audio-feature stage
+
+def test_asr_option_adds_the_audio_features_as_the_last_stage(processed_copy, tmp_path, monkeypatch, capsys):
+    from tests.test_audio_features import _save_tiny_hubert
+
+    hubert = _save_tiny_hubert(tmp_path / "tiny hubert", layers=1, pos_kernel=16)
+    video = processed_copy / "talker.mp4"
+    report = process_main([str(video), "--asr", "hubert", "--hubert_model", str(hubert), "--quiet"])
+    assert report["features"] == {"asr": "hubert", "file": "aud_hu.npy"}
+    features = np.load(processed_copy / "aud_hu.npy")
+    assert features.shape[:2] == (CLIP_FRAMES_25FPS, 2) and np.isfinite(features).all()
+    assert json.loads((processed_copy / "aud_hu.json").read_text())["frames"] == CLIP_FRAMES_25FPS
+    # Finished, the stage is skipped on a re-run like every other stage.
+    from data_utils import audio_features
+
+    monkeypatch.setattr(audio_features, "prepare_dataset_features",
+                        lambda *a, **k: (_ for _ in ()).throw(AssertionError("features redone")))
+    process_main([str(video), "--asr", "hubert", "--hubert_model", str(hubert), "--quiet"])
