@@ -496,7 +496,7 @@ class Trainer:
         if epoch % self.config.save_interval == 0 or final:
             ckpt.save_checkpoint(ckpt.epoch_path(self.save_dir, epoch), model_state, config, epoch,
                                  metrics=metrics)
-        if improved:
+        if improved and not self._best_was_chosen_by_evaluation():
             ckpt.save_checkpoint(self.save_dir / ckpt.BEST, model_state, config, epoch, metrics=metrics)
         # latest.pth last: once it says epoch N, every file of epoch N exists.
         ckpt.save_checkpoint(
@@ -506,6 +506,25 @@ class Trainer:
             args=self.config.as_dict(), rng=rng_state(), history=self.history,
             best_score=self.best_score, epochs_without_improvement=self.epochs_without_improvement,
             finished=final)
+
+    def _best_was_chosen_by_evaluation(self) -> bool:
+        """evaluate_328.py's choice (a best.pth with a ``selection``) outranks the held-out L1.
+
+        Training then leaves best.pth alone and says once that evaluation should
+        be re-run to choose among the new checkpoints.
+        """
+        path = self.save_dir / ckpt.BEST
+        if not path.is_file():
+            return False
+        try:
+            chosen = "selection" in torch.load(path, map_location="cpu", mmap=True, weights_only=False)
+        except Exception:
+            return False
+        if chosen and not getattr(self, "_told_about_evaluated_best", False):
+            log.info("%s was chosen by evaluate_328.py: keeping it; re-run evaluate_328.py to choose "
+                     "among the new checkpoints", path)
+            self._told_about_evaluated_best = True
+        return chosen
 
     def restore(self) -> bool:
         """Load latest.pth into this trainer; False when there is nothing to resume."""

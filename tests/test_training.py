@@ -388,3 +388,18 @@ def test_frames_without_a_face_are_never_targets_or_references(small):
     np.save(layout.face_found, found[:-2])
     with pytest.raises(UserError, match="face_found.npy has"):
         open_person(small, "ave", show_progress=False)
+
+
+def test_training_keeps_a_best_pth_chosen_by_evaluation(small, tmp_path, caplog):
+    """evaluate_328.py's choice outranks the held-out L1 until evaluation is re-run."""
+    save = tmp_path / "run"
+    train_328.main(base_args(small, save, "--epochs", 1, "--lr", "1e-2"))
+    chosen = torch.load(save / "best.pth", weights_only=False)
+    chosen["selection"] = {"by": "evaluate_328.py", "metric": "lmd", "epoch": 1}
+    torch.save(chosen, save / "best.pth")
+    train_328.main(base_args(small, save, "--epochs", 3, "--lr", "1e-2", "--resume"))
+    kept = torch.load(save / "best.pth", weights_only=False)
+    assert kept["selection"]["metric"] == "lmd" and kept["epoch"] == 1
+    latest = torch.load(save / "latest.pth", weights_only=False)
+    assert latest["epoch"] == 3 and latest["best_score"] < latest["history"][0]["val_l1"], \
+        "held-out L1 must have improved after epoch 1, or this test shows nothing"
