@@ -302,20 +302,16 @@ def extract_frames_and_landmarks(frames_info: MediaInfo, layout: DatasetLayout, 
 # --------------------------------------------------------------------------- stage 3: audio
 
 def extract_audio(video: Path, output: Path, frame_count: int) -> Dict:
-    """16 kHz mono PCM16 wav cut or zero-padded to exactly ``frame_count`` video frames."""
+    """16 kHz mono PCM16 wav cut or zero-padded to exactly ``frame_count`` video frames.
+
+    Decoding is data_utils.audio.load_audio's, the same that inference uses on
+    new audio, so training and inference hear a recording alike.
+    """
     import soundfile
 
-    result = subprocess.run(
-        [ffmpeg_binary(), "-hide_banner", "-nostdin", "-loglevel", "error", "-i", str(video),
-         "-map", "0:a:0", "-ac", "1", "-rematrix_maxval", "1",  # average stereo, never clip
-         "-ar", str(SAMPLE_RATE), "-f", "f32le", "-"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    if result.returncode != 0:
-        raise UserError(f"{video}: ffmpeg could not read the audio track "
-                        f"({last_error_line(result.stderr.decode('utf-8', 'replace'))})")
-    samples = np.frombuffer(result.stdout, dtype=np.float32)
-    if samples.size == 0:
-        raise UserError(f"{video}: the audio track is empty — export the video with its sound")
+    from data_utils.audio import load_audio
+
+    samples = load_audio(video)
     target = frame_count * SAMPLES_PER_FRAME
     decoded = samples.size
     fitted = np.zeros(target, dtype=np.float32)
