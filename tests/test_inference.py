@@ -18,7 +18,6 @@ import cv2
 import numpy as np
 import pytest
 import torch
-from torch import nn
 
 from data_utils import crop
 from data_utils.audio import load_audio
@@ -34,22 +33,14 @@ from data_utils.rendering import (compose_frame, load_renderer, match_colours, p
 from data_utils.timebase import SAMPLE_RATE, SAMPLES_PER_FRAME, frame_count_for_samples, model_audio_input
 from data_utils.video_writer import write_wav
 from inference_328 import main as inference_main
-from models.audio_encoders import AveAudioEncoder
 from models.unet_328 import WIDTHS, LipSyncUNet
 from tests.conftest import CLIP_FRAMES_25FPS, HELDOUT_WAV, cli_error_line
+from tests.training_helpers import person_with_ave_features, randomise_batch_norm, save_tiny_unet_checkpoint
 
 NAME = "talker"
 EPOCH = 10
 AVE_TEST_WIDTH = 0.125           # a small AVE conv stack: real layout, fast on CPU
 PINGPONG_START = 80              # 2 s of audio from frame 80 runs past the end of the 100-frame clip
-
-
-def randomise_batch_norm(model: nn.Module) -> None:
-    """Trained-looking batch-norm statistics, so exports must fold them correctly."""
-    for module in model.modules():
-        if isinstance(module, (nn.BatchNorm1d, nn.BatchNorm2d)):
-            module.running_mean.uniform_(-0.1, 0.1)
-            module.running_var.uniform_(0.5, 1.5)
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -66,25 +57,13 @@ def one_torch_thread():
 @pytest.fixture(scope="module")
 def person(processed_clip, tmp_path_factory):
     """dataset/talker (processed, with ave.pth and aud_ave.npy) and checkpoint/talker/10.pth."""
-    base = tmp_path_factory.mktemp("inference")
-    dataset_root, checkpoint_root = base / "dataset", base / "checkpoint"
-    root = dataset_root / NAME
-    shutil.copytree(processed_clip, root)
-    torch.manual_seed(0)
-    encoder = AveAudioEncoder(AVE_TEST_WIDTH)
-    randomise_batch_norm(encoder)
-    ave = DatasetLayout(root).ave_encoder
-    torch.save(encoder.conv_stack.state_dict(), ave)
-    prepare_dataset_features(root, "ave", ave_checkpoint=ave, progress=False)
-    features = np.load(DatasetLayout(root).features("ave"))
+    person = person_with_ave_features(processed_clip, tmp_path_factory.mktemp("inference"), NAME, AVE_TEST_WIDTH)
     audio_shape = (32, 16, 16)
     model = LipSyncUNet("ave", audio_shape, WIDTHS["tiny"])
     randomise_batch_norm(model)
-    config = model_config(UNET_KIND, "ave", "tiny", WIDTHS["tiny"], audio_shape,
-                          read_feature_metadata(DatasetLayout(root), "ave"))
-    checkpoint = save_checkpoint(checkpoint_root / NAME / f"{EPOCH}.pth", model.state_dict(), config, EPOCH)
-    return SimpleNamespace(root=root, dataset_root=dataset_root, checkpoint_root=checkpoint_root,
-                           checkpoint=checkpoint, ave=ave, features=features, base=base)
+    person.checkpoint = save_tiny_unet_checkpoint(model, audio_shape, person, NAME, EPOCH)
+    person.features = np.load(person.layout.features("ave"))
+    return person
 
 
 def roots(person):

@@ -11,7 +11,6 @@ that differ only after the model (hold on/off, scale factors) share the
 model's outputs through a cache, so each frame goes through the U-Net once.
 """
 import hashlib
-import shutil
 import sys
 from types import SimpleNamespace
 
@@ -19,13 +18,10 @@ import cv2
 import numpy as np
 import pytest
 import torch
-from torch import nn
 
 from data_utils import crop, silence
 from data_utils.audio import load_audio
-from data_utils.audio_features import prepare_dataset_features
-from data_utils.checkpoints import UNET_KIND, model_config, save_checkpoint
-from data_utils.dataset import model_input_batch, open_person, read_feature_metadata
+from data_utils.dataset import model_input_batch, open_person
 from data_utils.errors import UserError
 from data_utils.evaluation import detect_landmarks
 from data_utils.ffmpeg import video_packet_times
@@ -39,9 +35,9 @@ from data_utils.silence import (HOLD_AFTER_SPEECH_FRAMES, LOOK_AHEAD_FRAMES, LOO
                                 silence_hold_weights)
 from data_utils.timebase import SAMPLE_RATE, SAMPLES_PER_FRAME, frame_count_for_samples
 from inference_328 import main as inference_main
-from models.audio_encoders import AveAudioEncoder
 from models.unet_328 import WIDTHS, LipSyncUNet
 from tests.conftest import CLIP, CLIP_TRUTH, HELDOUT_WAV, ffmpeg
+from tests.training_helpers import person_with_ave_features, save_tiny_unet_checkpoint
 
 NAME = "talker"
 EPOCH = 30
@@ -101,24 +97,11 @@ def train_copying_unet(root, steps=COPY_STEPS):
 
 @pytest.fixture(scope="module")
 def person(processed_clip, tmp_path_factory):
-    base = tmp_path_factory.mktemp("mouth_control")
-    dataset_root, checkpoint_root = base / "dataset", base / "checkpoint"
-    root = dataset_root / NAME
-    shutil.copytree(processed_clip, root)
-    torch.manual_seed(0)
-    encoder = AveAudioEncoder(AVE_TEST_WIDTH)
-    for module in encoder.modules():
-        if isinstance(module, nn.BatchNorm2d):
-            module.running_mean.uniform_(-0.1, 0.1)
-            module.running_var.uniform_(0.5, 1.5)
-    layout = DatasetLayout(root)
-    torch.save(encoder.conv_stack.state_dict(), layout.ave_encoder)
-    prepare_dataset_features(root, "ave", ave_checkpoint=layout.ave_encoder, progress=False)
-    model, audio_shape = train_copying_unet(root)
-    config = model_config(UNET_KIND, "ave", "tiny", WIDTHS["tiny"], audio_shape, read_feature_metadata(layout, "ave"))
-    checkpoint = save_checkpoint(checkpoint_root / NAME / f"{EPOCH}.pth", model.state_dict(), config, EPOCH)
-    return SimpleNamespace(root=root, layout=layout, dataset_root=dataset_root, checkpoint_root=checkpoint_root,
-                           checkpoint=checkpoint, base=base)
+    person = person_with_ave_features(processed_clip, tmp_path_factory.mktemp("mouth_control"), NAME,
+                                      AVE_TEST_WIDTH)
+    model, audio_shape = train_copying_unet(person.root)
+    person.checkpoint = save_tiny_unet_checkpoint(model, audio_shape, person, NAME, EPOCH)
+    return person
 
 
 class CachedUNet:

@@ -61,3 +61,49 @@ def make_small_dataset(processed_clip, destination, frames: int = 20, asr: str =
             path.unlink()
     write_test_features(destination, asr)
     return destination
+
+
+def randomise_batch_norm(model) -> None:
+    """Trained-looking batch-norm statistics, so exports and fusions must handle them."""
+    import torch.nn as nn
+
+    for module in model.modules():
+        if isinstance(module, (nn.BatchNorm1d, nn.BatchNorm2d)):
+            module.running_mean.uniform_(-0.1, 0.1)
+            module.running_var.uniform_(0.5, 1.5)
+
+
+def person_with_ave_features(processed_clip, base, name: str, ave_width: float):
+    """dataset_root/NAME: a copy of the processed clip with a small random AVE encoder
+    (ave.pth, seeded) and its real aud_ave.npy, ready for a checkpoint under checkpoint_root."""
+    import shutil
+    from types import SimpleNamespace
+
+    import torch
+
+    from data_utils.audio_features import prepare_dataset_features
+    from models.audio_encoders import AveAudioEncoder
+
+    base = Path(base)
+    dataset_root, checkpoint_root = base / "dataset", base / "checkpoint"
+    root = dataset_root / name
+    shutil.copytree(processed_clip, root)
+    layout = DatasetLayout(root)
+    torch.manual_seed(0)
+    encoder = AveAudioEncoder(ave_width)
+    randomise_batch_norm(encoder)
+    torch.save(encoder.conv_stack.state_dict(), layout.ave_encoder)
+    prepare_dataset_features(root, "ave", ave_checkpoint=layout.ave_encoder, progress=False)
+    return SimpleNamespace(root=root, layout=layout, dataset_root=dataset_root, checkpoint_root=checkpoint_root,
+                           ave=layout.ave_encoder, base=base)
+
+
+def save_tiny_unet_checkpoint(model, audio_shape, person, name: str, epoch: int) -> Path:
+    """checkpoint_root/NAME/EPOCH.pth for a tiny ``model`` trained on ``person``'s ave features."""
+    from data_utils.checkpoints import UNET_KIND, model_config, save_checkpoint
+    from data_utils.dataset import read_feature_metadata
+    from models.unet_328 import WIDTHS
+
+    config = model_config(UNET_KIND, "ave", "tiny", WIDTHS["tiny"], audio_shape,
+                          read_feature_metadata(person.layout, "ave"))
+    return save_checkpoint(person.checkpoint_root / name / f"{epoch}.pth", model.state_dict(), config, epoch)
