@@ -406,7 +406,27 @@ def _sample_rng(seed: int, epoch: int, frame_index: int) -> np.random.Generator:
     return np.random.default_rng([seed, epoch, frame_index])
 
 
-class LipSyncDataset(Dataset):
+class _FrameSamples(Dataset):
+    """Samples of some frames of one person, with per-frame randomness drawn from
+    (seed, epoch, frame): the same for any worker count and after a resume."""
+
+    def __init__(self, person: PersonData, frames: Sequence[int], seed: int = 0):
+        self.person = person
+        self.frames = np.asarray(frames)
+        self.seed = seed
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self):
+        return len(self.frames)
+
+    def rng(self, frame_index: int) -> np.random.Generator:
+        return _sample_rng(self.seed, self.epoch, frame_index)
+
+
+class LipSyncDataset(_FrameSamples):
     """U-Net samples: target crop, reference crop (another frame), audio window.
 
     ``references`` are the frames a reference may come from (the same split, so
@@ -417,21 +437,12 @@ class LipSyncDataset(Dataset):
 
     def __init__(self, person: PersonData, frames: Sequence[int], references: Sequence[int],
                  seed: int = 0):
-        self.person = person
-        self.frames = np.asarray(frames)
+        super().__init__(person, frames, seed)
         self.references = np.asarray(references)
-        self.seed = seed
-        self.epoch = 0
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def __len__(self):
-        return len(self.frames)
 
     def __getitem__(self, item: int) -> Dict:
         frame = int(self.frames[item])
-        reference = choose_reference_index(frame, self.references, _sample_rng(self.seed, self.epoch, frame))
+        reference = choose_reference_index(frame, self.references, self.rng(frame))
         return {
             "target": torch.from_numpy(self.person.crop(frame)),
             "reference": torch.from_numpy(self.person.crop(reference)),
@@ -449,28 +460,19 @@ def offsync_index(frame_index: int, candidates: np.ndarray, rng: np.random.Gener
     return int(far[rng.integers(len(far))])
 
 
-class SyncPairDataset(Dataset):
+class SyncPairDataset(_FrameSamples):
     """SyncNet samples: a face crop, its own audio window and an off-sync one."""
 
     def __init__(self, person: PersonData, frames: Sequence[int], seed: int = 0, split: str = "training"):
-        self.person = person
-        self.frames = np.asarray(frames)
-        self.seed = seed
-        self.epoch = 0
+        super().__init__(person, frames, seed)
         if len(self.frames) < MIN_PAIR_FRAMES:
             raise UserError(f"the {split} part of {person.layout.root} has {len(self.frames)} frames; "
                             f"SyncNet needs at least {MIN_PAIR_FRAMES} to pair every face with audio "
                             f"{MIN_OFFSYNC_FRAMES} frames away — use a longer recording or another --val_fraction")
 
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def __len__(self):
-        return len(self.frames)
-
     def __getitem__(self, item: int) -> Dict:
         frame = int(self.frames[item])
-        other = offsync_index(frame, self.frames, _sample_rng(self.seed, self.epoch, frame))
+        other = offsync_index(frame, self.frames, self.rng(frame))
         return {
             "target": torch.from_numpy(self.person.crop(frame)),
             "audio": torch.from_numpy(self.person.audio(frame)),
