@@ -15,7 +15,6 @@ import numpy as np
 import pytest
 import torch
 from torch import nn
-from torch.nn import functional as F
 
 from data_utils import audio_features as af
 from data_utils.audio import MEL_BANDS, MEL_FMAX, MEL_FMIN, SILENCE_MEL_VALUE, load_audio, melspectrogram
@@ -24,9 +23,10 @@ from data_utils.errors import UserError
 from data_utils.timebase import SAMPLE_RATE, SAMPLES_PER_FRAME, frame_count_for_samples, model_audio_input
 from models.audio_encoders import AveAudioEncoder
 from tests.conftest import CLIP, HELDOUT_WAV, REPO_ROOT, ffmpeg
+from tests.wenet_helpers import (FULL_EXAMPLE_FRAMES, LEFT_CHUNKS, STREAMING_META, WENET_DIM, TinyFullEncoder,
+                                 TinyStreamingEncoder, export_full_encoder, export_onnx, export_streaming)
 
 TINY_HIDDEN = 32          # per-frame 2 x 32 = 64 values: a 16-frame window fills one 32x32 plane
-WENET_DIM = 16            # a 16-frame window of 16 values fills one 16x16 plane
 
 
 @pytest.fixture(scope="module")
@@ -371,137 +371,16 @@ def test_wrong_hubert_models_give_one_clear_line(tmp_path, released_ave_checkpoi
 # WeNet (ONNX)
 # ---------------------------------------------------------------------------------------------
 
-class TinySubsampling(nn.Module):
-    """WeNet's conv2d front end in miniature: (B, T, 80) fbank -> (B, (T-3)//4, dim)."""
-
-    def __init__(self, dim):
-        super().__init__()
-        self.conv1 = nn.Conv2d(1, 4, 3, 2)
-        self.conv2 = nn.Conv2d(4, 4, 3, 2)
-        self.proj = nn.Linear(4 * 19, dim)          # 80 mel bins -> 39 -> 19
-
-    def forward(self, fbank):
-        x = F.relu(self.conv2(F.relu(self.conv1((fbank[:, None] - 10.0) / 5.0))))
-        batch, channels, steps, bins = x.shape
-        return self.proj(x.permute(0, 2, 1, 3).reshape(batch, steps, channels * bins))
-
-
-class TinyFullEncoder(nn.Module):
-    """(speech, speech_lengths) -> (encoder_out, encoder_out_lens), like export_onnx_gpu.py's encoder."""
-
-    def __init__(self):
-        super().__init__()
-        self.subsampling = TinySubsampling(WENET_DIM)
-
-    def forward(self, speech, speech_lengths):
-        return self.subsampling(speech), ((speech_lengths - 1) // 2 - 1) // 2
-
-
-class TinyStreamingEncoder(nn.Module):
-    """export_onnx_cpu.py's streaming signature with real caches.
-
-    A causal depthwise conv keeps its last KERNEL-1 inputs in cnn_cache;
-    positions come from offset; a causal attention keeps past keys/values in
-    att_cache: all of them (left_chunks -1, "16/-1"), or the last
-    required_cache_size of them with att_mask hiding the not-yet-filled part
-    (left_chunks > 0, "16/4"). ``reference`` computes the same outputs in one
-    pass from their definition, independently of any chunking.
-    """
-    KERNEL = 3
-
-    def __init__(self, left_chunks=-1):
-        super().__init__()
-        self.left_chunks = left_chunks
-        self.subsampling = TinySubsampling(WENET_DIM)
-        self.depthwise = nn.Conv1d(WENET_DIM, WENET_DIM, self.KERNEL, groups=WENET_DIM)
-        self.query = nn.Linear(WENET_DIM, WENET_DIM)
-
-    def local(self, chunk, offset, cnn_cache):
-        """(1, t, D) subsampled, position-coded, causally convolved features, and the new conv cache."""
-        x = self.subsampling(chunk)
-        positions = (offset + torch.arange(x.shape[1])).float()[None, :, None]
-        x = x + 0.01 * torch.sin(positions * torch.arange(1, WENET_DIM + 1).float()[None, None] / 7.0)
-        conv_input = torch.cat([cnn_cache[0], x.transpose(1, 2)], dim=2)     # (1, D, K-1+t)
-        return self.depthwise(conv_input).transpose(1, 2), conv_input[:, :, -(self.KERNEL - 1):][None]
-
-    def attend(self, y, keys, visible):
-        scores = self.query(y) @ keys.T / 4.0
-        return y + torch.softmax(scores.masked_fill(~visible, -1e9), dim=1) @ keys
-
-    def forward(self, chunk, offset, required_cache_size, att_cache, cnn_cache, att_mask):
-        y, new_cnn_cache = self.local(chunk, offset, cnn_cache)
-        steps = y.shape[1]
-        kv = torch.cat([att_cache, torch.cat([y, y], dim=-1)[:, None]], dim=2)   # (1, 1, past+t, 2D)
-        past = att_cache.shape[2]
-        visible = torch.arange(kv.shape[2])[None, :] <= (torch.arange(steps)[:, None] + past)
-        if self.left_chunks > 0:
-            visible = visible & att_mask[0, 0][None, :kv.shape[2]]
-            kv_out = kv[:, :, kv.shape[2] - required_cache_size:]
-        else:
-            kv_out = kv
-        return self.attend(y[0], kv[0, 0, :, :WENET_DIM], visible)[None], kv_out, new_cnn_cache
-
-    def reference(self, fbank, chunk_size):
-        """Outputs of the whole (1, T, 80) fbank: frame t attends to frames from the start of
-        the left_chunks chunks before its own chunk (or from 0) up to itself."""
-        cache = chunk_size * self.left_chunks if self.left_chunks > 0 else 0
-        y, _ = self.local(fbank, torch.tensor(cache), torch.zeros(1, 1, WENET_DIM, self.KERNEL - 1))
-        y = y[0]
-        rows = []
-        for t in range(len(y)):
-            first = max(0, (t // chunk_size) * chunk_size - cache) if self.left_chunks > 0 else 0
-            rows.append(self.attend(y[t:t + 1], y[first:t + 1], torch.ones(1, t + 1 - first, dtype=torch.bool)))
-        return torch.cat(rows)
-
-
-STREAMING_META = {"output_size": WENET_DIM, "num_blocks": 1, "head": 1, "cnn_module_kernel": 3,
-                  "chunk_size": 4, "left_chunks": -1, "subsampling_rate": 4, "right_context": 6,
-                  "decoding_window": 19}
-LEFT_CHUNKS = 2
-
-
-def _export_streaming(model, path, metadata):
-    cache = metadata["chunk_size"] * max(metadata["left_chunks"], 0)
-    example = (torch.randn(1, metadata["decoding_window"], 80), torch.tensor(cache), torch.tensor(cache or -1),
-               torch.zeros(1, 1, cache or 3, 2 * WENET_DIM), torch.zeros(1, 1, WENET_DIM, 2),
-               torch.ones(1, 1, cache + metadata["chunk_size"], dtype=torch.bool) if cache
-               else torch.ones(0, 0, 0, dtype=torch.bool))
-    return _export(model, example, path, list(af.WENET_STREAMING_INPUTS), ["output", "r_att_cache", "r_cnn_cache"],
-                   {"chunk": {1: "T"}, "att_cache": {2: "T_CACHE"}, "att_mask": {2: "T_ADD_T_CACHE"},
-                    "output": {1: "T"}, "r_att_cache": {2: "T_CACHE"}}, metadata)
-
-
-def _export(model, inputs, path, input_names, output_names, dynamic_axes, metadata=None):
-    import warnings
-
-    import onnx
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(model.eval(), inputs, str(path), input_names=input_names, output_names=output_names,
-                          dynamic_axes=dynamic_axes, opset_version=13, dynamo=False)
-    if metadata:
-        graph = onnx.load(str(path))
-        for key, value in metadata.items():
-            entry = graph.metadata_props.add()
-            entry.key, entry.value = key, str(value)
-        onnx.save(graph, str(path))
-    return path
-
-
 @pytest.fixture(scope="module")
 def wenet_models(tmp_path_factory):
     folder = tmp_path_factory.mktemp("wenet")
     torch.manual_seed(2)
     full = TinyFullEncoder()
-    _export(full, (torch.randn(1, 67, 80), torch.tensor([67], dtype=torch.int32)), folder / "full.onnx",
-            ["speech", "speech_lengths"], ["encoder_out", "encoder_out_lens"],
-            {"speech": {0: "B", 1: "T"}, "speech_lengths": {0: "B"}, "encoder_out": {0: "B", 1: "T_OUT"},
-             "encoder_out_lens": {0: "B"}})
+    export_full_encoder(full, folder / "full.onnx")
     streaming = TinyStreamingEncoder()
-    _export_streaming(streaming, folder / "encoder.onnx", STREAMING_META)
+    export_streaming(streaming, folder / "encoder.onnx", STREAMING_META)
     windowed = TinyStreamingEncoder(left_chunks=LEFT_CHUNKS)
-    _export_streaming(windowed, folder / "windowed.onnx", {**STREAMING_META, "left_chunks": LEFT_CHUNKS})
+    export_streaming(windowed, folder / "windowed.onnx", {**STREAMING_META, "left_chunks": LEFT_CHUNKS})
     return {"full": (full, folder / "full.onnx"), "streaming": (streaming, folder / "encoder.onnx"),
             "windowed": (windowed, folder / "windowed.onnx"), "folder": folder}
 
@@ -563,10 +442,9 @@ def test_wenet_outputs_are_centred_on_their_frame(tmp_path, kind):
             layer.weight.fill_(1.0 / layer.weight[0].numel())
             layer.bias.zero_()
     if kind == "full":
-        path = _export(model, (torch.randn(1, 67, 80), torch.tensor([67], dtype=torch.int32)), tmp_path / "probe.onnx",
-                       ["speech", "speech_lengths"], ["encoder_out"], {"speech": {1: "T"}, "encoder_out": {1: "T2"}})
+        path = export_full_encoder(model, tmp_path / "probe.onnx")
     else:
-        path = _export_streaming(model, tmp_path / "probe.onnx", STREAMING_META)
+        path = export_streaming(model, tmp_path / "probe.onnx", STREAMING_META)
     silence = np.zeros(2 * SAMPLE_RATE, dtype=np.float32)
     frame = 31
     click = silence.copy()
@@ -591,16 +469,17 @@ def test_silent_and_short_audio_give_finite_wenet_features(wenet_models, seconds
 
 
 def test_wrong_wenet_models_give_one_clear_line(tmp_path, wenet_models, released_ave_checkpoint):
-    other = _export(nn.Linear(80, 4), (torch.randn(2, 80),), tmp_path / "other.onnx", ["x"], ["y"], {})
-    no_meta = _export_streaming(TinyStreamingEncoder(), tmp_path / "no_meta.onnx", {**STREAMING_META})
+    other = export_onnx(nn.Linear(80, 4), (torch.randn(2, 80),), tmp_path / "other.onnx", ["x"], ["y"], {})
+    no_meta = export_streaming(TinyStreamingEncoder(), tmp_path / "no_meta.onnx", {**STREAMING_META})
     import onnx
 
     stripped = onnx.load(str(no_meta))
     del stripped.metadata_props[:]
     onnx.save(stripped, str(no_meta))
-    six = _export(TinyFullEncoder(), (torch.randn(1, 67, 80), torch.tensor([67], dtype=torch.int32)),
-                  tmp_path / "six.onnx", ["speech", "speech_lengths"], ["encoder_out"], {"speech": {1: "T"}},
-                  {"subsampling_rate": 6})
+    six = export_onnx(TinyFullEncoder(), (torch.randn(1, FULL_EXAMPLE_FRAMES, 80),
+                                          torch.tensor([FULL_EXAMPLE_FRAMES], dtype=torch.int32)),
+                      tmp_path / "six.onnx", ["speech", "speech_lengths"], ["encoder_out"], {"speech": {1: "T"}},
+                      {"subsampling_rate": 6})
     cases = {released_ave_checkpoint: "is not a loadable ONNX model",
              other: "not a WeNet encoder's",
              no_meta: "without the metadata",

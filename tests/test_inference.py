@@ -36,6 +36,8 @@ from inference_328 import main as inference_main
 from models.unet_328 import WIDTHS, LipSyncUNet
 from tests.conftest import CLIP_FRAMES_25FPS, HELDOUT_WAV, cli_error_line
 from tests.training_helpers import person_with_ave_features, randomise_batch_norm, save_tiny_unet_checkpoint
+from tests.wenet_helpers import (STREAMING_META, WENET_DIM, TinyFullEncoder, TinyStreamingEncoder,
+                                 export_full_encoder, export_streaming)
 
 NAME = "talker"
 EPOCH = 10
@@ -463,6 +465,59 @@ def test_hubert_model_renders_with_the_encoder_it_was_trained_on(processed_copy,
     whole = extract_features(samples, "hubert", hubert_model=hubert_dir)
     expected = np.stack([model_audio_input(whole, index, "hubert") for index in range(15)])
     np.testing.assert_allclose(np.concatenate(recorder.audio), expected, atol=1e-5)
+
+
+def wenet_person(processed_copy, tmp_path, kind: str):
+    """The bundled clip with WeNet features from a tiny exported encoder, and a U-Net checkpoint for them."""
+    torch.manual_seed(5)
+    folder = tmp_path / "wenet model"
+    folder.mkdir()
+    if kind == "full":
+        encoder = export_full_encoder(TinyFullEncoder(), folder / "encoder.onnx")
+    else:
+        encoder = export_streaming(TinyStreamingEncoder(), folder / "encoder.onnx", STREAMING_META)
+    prepare_dataset_features(processed_copy, "wenet", wenet_model=encoder, progress=False)
+    layout = DatasetLayout(processed_copy)
+    audio_shape = (1, WENET_DIM, WENET_DIM)
+    model = LipSyncUNet("wenet", audio_shape, WIDTHS["tiny"])
+    randomise_batch_norm(model)
+    checkpoint = save_checkpoint(tmp_path / "checkpoint" / "we" / "20.pth", model.state_dict(),
+                                 model_config(UNET_KIND, "wenet", "tiny", WIDTHS["tiny"], audio_shape,
+                                              read_feature_metadata(layout, "wenet")), 20)
+    return encoder, checkpoint
+
+
+@pytest.mark.parametrize("kind", ["full", "streaming"])
+def test_wenet_model_renders_with_the_encoder_it_was_trained_on(processed_copy, tmp_path, kind):
+    encoder, checkpoint = wenet_person(processed_copy, tmp_path, kind)
+    samples = load_audio(HELDOUT_WAV)[:int(0.6 * SAMPLE_RATE)]
+    with load_renderer(dataset_dir=processed_copy, checkpoint=checkpoint, device="cpu") as renderer:
+        assert renderer.asr == "wenet" and renderer.featurizer.source == str(encoder)
+        renderer.unet = recorder = RecordingUNet(renderer.unet)
+        frames = list(renderer.render(samples))
+    assert len(frames) == 15 and frames[0].shape == (512, 512, 3)
+    whole = extract_features(samples, "wenet", wenet_model=encoder)
+    expected = np.stack([model_audio_input(whole, index, "wenet") for index in range(15)])
+    np.testing.assert_allclose(np.concatenate(recorder.audio), expected, atol=1e-4)
+
+
+def test_wenet_audio_streamed_in_pieces_gives_the_whole_file_windows(processed_copy, tmp_path):
+    # the full-utterance encoder sees 7 fbank frames per output, well inside the
+    # stream's context, so 3 s fed in odd pieces must give the whole file's rows
+    encoder, checkpoint = wenet_person(processed_copy, tmp_path, "full")
+    samples = load_audio(HELDOUT_WAV)[:3 * SAMPLE_RATE]
+    count = frame_count_for_samples(len(samples))
+    with load_renderer(dataset_dir=processed_copy, checkpoint=checkpoint, device="cpu", batch_size=4) as renderer:
+        renderer.unet = recorder = RecordingUNet(renderer.unet)
+        stream = renderer.stream()
+        streamed = []
+        for begin in range(0, len(samples), 1531):
+            streamed.extend(stream.push(samples[begin:begin + 1531]))
+        streamed.extend(stream.finish())
+    assert len(streamed) == count
+    whole = extract_features(samples, "wenet", wenet_model=encoder)
+    expected = np.stack([model_audio_input(whole, index, "wenet") for index in range(count)])
+    np.testing.assert_allclose(np.concatenate(recorder.audio), expected, atol=1e-4)
 
 
 # ---------------------------------------------------------------------------- the writer alone
