@@ -132,6 +132,17 @@ class Distributed:
     def enabled(self) -> bool:
         return self.world_size > 1
 
+    @property
+    def syncs_batch_norm(self) -> bool:
+        """Whether BatchNorm statistics are pooled over all GPUs of the job.
+
+        Each GPU sees only its own few samples (batch 8 by default), so unsynced
+        BatchNorm would normalise with noisier statistics than one GPU with the
+        whole batch and the running averages would differ per rank. torch's
+        SyncBatchNorm runs on GPUs only; gloo/CPU jobs keep per-process statistics.
+        """
+        return self.enabled and self.device.type == "cuda"
+
     def barrier(self) -> None:
         if self.enabled:
             torch.distributed.barrier()
@@ -433,6 +444,10 @@ class Trainer:
         self.start_epoch = 0
 
         model = task.model.to(self.device)
+        if self.dist.syncs_batch_norm:
+            # SyncBatchNorm keeps BatchNorm's parameter and buffer names: checkpoints stay interchangeable.
+            model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+            task.model = model
         if self.device.type == "cuda":
             model = model.to(memory_format=torch.channels_last)
         task.to(self.device)

@@ -17,7 +17,8 @@ from data_utils.dataset import (MIN_OFFSYNC_FRAMES, JpegCrops, SyncPairDataset, 
                                 cache_info_path, load_crop_boxes, open_person)
 from data_utils.errors import UserError
 from data_utils.layout import DatasetLayout
-from data_utils.training import TrainConfig, Trainer, UNetTask
+from data_utils.timebase import FEATURE_SPECS
+from data_utils.training import Distributed, TrainConfig, Trainer, UNetTask
 from models.unet_328 import WIDTHS, LipSyncUNet
 from tests.training_helpers import make_small_dataset, write_test_features
 
@@ -206,6 +207,19 @@ def test_ddp_two_cpu_processes_with_gloo(small, tmp_path):
     assert log_text.count("epoch 1/2") == 1 and log_text.count("epoch 2/2") == 1   # rank 0 logs alone
     latest = torch.load(save / "latest.pth", weights_only=False)
     assert latest["optimizer"]["state"][0]["step"] == 4
+
+
+def test_batch_norm_is_synchronised_only_between_gpus():
+    gpus, cpus = torch.device("cuda", 0), torch.device("cpu")
+    assert Distributed(0, 2, 0, gpus).syncs_batch_norm
+    assert not Distributed(0, 2, 0, cpus).syncs_batch_norm        # torch has no SyncBatchNorm on CPU
+    assert not Distributed(0, 1, 0, gpus).syncs_batch_norm
+    # what the Trainer does on GPUs keeps the checkpoint loadable by a plain model (inference, one GPU)
+    audio_shape = FEATURE_SPECS["ave"].window_shape()
+    synced = torch.nn.SyncBatchNorm.convert_sync_batchnorm(LipSyncUNet("ave", audio_shape, WIDTHS["tiny"]))
+    assert any(isinstance(module, torch.nn.SyncBatchNorm) for module in synced.modules())
+    plain = LipSyncUNet("ave", audio_shape, WIDTHS["tiny"])
+    assert plain.load_state_dict(synced.state_dict(), strict=True).missing_keys == []
 
 
 # --------------------------------------------------------------------------- bad input
