@@ -8,6 +8,14 @@ plain ``-ac 1`` adds stereo channels at -3 dB each, which makes a stereo copy of
 a mono recording 3 dB louder (and can exceed full scale); capping the mixing
 matrix's gain at 1 turns it into an average.
 
+A recording's own sound track is loaded on the video's clock
+(``clock="video"``): sample 0 is heard with the first video frame. Cameras,
+screen recorders and editors often start the audio stream a little after (or
+before) the picture, and a player keeps them in sync by their timestamps;
+decoding the audio alone from its first sample would shift every training
+frame's sound by that gap. FFmpeg pads the gap with silence (or trims the
+audio that plays before the first frame) from the streams' timestamps.
+
 The mel spectrogram is the one the released SyncTalk AVE encoder was trained
 on (16 kHz, 800-sample FFT and window, 200-sample hop, 80 mel bands from 55 to
 7600 Hz, pre-emphasis 0.97, decibels normalised symmetrically to [-4, 4]).
@@ -17,16 +25,18 @@ a window at both ends), i.e. at time m / 80 s.
 import logging
 import subprocess
 from pathlib import Path
+from typing import List
 
 import numpy as np
 
 from data_utils.errors import UserError
-from data_utils.ffmpeg import ffmpeg_binary, last_error_line
+from data_utils.ffmpeg import ffmpeg_binary, first_decoded_time, last_error_line
 from data_utils.timebase import SAMPLE_RATE
 
 log = logging.getLogger(__name__)
 
 DOWNMIX_MAX_GAIN = 1           # rematrix gains normalised to sum to 1: the mono mix is an average
+AUDIO_CLOCKS = ("audio", "video", "file")   # what sample 0 of a loaded array is (see load_audio)
 
 # --- AVE mel spectrogram ---------------------------------------------------------
 MEL_N_FFT = 800                 # 50 ms analysis window
@@ -47,12 +57,18 @@ SILENCE_MEL_VALUE = -MEL_MAX_ABS                 # what a silent mel frame norma
 STFT_BLOCK_FRAMES = 4096
 
 
-def load_audio(path) -> np.ndarray:
+def load_audio(path, clock: str = "audio") -> np.ndarray:
     """``path`` decoded to a float32 array of 16 kHz mono samples (any format FFmpeg reads).
 
+    ``clock`` says what sample 0 is: "audio", the audio stream's first sample;
+    "video", the sound at the first video frame's time, as a player shows a
+    recording's picture and sound together; "file", the file's time 0 (the
+    earliest stream's start), so the array's length tells where the sound ends.
     Missing, empty, unreadable or silent-stream-less files raise a UserError
     naming the file.
     """
+    if clock not in AUDIO_CLOCKS:
+        raise ValueError(f"clock must be one of {AUDIO_CLOCKS}, not {clock!r}")
     path = Path(path)
     if not path.exists():
         raise UserError(f"{path} does not exist — check the audio path")
@@ -63,6 +79,7 @@ def load_audio(path) -> np.ndarray:
     command = [ffmpeg_binary(), "-hide_banner", "-nostdin", "-loglevel", "error",
                "-i", str(path), "-map", "0:a:0", "-vn", "-ac", "1", "-rematrix_maxval", str(DOWNMIX_MAX_GAIN),
                "-ar", str(SAMPLE_RATE),
+               *_clock_filter(path, clock),
                "-f", "f32le", "-acodec", "pcm_f32le", "pipe:1"]
     result = subprocess.run(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     stderr = result.stderr.decode("utf-8", "replace")
@@ -78,6 +95,25 @@ def load_audio(path) -> np.ndarray:
         raise UserError(f"{path} decodes to invalid (NaN/inf) samples — re-export it as a normal wav")
     log.debug("loaded %s: %d samples (%.2f s)", path, samples.size, samples.size / SAMPLE_RATE)
     return samples
+
+
+def _clock_filter(path: Path, clock: str) -> List[str]:
+    """FFmpeg audio filter arguments that put ``clock``'s time 0 at sample 0.
+
+    ``aresample`` with ``first_pts=0`` fills from the file's time 0 to where
+    the audio really starts (by its timestamps, so encoder priming that a
+    muxer left in the timeline stays where a player puts it); for the video
+    clock, ``atrim`` then drops what plays before the first video frame.
+    """
+    if clock == "audio":
+        return []
+    from_file_start = "aresample=async=1:first_pts=0"
+    if clock == "file":
+        return ["-af", from_file_start]
+    video_start = first_decoded_time(path, "v")
+    if video_start is None:
+        return []
+    return ["-af", f"{from_file_start},atrim=start={float(video_start):.6f},asetpts=PTS-STARTPTS"]
 
 
 def as_samples(audio) -> np.ndarray:

@@ -167,9 +167,14 @@ def video_packet_times(path) -> List[Fraction]:
     if result.returncode != 0:
         raise UserError(f"{path}: ffmpeg could not read the video packets "
                         f"({last_error_line(result.stderr.decode('utf-8', 'replace'))})")
+    return sorted(_framecrc_times(result.stdout))
+
+
+def _framecrc_times(dump: bytes) -> List[Fraction]:
+    """Presentation times (seconds) of the entries of a one-stream framecrc dump, in file order."""
     time_base = Fraction(1)
     times = []
-    for line in result.stdout.decode("utf-8", "replace").splitlines():
+    for line in dump.decode("utf-8", "replace").splitlines():
         if line.startswith("#tb"):
             numerator, denominator = line.split(":")[1].strip().split("/")
             time_base = Fraction(int(numerator), int(denominator))
@@ -177,7 +182,38 @@ def video_packet_times(path) -> List[Fraction]:
             columns = [column.strip() for column in line.split(",")]
             if len(columns) >= 3 and columns[2].lstrip("-").isdigit():
                 times.append(int(columns[2]) * time_base)
-    return sorted(times)
+    return times
+
+
+def first_decoded_time(path, stream: str) -> Optional[Fraction]:
+    """When (seconds) the first decoded frame of the first ``stream`` ("v" or "a") is shown.
+
+    Times are on the file's common clock (ffmpeg starts it at the earliest
+    stream), so the video and audio values of one file tell how far apart a
+    player puts them. Decoding (not packet times) matters for audio: encoder
+    priming that the container says to skip is skipped, as a player does.
+    None when the file has no such stream.
+    """
+    result = subprocess.run(
+        [ffmpeg_binary(), "-hide_banner", "-nostdin", "-loglevel", "error", "-i", str(path),
+         "-map", f"0:{stream}:0", f"-frames:{stream}", "1", "-f", "framecrc", "-"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    if result.returncode != 0:
+        stderr = result.stderr.decode("utf-8", "replace")
+        if "matches no streams" in stderr:
+            return None
+        raise UserError(f"{path}: ffmpeg could not decode its first frame ({last_error_line(stderr)}) — "
+                        "check that the file plays and is complete")
+    times = _framecrc_times(result.stdout)
+    return times[0] if times else None
+
+
+def audio_start_offset(path) -> float:
+    """Seconds by which the audio of ``path`` starts after its first video frame (negative: before)."""
+    video, audio = first_decoded_time(path, "v"), first_decoded_time(path, "a")
+    if video is None or audio is None:
+        return 0.0
+    return float(audio - video)
 
 
 def is_constant_frame_rate(path, fps: int) -> bool:

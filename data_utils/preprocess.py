@@ -29,7 +29,8 @@ import numpy as np
 from data_utils import crop
 from data_utils.atomic import atomic_directory, atomic_path, save_numpy_atomic, write_json_atomic
 from data_utils.errors import UserError
-from data_utils.ffmpeg import MediaInfo, ffmpeg_binary, is_constant_frame_rate, last_error_line, probe
+from data_utils.ffmpeg import (MediaInfo, audio_start_offset, ffmpeg_binary, is_constant_frame_rate, last_error_line,
+                               probe)
 from data_utils.landmarks import create_landmarker, format_lms, interpolate_missing, missing_ranges
 from data_utils.layout import DatasetLayout
 from data_utils.timebase import ASR_CHOICES, FPS, SAMPLE_RATE, SAMPLES_PER_FRAME
@@ -224,6 +225,23 @@ def _check_face_size(video: Path, widths: List[float]) -> None:
                         f"{crop.MIN_FACE_WIDTH_PX} px; record closer to the camera or at a higher resolution")
 
 
+def _sound_outlasts_picture(source: MediaInfo, frame_count: int) -> bool:
+    """Whether a recording's duration is its sound's, which goes on after its last frame.
+
+    A file's duration is that of its longest stream. When the frames stop
+    early, a complete file still has its sound up to the end; a cut-off file
+    lost both (they are stored interleaved).
+    """
+    from data_utils.audio import load_audio
+
+    sound_end = load_audio(source.path, clock="file").size / SAMPLE_RATE
+    outlasts = sound_end >= source.duration - FRAME_COUNT_TOLERANCE / FPS
+    if outlasts:
+        log.info("%s: the sound goes on %.2f s after the last frame; the dataset ends with the picture",
+                 source.path.name, source.duration - frame_count / FPS)
+    return outlasts
+
+
 def extract_frames_and_landmarks(frames_info: MediaInfo, layout: DatasetLayout, backend: str,
                                  source: MediaInfo, max_missing_fraction: float = MAX_MISSING_FACE_FRACTION,
                                  max_missing_seconds: float = MAX_MISSING_FACE_SECONDS) -> Dict:
@@ -262,7 +280,7 @@ def extract_frames_and_landmarks(frames_info: MediaInfo, layout: DatasetLayout, 
             if count == 0:
                 raise UserError(f"{info.path}: no frame could be decoded ({last_error_line(decoder_errors)}) — "
                                 "the file is damaged; copy or export it again")
-            if count < expected - FRAME_COUNT_TOLERANCE:
+            if count < expected - FRAME_COUNT_TOLERANCE and not _sound_outlasts_picture(info, count):
                 raise UserError(f"{info.path}: the video ends after {count / FPS:.2f} s although it says "
                                 f"{info.duration:.2f} s (truncated or damaged file) — copy or export it again")
             found = np.array([points is not None for points in detections])
@@ -301,24 +319,33 @@ def extract_frames_and_landmarks(frames_info: MediaInfo, layout: DatasetLayout, 
 
 # --------------------------------------------------------------------------- stage 3: audio
 
-def extract_audio(video: Path, output: Path, frame_count: int) -> Dict:
+def extract_audio(video: Path, output: Path, frame_count: int, recording: Optional[Path] = None) -> Dict:
     """16 kHz mono PCM16 wav cut or zero-padded to exactly ``frame_count`` video frames.
 
     Decoding is data_utils.audio.load_audio's, the same that inference uses on
-    new audio, so training and inference hear a recording alike.
+    new audio, so training and inference hear a recording alike; it starts at
+    the first video frame's time, so an audio stream that starts later or
+    earlier than the picture stays in sync with the frames. The gap reported
+    is measured on ``recording`` (the user's file, default ``video``): it is
+    what the user can check in their editor.
     """
     import soundfile
 
     from data_utils.audio import load_audio
 
-    samples = load_audio(video)
+    recording = recording or video
+    offset = audio_start_offset(recording)
+    if abs(offset) >= 1 / FPS:
+        log.info("%s: the audio starts about %.0f ms %s the first video frame; aligning it to the frames",
+                 recording.name, abs(offset) * 1000, "after" if offset > 0 else "before")
+    samples = load_audio(video, clock="video")
     target = frame_count * SAMPLES_PER_FRAME
     decoded = samples.size
     fitted = np.zeros(target, dtype=np.float32)
     fitted[:min(target, decoded)] = samples[:target]
     with atomic_path(output) as temporary:
         soundfile.write(str(temporary), fitted, SAMPLE_RATE, subtype="PCM_16", format="WAV")
-    return {"samples": target, "decoded_samples": int(decoded),
+    return {"samples": target, "decoded_samples": int(decoded), "audio_start_offset_ms": round(1000 * offset, 1),
             "padded_or_cut_ms": round(1000 * (target - decoded) / SAMPLE_RATE, 1)}
 
 
@@ -446,9 +473,9 @@ class Preprocessor:
                                                  **self.missing_limits))
         frame_count = frames_summary["frames"]
         audio_summary = self.run_stage(
-            "audio", {"sample_rate": SAMPLE_RATE, "frames": frame_count},
+            "audio", {"sample_rate": SAMPLE_RATE, "frames": frame_count, "clock": "first video frame"},
             lambda summary: [layout.audio_wav],
-            lambda: extract_audio(frames_video, layout.audio_wav, frame_count))
+            lambda: extract_audio(frames_video, layout.audio_wav, frame_count, self.video_path))
         crops_summary = self.run_stage(
             "crops", {"sigma": crop.CROP_SMOOTHING_SIGMA_FRAMES, "crop_size": crop.CROP_SIZE},
             lambda summary: [layout.crop_boxes], lambda: compute_crop_boxes(layout))
