@@ -300,7 +300,8 @@ def load_hubert(model_name, device="cpu"):
         normalise = bool(Wav2Vec2FeatureExtractor.from_pretrained(name).do_normalize)
     except (OSError, ValueError):
         pass  # no preprocessor config: models with layer-norm feature extractors expect normalised input
-    return model.to(device).eval(), normalise
+    # a folder saved in half precision loads as half; the audio goes in as float32
+    return model.float().to(device).eval(), normalise
 
 
 def hubert_features(samples, model, normalise: bool, device="cpu", frame_count: Optional[int] = None,
@@ -405,7 +406,7 @@ class WenetEncoder:
     """
 
     def __init__(self, path, device="cpu"):
-        import onnxruntime
+        from data_utils.onnx_backend import open_session
 
         path = Path(path)
         if not path.exists():
@@ -417,16 +418,8 @@ class WenetEncoder:
                 raise UserError(f"{path} is a folder without encoder.onnx — give the encoder's .onnx file")
             path = candidate
         self.path = path
-        available = onnxruntime.get_available_providers()
-        providers = ["CPUExecutionProvider"]
-        if str(device).startswith("cuda") and "CUDAExecutionProvider" in available:
-            providers.insert(0, "CUDAExecutionProvider")
-        try:
-            self.session = onnxruntime.InferenceSession(str(path), providers=providers)
-        except Exception as error:  # onnxruntime raises its own exception types for bad files
-            detail = str(error).strip().splitlines()[0][:160] if str(error).strip() else type(error).__name__
-            raise UserError(f"{path} is not a loadable ONNX model ({detail}) — --wenet_model needs a WeNet "
-                            "encoder exported to ONNX") from None
+        self.session = open_session(path, str(device), what_to_do="--wenet_model needs a WeNet encoder "
+                                    "exported to ONNX")
         self.inputs = {node.name: node for node in self.session.get_inputs()}
         self.output_names = [node.name for node in self.session.get_outputs()]
         self.metadata = dict(self.session.get_modelmeta().custom_metadata_map)

@@ -148,6 +148,44 @@ def session_options(threads: Optional[int] = None, optimization: str = "all"):
     return options
 
 
+def open_session(path: Path, device: str, options=None, *, what_to_do: str):
+    """An onnxruntime session for ``path``: on CUDA when ``device`` is cuda and it works, else the CPU.
+
+    A CUDA session that cannot be created (no driver, missing CUDA libraries)
+    falls back to the CPU with a one-line warning; a file onnxruntime cannot
+    load is a UserError ending with ``what_to_do``.
+    """
+    import onnxruntime as ort
+
+    wants_cuda = str(device).startswith("cuda")
+    providers = [CPU_PROVIDER]
+    if wants_cuda:
+        if hasattr(ort, "preload_dlls"):
+            try:
+                ort.preload_dlls()      # CUDA/cuDNN libraries from the nvidia wheels, when present
+            except Exception:  # a missing library shows up below as a failed CUDA session
+                pass
+        providers = [CUDA_PROVIDER, CPU_PROVIDER]
+    try:
+        try:
+            session = ort.InferenceSession(str(path), options, providers=providers)
+        except Exception as error:
+            if not wants_cuda:
+                raise
+            log.warning("onnxruntime could not use CUDA (%s); running on the CPU", _first_line(error))
+            session = ort.InferenceSession(str(path), options, providers=[CPU_PROVIDER])
+    except Exception as error:  # onnxruntime raises its own exception types for bad files
+        raise UserError(f"{path} is not a loadable ONNX model ({_first_line(error)}) — {what_to_do}") from None
+    if wants_cuda and CUDA_PROVIDER not in session.get_providers():
+        log.warning("onnxruntime could not use CUDA for %s; running on the CPU", Path(path).name)
+    return session
+
+
+def _first_line(error: Exception) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0][:160] if text else type(error).__name__
+
+
 class OnnxUNet:
     """Runs an exported U-Net: ``(image6, audio)`` float32 numpy -> (B, 3, 320, 320) float32.
 
@@ -155,32 +193,12 @@ class OnnxUNet:
     """
 
     def __init__(self, path, device: str = "cpu", threads: Optional[int] = None, optimization: str = "all"):
-        import onnxruntime as ort
-
         self.path = Path(path)
         if not self.path.is_file():
             raise UserError(f"{self.path} does not exist — export it: python inference_328.py --name NAME "
                             "--export_onnx")
-        options = session_options(threads, optimization)
-        providers = [CPU_PROVIDER]
-        if device == "cuda":
-            if hasattr(ort, "preload_dlls"):
-                try:
-                    ort.preload_dlls()      # CUDA/cuDNN libraries from the torch wheels, when present
-                except Exception:  # a missing library shows up below as a failed CUDA session
-                    pass
-            providers = [CUDA_PROVIDER, CPU_PROVIDER]
-        try:
-            self.session = ort.InferenceSession(str(self.path), options, providers=providers)
-        except Exception as error:
-            if device != "cuda":
-                raise UserError(f"onnxruntime cannot load {self.path} ({str(error).splitlines()[0]}) — "
-                                "export it again with --export_onnx") from None
-            log.warning("onnxruntime could not use CUDA (%s); running on the CPU",
-                        str(error).splitlines()[0])
-            self.session = ort.InferenceSession(str(self.path), options, providers=[CPU_PROVIDER])
-        if device == "cuda" and CUDA_PROVIDER not in self.session.get_providers():
-            log.warning("onnxruntime could not use CUDA for %s; running on the CPU", self.path.name)
+        self.session = open_session(self.path, device, session_options(threads, optimization),
+                                    what_to_do="export it again with --export_onnx")
         self.providers = self.session.get_providers()
         self.device = "cuda" if CUDA_PROVIDER in self.providers else "cpu"
 

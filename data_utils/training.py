@@ -16,6 +16,7 @@ Under torchrun every process trains on its DistributedSampler share; rank 0
 alone builds the crop cache, validates, logs and writes files.
 """
 import dataclasses
+import datetime
 import io
 import logging
 import math
@@ -50,6 +51,8 @@ STEP_LR_EPOCHS = 50
 STEP_LR_GAMMA = 0.5
 LR_SCHEDULES = ("none", "step", "cosine")
 DEVICES = ("auto", "cpu", "cuda")
+DISTRIBUTED_TIMEOUT = datetime.timedelta(hours=2)   # longest a rank waits for the others (cache build)
+RESUMED_RANK_SEED_STEP = 1000    # seeds of ranks a resumed run had no saved state for, per epoch
 SAMPLE_GRID_ROWS = 4
 EPS = 1e-10
 LOG_FORMAT = "%(asctime)s %(message)s"
@@ -154,6 +157,14 @@ class Distributed:
         torch.distributed.all_reduce(tensor)
         return float(tensor.item()) / self.world_size
 
+    def gather(self, value) -> List:
+        """``value`` of every rank, in rank order (on every rank)."""
+        if not self.enabled:
+            return [value]
+        values = [None] * self.world_size
+        torch.distributed.all_gather_object(values, value)
+        return values
+
     def broadcast(self, value):
         if not self.enabled:
             return value
@@ -184,8 +195,11 @@ def setup_distributed(requested_device: str) -> Distributed:
     if world_size > 1 and not torch.distributed.is_initialized():
         if device.type == "cuda":
             torch.cuda.set_device(device)
-        # nccl between GPUs, gloo between CPU processes (tests, CPU-only machines).
-        torch.distributed.init_process_group("nccl" if device.type == "cuda" else "gloo")
+        # nccl between GPUs, gloo between CPU processes (tests, CPU-only machines). The other
+        # ranks wait while rank 0 builds the crop cache on a first run, which can outlast
+        # NCCL's 10-minute default.
+        torch.distributed.init_process_group("nccl" if device.type == "cuda" else "gloo",
+                                             timeout=DISTRIBUTED_TIMEOUT)
     return Distributed(rank, world_size, local_rank, device)
 
 
@@ -195,20 +209,22 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def rng_state() -> Dict:
+def rng_state(device: torch.device) -> Dict:
+    """This process's random state; on a GPU only its own GPU's, so a run resumes on fewer GPUs."""
     state = {"python": random.getstate(), "numpy": np.random.get_state(),
              "torch": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
+    if device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device)
     return state
 
 
-def set_rng_state(state: Dict) -> None:
+def set_rng_state(state: Dict, device: torch.device) -> None:
     random.setstate(state["python"])
     np.random.set_state(state["numpy"])
     torch.set_rng_state(state["torch"].cpu())
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all([item.cpu() for item in state["cuda"]])
+    saved = state.get("cuda")
+    if device.type == "cuda" and isinstance(saved, torch.Tensor):
+        torch.cuda.set_rng_state(saved.cpu(), device)
 
 
 def peak_memory_mb(device: torch.device) -> float:
@@ -442,6 +458,7 @@ class Trainer:
         self.best_score = math.inf
         self.epochs_without_improvement = 0
         self.start_epoch = 0
+        self._other_ranks_rng: List[Dict] = []
 
         model = task.model.to(self.device)
         if self.dist.syncs_batch_norm:
@@ -514,11 +531,13 @@ class Trainer:
         if improved and not self._best_was_chosen_by_evaluation():
             ckpt.save_checkpoint(self.save_dir / ckpt.BEST, model_state, config, epoch, metrics=metrics)
         # latest.pth last: once it says epoch N, every file of epoch N exists.
+        own_rng = rng_state(self.device)
         ckpt.save_checkpoint(
             self.save_dir / ckpt.LATEST, model_state, config, epoch, metrics=metrics,
             optimizer=self.optimizer.state_dict(), scaler=self.scaler.state_dict(),
             scheduler=self.scheduler.state_dict() if self.scheduler else None,
-            args=self.config.as_dict(), rng=rng_state(), history=self.history,
+            args=self.config.as_dict(), rng=own_rng, rank_rng=[own_rng] + self._other_ranks_rng[1:],
+            history=self.history,
             best_score=self.best_score, epochs_without_improvement=self.epochs_without_improvement,
             finished=final)
 
@@ -559,7 +578,13 @@ class Trainer:
             self.scheduler.load_state_dict(state["scheduler"])
         if state.get("scaler"):
             self.scaler.load_state_dict(state["scaler"])
-        set_rng_state(state["rng"])
+        rank_states = state.get("rank_rng") or []
+        if self.dist.rank < len(rank_states):
+            set_rng_state(rank_states[self.dist.rank], self.device)
+        else:       # a run saved with fewer processes: this rank continues from a fresh stream
+            set_rng_state(state["rng"], self.device)
+            if self.dist.rank:
+                seed_everything(self.config.seed + self.dist.rank + RESUMED_RANK_SEED_STEP * int(state["epoch"]))
         self.history = list(state.get("history", []))
         self.best_score = state.get("best_score", math.inf)
         self.epochs_without_improvement = state.get("epochs_without_improvement", 0)
@@ -680,6 +705,8 @@ class Trainer:
                          samples_per_s=len(self.train_loader) * config.batch_size * dist.world_size / seconds,
                          peak_mem_mb=peak_memory_mb(self.device))
             stop = False
+            # every rank's random state goes into latest.pth (rank 0 adds its own after validating)
+            self._other_ranks_rng = dist.gather(rng_state(self.device))
             if dist.is_main:
                 stop = self._end_epoch_main(epoch + 1, entry)
             stop = dist.broadcast(stop)
@@ -767,7 +794,7 @@ def train_unet(config: TrainConfig, callbacks=()) -> List[Dict]:
     from models.unet_328 import WIDTHS, LipSyncUNet
 
     dist = setup_distributed(config.device)
-    seed_everything(config.seed)
+    seed_everything(config.seed + dist.rank)        # each rank its own augmentation draws
     person = prepare_run(config, dist)
     syncnet = None
     if config.use_syncnet:
@@ -782,7 +809,7 @@ def train_unet(config: TrainConfig, callbacks=()) -> List[Dict]:
     task = UNetTask(model, person, config, perceptual, syncnet)
     trainer = Trainer(task, config, dist, callbacks)
     _start(trainer, config)
-    return trainer.fit()
+    return _fit_and_leave(trainer)
 
 
 def train_syncnet(config: TrainConfig, callbacks=()) -> List[Dict]:
@@ -790,12 +817,20 @@ def train_syncnet(config: TrainConfig, callbacks=()) -> List[Dict]:
     from models.syncnet import SyncNet
 
     dist = setup_distributed(config.device)
-    seed_everything(config.seed)
+    seed_everything(config.seed + dist.rank)        # each rank its own augmentation draws
     person = prepare_run(config, dist)
     model = SyncNet(config.asr, person.audio_shape, config.model_size)
     trainer = Trainer(SyncNetTask(model, person, config), config, dist, callbacks)
     _start(trainer, config)
-    return trainer.fit()
+    return _fit_and_leave(trainer)
+
+
+def _fit_and_leave(trainer: Trainer) -> List[Dict]:
+    """Train, then leave the torchrun process group (torch warns at exit otherwise)."""
+    history = trainer.fit()
+    if trainer.dist.enabled and torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
+    return history
 
 
 def configure_console_logging(quiet: bool = False) -> None:

@@ -318,6 +318,19 @@ def test_hubert_gives_two_states_per_frame(tiny_hubert, reference_samples):
     assert model_audio_input(features, 10, "hubert").shape == (1, 32, 32)
 
 
+def test_hubert_saved_in_half_precision_gives_the_float32_features(tiny_hubert, tmp_path, reference_samples):
+    # GPU users often keep HuBERT in float16; transformers then loads it as float16
+    from transformers import HubertModel
+
+    half = tmp_path / "half hubert"
+    HubertModel.from_pretrained(tiny_hubert).half().save_pretrained(half)
+    samples = reference_samples[:SAMPLE_RATE]
+    features = af.extract_features(samples, "hubert", hubert_model=half)
+    reference = af.extract_features(samples, "hubert", hubert_model=tiny_hubert)
+    assert features.dtype == np.float32 and features.shape == reference.shape
+    np.testing.assert_allclose(features, reference, atol=0.05)      # weights rounded to float16
+
+
 @pytest.mark.parametrize("seconds", [0.02, 0.3, 1.0])
 def test_silent_and_short_audio_give_finite_hubert_features(tiny_hubert, seconds):
     samples = np.zeros(int(seconds * SAMPLE_RATE), dtype=np.float32)

@@ -195,7 +195,7 @@ def test_ddp_two_cpu_processes_with_gloo(small, tmp_path):
     save = tmp_path / "ddp"
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
                str(REPO_ROOT / "train_328.py"), *base_args(small, save, "--epochs", 2, "--batch_size", 2,
-                                                           "--save_interval", 1)]
+                                                           "--save_interval", 1, "--augment")]
     environment = {**os.environ, "OMP_NUM_THREADS": "1"}
     result = subprocess.run(command, capture_output=True, text=True, timeout=240, env=environment)
     assert result.returncode == 0, result.stderr[-3000:]
@@ -207,6 +207,10 @@ def test_ddp_two_cpu_processes_with_gloo(small, tmp_path):
     assert log_text.count("epoch 1/2") == 1 and log_text.count("epoch 2/2") == 1   # rank 0 logs alone
     latest = torch.load(save / "latest.pth", weights_only=False)
     assert latest["optimizer"]["state"][0]["step"] == 4
+    # each rank draws its own augmentation, and resume gets every rank's random state back
+    first, second = latest["rank_rng"]
+    assert not torch.equal(first["torch"], second["torch"])
+    assert "destroy_process_group" not in result.stderr
 
 
 def test_batch_norm_is_synchronised_only_between_gpus():
