@@ -4,6 +4,7 @@
 #   bash training_328.sh NAME GPU [ASR]      # dataset/NAME/NAME.mp4 -> checkpoint/NAME/10.pth, 20.pth, ...
 #   bash training_328.sh May 0               # GPU 0, ave features
 #   bash training_328.sh May 1 hubert        # GPU 1, HuBERT features
+#   bash training_328.sh May 0,1,2,3         # four GPUs: SyncNet and U-Net train under torchrun
 #   bash training_328.sh May cpu             # no GPU (slow; for trying the pipeline)
 #
 # 1. preprocess  data_utils/process.py: 25 fps frames, landmarks, crop boxes, audio, aud_<ASR>.npy
@@ -16,7 +17,7 @@
 # PYTHON picks the interpreter (default: the project's .venv when it exists, else python).
 set -euo pipefail
 
-usage="usage: bash training_328.sh NAME GPU [ASR]   (GPU: an index such as 0, or cpu; ASR: ave | hubert | wenet)"
+usage="usage: bash training_328.sh NAME GPU [ASR]   (GPU: an index such as 0, a list such as 0,1, or cpu; ASR: ave | hubert | wenet)"
 if [ $# -lt 2 ] || [ $# -gt 3 ]; then
     echo "$usage" >&2
     exit 2
@@ -39,14 +40,20 @@ case $ASR in
     ave|hubert|wenet) ;;
     *) echo "error: unknown ASR '$ASR' — use ave, hubert or wenet" >&2; exit 2 ;;
 esac
+# One process per listed GPU: several GPUs train under torchrun (DistributedDataParallel).
+TRAIN=("$PYTHON")
 if [ "$GPU" = "cpu" ]; then
     DEVICE=cpu
 else
     case $GPU in
-        ''|*[!0-9,]*) echo "error: GPU must be an index such as 0 (or cpu), not '$GPU'" >&2; exit 2 ;;
+        ''|,*|*,|*,,*|*[!0-9,]*) echo "error: GPU must be an index such as 0, a list such as 0,1 (or cpu), not '$GPU'" >&2; exit 2 ;;
     esac
     export CUDA_VISIBLE_DEVICES=$GPU
     DEVICE=cuda
+    IFS=, read -r -a GPU_LIST <<< "$GPU"
+    if [ "${#GPU_LIST[@]}" -gt 1 ]; then
+        TRAIN=("$PYTHON" -m torch.distributed.run --standalone --nproc_per_node "${#GPU_LIST[@]}")
+    fi
 fi
 if [ ! -f "$VIDEO" ]; then
     echo "error: $VIDEO does not exist — put the recording there: mkdir -p $DATASET && cp your_video.mp4 $VIDEO" >&2
@@ -60,14 +67,14 @@ echo "== [2/3] SyncNet -> $CHECKPOINTS/syncnet"
 if [ -f "$CHECKPOINTS/syncnet/summary.json" ]; then
     echo "SyncNet already trained ($CHECKPOINTS/syncnet/summary.json): skipping"
 else
-    "$PYTHON" train_syncnet.py --name "$NAME" --asr "$ASR" --device "$DEVICE" --resume ${SYNCNET_EXTRA[@]+"${SYNCNET_EXTRA[@]}"}
+    "${TRAIN[@]}" train_syncnet.py --name "$NAME" --asr "$ASR" --device "$DEVICE" --resume ${SYNCNET_EXTRA[@]+"${SYNCNET_EXTRA[@]}"}
 fi
 
 echo "== [3/3] U-Net -> $CHECKPOINTS"
 if [ -f "$CHECKPOINTS/summary.json" ]; then
     echo "U-Net already trained ($CHECKPOINTS/summary.json): skipping"
 else
-    "$PYTHON" train_328.py --name "$NAME" --asr "$ASR" --device "$DEVICE" --use_syncnet --resume ${UNET_EXTRA[@]+"${UNET_EXTRA[@]}"}
+    "${TRAIN[@]}" train_328.py --name "$NAME" --asr "$ASR" --device "$DEVICE" --use_syncnet --resume ${UNET_EXTRA[@]+"${UNET_EXTRA[@]}"}
 fi
 
 echo "== done: checkpoints in $CHECKPOINTS (training.log, loss_curve.png); next: python inference_328.py --name $NAME --audio_path your.wav"

@@ -345,6 +345,16 @@ def test_training_script_runs_stages_in_order_stops_at_failure_and_skips_finishe
     assert [call.split()[0] for call in calls] == ["data_utils/process.py", "train_328.py"]
     assert "--device cuda" in calls[1]
 
+    (root / "checkpoint" / "May" / "syncnet" / "summary.json").unlink()
+    result, calls = _run_script(root, fake, "May", "0,1")
+    assert result.returncode == 0, result.stderr
+    torchrun = "-m torch.distributed.run --standalone --nproc_per_node 2"
+    assert calls[1].startswith(f"{torchrun} train_syncnet.py") and calls[2].startswith(f"{torchrun} train_328.py")
+    assert calls[0].startswith("data_utils/process.py")              # preprocessing stays one process
+    for bad in ("0,", "a", "0,,1"):
+        result, calls = _run_script(root, fake, "May", bad)
+        assert result.returncode == 2 and calls == [] and "GPU must be an index" in result.stderr
+
     result, calls = _run_script(root, fake, "Nobody", "0")
     assert result.returncode == 2 and calls == []
     assert "dataset/Nobody/Nobody.mp4 does not exist" in result.stderr
