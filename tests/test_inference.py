@@ -12,6 +12,7 @@ import os
 import shutil
 import subprocess
 import tracemalloc
+from pathlib import Path
 from types import SimpleNamespace
 
 import cv2
@@ -440,6 +441,28 @@ def test_checkpoint_without_processed_dataset(person, tmp_path, capsys):
 TINY_HUBERT_HIDDEN = 32          # (2, 32) values a frame -> a (1, 32, 32) window
 
 
+def unet_checkpoint_for(dataset_dir, asr: str, audio_shape, save_dir) -> Path:
+    """A tiny U-Net checkpoint for the dataset's ``asr`` features, as training writes one."""
+    model = LipSyncUNet(asr, audio_shape, WIDTHS["tiny"])
+    randomise_batch_norm(model)
+    metadata = read_feature_metadata(DatasetLayout(dataset_dir), asr)
+    return save_checkpoint(save_dir / "20.pth", model.state_dict(),
+                           model_config(UNET_KIND, asr, "tiny", WIDTHS["tiny"], audio_shape, metadata), 20)
+
+
+def assert_render_uses_the_training_encoder(dataset_dir, checkpoint, asr: str, encoder, atol: float):
+    """0.6 s of speech renders 15 frames whose audio windows are the whole file's, from ``encoder``."""
+    samples = load_audio(HELDOUT_WAV)[:int(0.6 * SAMPLE_RATE)]
+    with load_renderer(dataset_dir=dataset_dir, checkpoint=checkpoint, device="cpu") as renderer:
+        assert renderer.asr == asr and renderer.featurizer.source == str(encoder)
+        renderer.unet = recorder = RecordingUNet(renderer.unet)
+        frames = list(renderer.render(samples))
+    assert len(frames) == 15 and frames[0].shape == (512, 512, 3)
+    whole = extract_features(samples, asr, **{f"{asr}_model": encoder})
+    expected = np.stack([model_audio_input(whole, index, asr) for index in range(15)])
+    np.testing.assert_allclose(np.concatenate(recorder.audio), expected, atol=atol)
+
+
 def test_hubert_model_renders_with_the_encoder_it_was_trained_on(processed_copy, tmp_path):
     from transformers import HubertConfig, HubertModel
 
@@ -450,21 +473,9 @@ def test_hubert_model_renders_with_the_encoder_it_was_trained_on(processed_copy,
                           num_conv_pos_embedding_groups=4, vocab_size=12)
     HubertModel(config).eval().save_pretrained(hubert_dir)
     prepare_dataset_features(processed_copy, "hubert", hubert_model=hubert_dir, progress=False)
-    layout = DatasetLayout(processed_copy)
-    audio_shape = (1, 32, 32)
-    model = LipSyncUNet("hubert", audio_shape, WIDTHS["tiny"])
-    checkpoint = save_checkpoint(tmp_path / "checkpoint" / "hu" / "20.pth", model.state_dict(),
-                                 model_config(UNET_KIND, "hubert", "tiny", WIDTHS["tiny"], audio_shape,
-                                              read_feature_metadata(layout, "hubert")), 20)
-    samples = load_audio(HELDOUT_WAV)[:int(0.6 * SAMPLE_RATE)]
-    with load_renderer(dataset_dir=processed_copy, checkpoint=checkpoint, device="cpu") as renderer:
-        assert renderer.asr == "hubert" and renderer.featurizer.source == str(hubert_dir)
-        renderer.unet = recorder = RecordingUNet(renderer.unet)
-        frames = list(renderer.render(samples))
-    assert len(frames) == 15 and frames[0].shape == (512, 512, 3)
-    whole = extract_features(samples, "hubert", hubert_model=hubert_dir)
-    expected = np.stack([model_audio_input(whole, index, "hubert") for index in range(15)])
-    np.testing.assert_allclose(np.concatenate(recorder.audio), expected, atol=1e-5)
+    checkpoint = unet_checkpoint_for(processed_copy, "hubert", (1, TINY_HUBERT_HIDDEN, TINY_HUBERT_HIDDEN),
+                                     tmp_path / "checkpoint" / "hu")
+    assert_render_uses_the_training_encoder(processed_copy, checkpoint, "hubert", hubert_dir, atol=1e-5)
 
 
 def wenet_person(processed_copy, tmp_path, kind: str):
@@ -477,28 +488,14 @@ def wenet_person(processed_copy, tmp_path, kind: str):
     else:
         encoder = export_streaming(TinyStreamingEncoder(), folder / "encoder.onnx", STREAMING_META)
     prepare_dataset_features(processed_copy, "wenet", wenet_model=encoder, progress=False)
-    layout = DatasetLayout(processed_copy)
-    audio_shape = (1, WENET_DIM, WENET_DIM)
-    model = LipSyncUNet("wenet", audio_shape, WIDTHS["tiny"])
-    randomise_batch_norm(model)
-    checkpoint = save_checkpoint(tmp_path / "checkpoint" / "we" / "20.pth", model.state_dict(),
-                                 model_config(UNET_KIND, "wenet", "tiny", WIDTHS["tiny"], audio_shape,
-                                              read_feature_metadata(layout, "wenet")), 20)
-    return encoder, checkpoint
+    return encoder, unet_checkpoint_for(processed_copy, "wenet", (1, WENET_DIM, WENET_DIM),
+                                        tmp_path / "checkpoint" / "we")
 
 
 @pytest.mark.parametrize("kind", ["full", "streaming"])
 def test_wenet_model_renders_with_the_encoder_it_was_trained_on(processed_copy, tmp_path, kind):
     encoder, checkpoint = wenet_person(processed_copy, tmp_path, kind)
-    samples = load_audio(HELDOUT_WAV)[:int(0.6 * SAMPLE_RATE)]
-    with load_renderer(dataset_dir=processed_copy, checkpoint=checkpoint, device="cpu") as renderer:
-        assert renderer.asr == "wenet" and renderer.featurizer.source == str(encoder)
-        renderer.unet = recorder = RecordingUNet(renderer.unet)
-        frames = list(renderer.render(samples))
-    assert len(frames) == 15 and frames[0].shape == (512, 512, 3)
-    whole = extract_features(samples, "wenet", wenet_model=encoder)
-    expected = np.stack([model_audio_input(whole, index, "wenet") for index in range(15)])
-    np.testing.assert_allclose(np.concatenate(recorder.audio), expected, atol=1e-4)
+    assert_render_uses_the_training_encoder(processed_copy, checkpoint, "wenet", encoder, atol=1e-4)
 
 
 def test_wenet_audio_streamed_in_pieces_gives_the_whole_file_windows(processed_copy, tmp_path):
