@@ -15,7 +15,7 @@ if __package__ in (None, ""):  # run as a file (also under torchrun): make the r
     sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from data_utils.errors import exit_on_user_error  # noqa: E402
-from data_utils.training import (TrainConfig, build_parser, configure_console_logging,  # noqa: E402
+from data_utils.training import (SYNC_WEIGHT, TrainConfig, build_parser, configure_console_logging,  # noqa: E402
                                  paths_from_args, train_unet)
 from models.perceptual import PERCEPTUAL_MODES  # noqa: E402
 
@@ -23,7 +23,11 @@ from models.perceptual import PERCEPTUAL_MODES  # noqa: E402
 def parser():
     result = build_parser(__doc__, batch_size=8, lr=1e-4, epochs=200, save_interval=10)
     losses = result.add_argument_group("losses and outputs")
-    losses.add_argument("--use_syncnet", action="store_true", help="add 10 x the SyncNet sync loss")
+    losses.add_argument("--use_syncnet", action="store_true",
+                        help="add the SyncNet sync loss (x --sync_weight)")
+    losses.add_argument("--sync_weight", type=float, default=SYNC_WEIGHT,
+                        help=f"weight of the sync loss against L1 (default {SYNC_WEIGHT:g}, as in SyncTalk_2D; "
+                             "lower it if the mouth region gets smudged)")
     losses.add_argument("--syncnet_checkpoint",
                         help="SyncNet .pth (default: checkpoint/NAME/syncnet/best.pth)")
     losses.add_argument("--perceptual", choices=PERCEPTUAL_MODES, default="auto",

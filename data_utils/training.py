@@ -86,6 +86,7 @@ class TrainConfig:
     # U-Net only
     use_syncnet: bool = False
     syncnet_checkpoint: Optional[Path] = None
+    sync_weight: float = SYNC_WEIGHT
     perceptual: str = "auto"                # auto | on | off
     vgg_weights: Optional[Path] = None
     show_progress: bool = True
@@ -109,6 +110,8 @@ class TrainConfig:
                 raise UserError(f"--{name} must be at least 1, got {getattr(self, name)}")
         if self.lr <= 0:
             raise UserError(f"--lr must be positive, got {self.lr}")
+        if self.sync_weight < 0:
+            raise UserError(f"--sync_weight cannot be negative, got {self.sync_weight}")
         if self.num_workers < 0 or self.patience < 0:
             raise UserError("--num_workers and --patience cannot be negative")
         if self.lr_schedule not in LR_SCHEDULES:
@@ -346,7 +349,7 @@ class UNetTask:
         if self.syncnet is not None:
             logits = self.syncnet(prediction, audio)
             terms["sync"] = F.binary_cross_entropy_with_logits(logits.float(), torch.ones_like(logits.float()))
-            total = total + SYNC_WEIGHT * terms["sync"]
+            total = total + self.config.sync_weight * terms["sync"]
         terms["total"] = total
         return terms
 

@@ -187,6 +187,11 @@ def test_syncnet_training_then_unet_with_sync_loss(processed_clip, tmp_path, cap
     entry = torch.load(save / "latest.pth", weights_only=False)["history"][0]
     assert entry["train_sync"] > 0 and "val_sync_accuracy" in entry
     assert entry["train_loss"] == pytest.approx(entry["train_l1"] + 10 * entry["train_sync"], rel=1e-4)
+    lighter = tmp_path / "ck_light"
+    train_328.main(base_args(data, lighter, "--epochs", 1, "--use_syncnet", "--val_fraction", "0.3",
+                             "--syncnet_checkpoint", str(save / "syncnet" / "best.pth"), "--sync_weight", "0.5"))
+    entry = torch.load(lighter / "latest.pth", weights_only=False)["history"][0]
+    assert entry["train_loss"] == pytest.approx(entry["train_l1"] + 0.5 * entry["train_sync"], rel=1e-4)
 
 
 # --------------------------------------------------------------------------- torchrun
