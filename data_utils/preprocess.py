@@ -234,7 +234,10 @@ def _sound_outlasts_picture(source: MediaInfo, frame_count: int) -> bool:
     """
     from data_utils.audio import load_audio
 
-    sound_end = load_audio(source.path, clock="file").size / SAMPLE_RATE
+    try:
+        sound_end = load_audio(source.path, clock="file").size / SAMPLE_RATE
+    except UserError:         # sound that cannot be decoded to its end: the file is damaged
+        return False
     outlasts = sound_end >= source.duration - FRAME_COUNT_TOLERANCE / FPS
     if outlasts:
         log.info("%s: the sound goes on %.2f s after the last frame; the dataset ends with the picture",
