@@ -33,12 +33,17 @@ def atomic_path(path):
             temporary.unlink()
 
 
-def write_bytes_atomic(path, data: bytes) -> None:
+def write_file_atomic(path, write) -> None:
+    """``write(handle)`` into a temporary file, synced to disk, that then becomes ``path``."""
     with atomic_path(path) as temporary:
         with open(temporary, "wb") as handle:
-            handle.write(data)
+            write(handle)
             handle.flush()
             os.fsync(handle.fileno())
+
+
+def write_bytes_atomic(path, data: bytes) -> None:
+    write_file_atomic(path, lambda handle: handle.write(data))
 
 
 def write_text_atomic(path, text: str) -> None:
@@ -52,22 +57,14 @@ def write_json_atomic(path, data) -> None:
 def save_numpy_atomic(path, array) -> None:
     import numpy as np
 
-    with atomic_path(path) as temporary:
-        with open(temporary, "wb") as handle:
-            np.save(handle, array)
-            handle.flush()
-            os.fsync(handle.fileno())
+    write_file_atomic(path, lambda handle: np.save(handle, array))
 
 
 def save_torch_atomic(path, obj) -> None:
     """torch.save through a temporary file: a crash never leaves a truncated .pth."""
     import torch
 
-    with atomic_path(path) as temporary:
-        with open(temporary, "wb") as handle:
-            torch.save(obj, handle)
-            handle.flush()
-            os.fsync(handle.fileno())
+    write_file_atomic(path, lambda handle: torch.save(obj, handle))
 
 
 @contextlib.contextmanager
