@@ -127,11 +127,24 @@ def test_ave_window_is_centred_on_the_frame_instant():
     assert starts[0] == -7 and starts[5] == 9                          # 3.2*5 - 7 = 9
 
 
-def test_ave_windows_follow_a_click_to_its_frame():
-    samples = np.zeros(3 * SAMPLE_RATE, dtype=np.float32)
-    frame = 40
+def click_at(frame: int, seconds: float, width: int, amplitude: float) -> np.ndarray:
+    """``seconds`` of silence with a ``width``-sample Hann click centred on frame ``frame``'s instant."""
+    samples = np.zeros(int(seconds * SAMPLE_RATE), dtype=np.float32)
     centre = frame * SAMPLES_PER_FRAME
-    samples[centre - 40:centre + 40] = np.hanning(80) * 0.9
+    samples[centre - width // 2:centre + width // 2] = amplitude * np.hanning(width)
+    return samples
+
+
+def click_response(asr: str, frame: int, amplitude: float, **model) -> np.ndarray:
+    """|features of 2 s with a click at ``frame``'s instant - features of 2 s of silence|."""
+    click = click_at(frame, 2, 40, amplitude)
+    base = af.extract_features(np.zeros_like(click), asr, **model)
+    return np.abs(af.extract_features(click, asr, **model) - base)
+
+
+def test_ave_windows_follow_a_click_to_its_frame():
+    frame = 40
+    samples = click_at(frame, 3, 80, 0.9)
     windows = af.ave_mel_windows(samples)
     assert windows.shape == (frame_count_for_samples(len(samples)), 1, 80, 16)
     energy = windows[:, 0].mean(axis=1)                                  # (N, 16) loudness per mel column
@@ -352,13 +365,8 @@ def test_hubert_chunks_stitch_exactly(local_hubert, reference_samples, monkeypat
 
 
 def test_hubert_states_are_centred_on_their_frame(local_hubert):
-    silence = np.zeros(2 * SAMPLE_RATE, dtype=np.float32)
     frame = 23
-    click = silence.copy()
-    centre = frame * SAMPLES_PER_FRAME
-    click[centre - 20:centre + 20] = 0.8 * np.hanning(40)
-    base = af.extract_features(silence, "hubert", hubert_model=local_hubert)
-    response = np.abs(af.extract_features(click, "hubert", hubert_model=local_hubert) - base).max(axis=2)
+    response = click_response("hubert", frame, 0.8, hubert_model=local_hubert).max(axis=2)
     # a state sees 25 ms; states 2i and 2i+1 are centred 10 ms before and after frame i's instant,
     # so a click at that instant reaches exactly those two states (one state off would reach 2i-1 or 2i+2)
     changed = np.argwhere(response.reshape(-1) > 1e-5).ravel()
@@ -458,13 +466,8 @@ def test_wenet_outputs_are_centred_on_their_frame(tmp_path, kind):
         path = export_full_encoder(model, tmp_path / "probe.onnx")
     else:
         path = export_streaming(model, tmp_path / "probe.onnx", STREAMING_META)
-    silence = np.zeros(2 * SAMPLE_RATE, dtype=np.float32)
     frame = 31
-    click = silence.copy()
-    centre = frame * SAMPLES_PER_FRAME
-    click[centre - 20:centre + 20] = 0.5 * np.hanning(40)
-    base = af.extract_features(silence, "wenet", wenet_model=path)
-    response = np.abs(af.extract_features(click, "wenet", wenet_model=path) - base).max(axis=1)
+    response = click_response("wenet", frame, 0.5, wenet_model=path).max(axis=1)
     changed = np.argwhere(response > 1e-5).ravel()
     if kind == "full":      # local and symmetric: the click's own frame responds most
         assert set(changed.tolist()) <= {frame - 1, frame, frame + 1} and int(np.argmax(response)) == frame
