@@ -534,12 +534,11 @@ class Trainer:
         if improved and not self._best_was_chosen_by_evaluation():
             ckpt.save_checkpoint(self.save_dir / ckpt.BEST, model_state, config, epoch, metrics=metrics)
         # latest.pth last: once it says epoch N, every file of epoch N exists.
-        own_rng = rng_state(self.device)
         ckpt.save_checkpoint(
             self.save_dir / ckpt.LATEST, model_state, config, epoch, metrics=metrics,
             optimizer=self.optimizer.state_dict(), scaler=self.scaler.state_dict(),
             scheduler=self.scheduler.state_dict() if self.scheduler else None,
-            args=self.config.as_dict(), rng=own_rng, rank_rng=[own_rng] + self._other_ranks_rng[1:],
+            args=self.config.as_dict(), rng=[rng_state(self.device)] + self._other_ranks_rng[1:],
             history=self.history,
             best_score=self.best_score, epochs_without_improvement=self.epochs_without_improvement,
             finished=final)
@@ -581,11 +580,12 @@ class Trainer:
             self.scheduler.load_state_dict(state["scheduler"])
         if state.get("scaler"):
             self.scaler.load_state_dict(state["scaler"])
-        rank_states = state.get("rank_rng") or []
+        # one state per rank (a single dict in runs saved before ranks kept their own)
+        rank_states = state["rng"] if isinstance(state["rng"], list) else [state["rng"]]
         if self.dist.rank < len(rank_states):
             set_rng_state(rank_states[self.dist.rank], self.device)
         else:       # a run saved with fewer processes: this rank continues from a fresh stream
-            set_rng_state(state["rng"], self.device)
+            set_rng_state(rank_states[0], self.device)
             if self.dist.rank:
                 seed_everything(self.config.seed + self.dist.rank + RESUMED_RANK_SEED_STEP * int(state["epoch"]))
         self.history = list(state.get("history", []))
@@ -708,7 +708,7 @@ class Trainer:
                          samples_per_s=len(self.train_loader) * config.batch_size * dist.world_size / seconds,
                          peak_mem_mb=peak_memory_mb(self.device))
             stop = False
-            # every rank's random state goes into latest.pth (rank 0 adds its own after validating)
+            # every rank's random state goes into latest.pth (rank 0's is taken again after validating)
             self._other_ranks_rng = dist.gather(rng_state(self.device))
             if dist.is_main:
                 stop = self._end_epoch_main(epoch + 1, entry)

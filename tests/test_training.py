@@ -213,7 +213,7 @@ def test_ddp_two_cpu_processes_with_gloo(small, tmp_path):
     latest = torch.load(save / "latest.pth", weights_only=False)
     assert latest["optimizer"]["state"][0]["step"] == 4
     # each rank draws its own augmentation, and resume gets every rank's random state back
-    first, second = latest["rank_rng"]
+    first, second = latest["rng"]
     assert not torch.equal(first["torch"], second["torch"])
     assert "destroy_process_group" not in result.stderr
 
