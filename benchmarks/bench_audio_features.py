@@ -137,18 +137,15 @@ def wenet_sized_onnx(folder: Path) -> Path:
 
 
 def bench_wenet(samples, device, folder, threads):
-    import onnxruntime
-
     from data_utils.audio_features import WenetEncoder, kaldi_fbank, wenet_features
+    from data_utils.onnx_backend import open_session, session_options
 
     seconds = len(samples) / 16000
     results = {"fbank_rtf": seconds / best_time(lambda: kaldi_fbank(samples), 2)}
     encoder = WenetEncoder(wenet_sized_onnx(folder), device)
     if str(device) == "cpu":   # hold onnxruntime to the same core count as torch
-        options = onnxruntime.SessionOptions()
-        options.intra_op_num_threads = threads
-        encoder.session = onnxruntime.InferenceSession(str(encoder.path), options,
-                                                       providers=["CPUExecutionProvider"])
+        encoder.session = open_session(encoder.path, "cpu", session_options(threads),
+                                       what_to_do="the benchmark's own WeNet-sized export failed")
     wenet_features(samples[:16000], encoder)                                     # warm-up
     results["encoder_rtf"] = seconds / best_time(lambda: wenet_features(samples, encoder), 2)
     results["providers"] = encoder.session.get_providers()
