@@ -288,6 +288,17 @@ def test_batch_size_larger_than_the_dataset(small, tmp_path, capsys):
     assert "--batch_size 64 is larger than the 11 training frames" in lines[0]
 
 
+@pytest.mark.parametrize("option, value, message", [
+    ("--sync_weight", "-1", "--sync_weight cannot be negative, got -1.0"),
+    ("--lr", "0", "--lr must be positive, got 0.0"),
+    ("--epochs", "0", "--epochs must be at least 1, got 0"),
+])
+def test_option_values_out_of_range(small, tmp_path, capsys, option, value, message):
+    code, lines = run_main(train_328.main, base_args(small, tmp_path / "ck") + [option, value], capsys)
+    assert code == 2 and len(lines) == 1 and message in lines[0]
+    assert not (tmp_path / "ck" / "latest.pth").exists()
+
+
 def test_cuda_requested_but_absent(small, tmp_path, capsys, monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     argv = base_args(small, tmp_path / "ck")
