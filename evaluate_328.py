@@ -14,7 +14,7 @@ mouth opening against loudness only, unless --truth_video is a real video of
 the person speaking that audio (framed like the recording).
 
 Tables, JSON, side-by-side videos and PNG strips go to
-checkpoint/NAME/evaluation/. The work lives in data_utils/evaluation.py.
+checkpoint/NAME/evaluation/. The work lives in lipsync/evaluate/evaluation.py.
 """
 import argparse
 import logging
@@ -24,8 +24,8 @@ from pathlib import Path
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from data_utils.errors import exit_on_user_error  # noqa: E402
-from data_utils.evaluation import (DEFAULT_BATCH_SIZE, DEFAULT_SELECT_BY, SELECTION_METRICS,  # noqa: E402
+from lipsync.core.errors import exit_on_user_error  # noqa: E402
+from lipsync.evaluate.evaluation import (DEFAULT_BATCH_SIZE, DEFAULT_SELECT_BY, SELECTION_METRICS,  # noqa: E402
                                    EvalOptions, evaluate)
 from data_utils.layout import CHECKPOINT_ROOT, DATASET_ROOT  # noqa: E402
 

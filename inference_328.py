@@ -6,7 +6,7 @@
     python inference_328.py --name May --audio_path new.wav --backend onnx
     python inference_328.py --name May --audio_path new.wav --mouth_scale 1.2   # open the mouth wider
 
-The work lives in data_utils/rendering.py (importable: render, load_renderer,
+The work lives in lipsync/render/renderer.py (importable: render, load_renderer,
 render_to_file); this script only parses options.
 """
 import argparse
@@ -17,15 +17,15 @@ from pathlib import Path
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from data_utils.errors import UserError, exit_on_user_error
+from lipsync.core.errors import UserError, exit_on_user_error
 from data_utils.layout import CHECKPOINT_ROOT, DATASET_ROOT, RESULT_ROOT
-from data_utils.mouth_control import DEFAULT_FACELESS_FADE_FRAMES, MOUTH_SCALE_LIMITS
-from data_utils.rendering import (BACKENDS, DEFAULT_BATCH_SIZE, DEFAULT_FEATHER_PX, DEVICES, checkpoint_label,
+from lipsync.render.mouth_control import DEFAULT_FACELESS_FADE_FRAMES, MOUTH_SCALE_LIMITS
+from lipsync.render.renderer import (BACKENDS, DEFAULT_BATCH_SIZE, DEFAULT_FEATHER_PX, DEVICES, checkpoint_label,
                                   default_output_path, load_renderer, locate_run,
                                   render_to_file)
-from data_utils.silence import VAD_CHOICES
+from lipsync.render.silence import VAD_CHOICES
 from data_utils.timebase import ASR_CHOICES
-from data_utils.video_writer import DEFAULT_CRF, DEFAULT_PRESET, X264_PRESETS
+from lipsync.render.video_writer import DEFAULT_CRF, DEFAULT_PRESET, X264_PRESETS
 
 log = logging.getLogger("inference")
 
@@ -79,8 +79,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def export(args) -> Path:
     """checkpoint/NAME/<epoch>.onnx for the chosen checkpoint (kept when already up to date)."""
-    from data_utils.checkpoints import load_unet
-    from data_utils.onnx_backend import ensure_onnx
+    from lipsync.core.checkpoints import load_unet
+    from lipsync.core.onnx_runtime import ensure_onnx
 
     _, checkpoint_path = locate_run(args.name, args.dataset_dir, args.checkpoint, args.dataset_root,
                                     args.checkpoint_root)

@@ -5,7 +5,7 @@
     torchrun --nproc_per_node 4 train_328.py --name May --asr ave   # several GPUs
     python train_328.py --name May --asr ave --resume        # continue an interrupted run
 
-The work lives in data_utils/training.py (Trainer, losses, checkpoints) and
+The work lives in lipsync/train/trainer.py (Trainer, losses, checkpoints) and
 models/unet_328.py (the network).
 """
 import sys
@@ -14,8 +14,8 @@ from pathlib import Path
 if __package__ in (None, ""):  # run as a file (also under torchrun): make the repository importable
     sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from data_utils.errors import exit_on_user_error  # noqa: E402
-from data_utils.training import (SYNC_WEIGHT, TrainConfig, build_parser, configure_console_logging,  # noqa: E402
+from lipsync.core.errors import exit_on_user_error  # noqa: E402
+from lipsync.train.trainer import (SYNC_WEIGHT, TrainConfig, build_parser, configure_console_logging,  # noqa: E402
                                  paths_from_args, train_unet)
 from models.perceptual import PERCEPTUAL_MODES  # noqa: E402
 

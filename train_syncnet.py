@@ -5,7 +5,7 @@
 Each face is shown with its own audio window (in sync) and with the window of a
 frame at least 5 frames away (off sync); held-out sync accuracy is logged every
 epoch. train_328.py --use_syncnet then uses checkpoint/NAME/syncnet/best.pth.
-The work lives in data_utils/training.py (SyncNetTask) and models/syncnet.py.
+The work lives in lipsync/train/trainer.py (SyncNetTask) and models/syncnet.py.
 """
 import sys
 from pathlib import Path
@@ -13,9 +13,9 @@ from pathlib import Path
 if __package__ in (None, ""):  # run as a file (also under torchrun): make the repository importable
     sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from data_utils.checkpoints import SYNCNET_SUBDIR  # noqa: E402
-from data_utils.errors import exit_on_user_error  # noqa: E402
-from data_utils.training import (TrainConfig, build_parser, configure_console_logging,  # noqa: E402
+from lipsync.core.checkpoints import SYNCNET_SUBDIR  # noqa: E402
+from lipsync.core.errors import exit_on_user_error  # noqa: E402
+from lipsync.train.trainer import (TrainConfig, build_parser, configure_console_logging,  # noqa: E402
                                  paths_from_args, train_syncnet)
 
 # SyncNet sees one small mouth band per sample: bigger batches, more epochs than the U-Net.

@@ -53,8 +53,8 @@ CPU_SECONDS = []     # CPU time of the run each best_time() reported, for the pe
 
 def bench_ave_extraction(samples, device, repeats):
     from data_utils.audio import melspectrogram
-    from data_utils.audio_features import ave_features
-    from data_utils.ave_training import AveTrainConfig
+    from data_utils.features.extract import ave_features
+    from data_utils.features.ave_training import AveTrainConfig
     from models.audio_encoders import AveAudioEncoder
 
     seconds = len(samples) / 16000
@@ -72,7 +72,7 @@ def bench_hubert(samples, device, seconds_limit):
     import torch
     from transformers import HubertConfig, HubertModel
 
-    from data_utils.audio_features import hubert_features
+    from data_utils.features.extract import hubert_features
 
     config = HubertConfig(hidden_size=1024, num_hidden_layers=24, num_attention_heads=16, intermediate_size=4096,
                           feat_extract_norm="layer", do_stable_layer_norm=True, conv_bias=True)
@@ -137,8 +137,8 @@ def wenet_sized_onnx(folder: Path) -> Path:
 
 
 def bench_wenet(samples, device, folder, threads):
-    from data_utils.audio_features import WenetEncoder, kaldi_fbank, wenet_features
-    from data_utils.onnx_backend import open_session, session_options
+    from data_utils.features.extract import WenetEncoder, kaldi_fbank, wenet_features
+    from lipsync.core.onnx_runtime import open_session, session_options
 
     seconds = len(samples) / 16000
     results = {"fbank_rtf": seconds / best_time(lambda: kaldi_fbank(samples), 2)}
@@ -154,8 +154,8 @@ def bench_wenet(samples, device, folder, threads):
 
 def bench_training(video: Path, dataset: Path, steps, device):
     from data_utils.audio import as_samples
-    from data_utils.audio_features import _fit_to_frames, ave_mel_windows, count_video_frames
-    from data_utils.ave_training import AveTrainConfig, load_mouth_crops, split_frames, train_sync_model
+    from data_utils.features.extract import _fit_to_frames, ave_mel_windows, count_video_frames
+    from data_utils.features.ave_training import AveTrainConfig, load_mouth_crops, split_frames, train_sync_model
     from data_utils.layout import DatasetLayout
 
     layout = DatasetLayout(dataset)

@@ -53,7 +53,7 @@ def build_person(scratch: Path, video: Path, model_size: str, batch_norm_seed: i
     import torch
     from torch import nn
 
-    from data_utils.checkpoints import UNET_KIND, model_config, save_checkpoint
+    from lipsync.core.checkpoints import UNET_KIND, model_config, save_checkpoint
     from data_utils.layout import DatasetLayout
     from data_utils.preprocess import process_video
     from data_utils.timebase import FEATURE_SPECS
@@ -85,7 +85,7 @@ def speech_file(scratch: Path, seconds: float) -> Path:
 
     from data_utils.audio import load_audio
     from data_utils.timebase import SAMPLE_RATE
-    from data_utils.video_writer import write_wav
+    from lipsync.render.video_writer import write_wav
 
     speech = load_audio(SPEECH)
     wanted = int(seconds * SAMPLE_RATE)
@@ -130,7 +130,7 @@ def torch_model_fps(model, image6, audio, device: str, repeats: int, half: bool 
 
 def onnx_model_fps(onnx_path, image6, audio, device: str, repeats: int, threads=None,
                    optimization: str = "all") -> float:
-    from data_utils.onnx_backend import OnnxUNet
+    from lipsync.core.onnx_runtime import OnnxUNet
 
     session = OnnxUNet(onnx_path, device, threads, optimization)
     if device == "cuda" and session.device != "cuda":
@@ -149,7 +149,7 @@ class CopyCrop:
 
 def end_to_end_fps(args, dataset_root, checkpoint_root, audio_path, output, device, backend, half=False,
                    threads=None, without_model=False):
-    from data_utils.rendering import load_renderer, render_to_file
+    from lipsync.render.renderer import load_renderer, render_to_file
 
     started = time.perf_counter()
     with load_renderer(NAME, dataset_root=dataset_root, checkpoint_root=checkpoint_root, device=device,
@@ -179,8 +179,8 @@ def main(argv=None):
 
     import torch
 
-    from data_utils.checkpoints import load_unet
-    from data_utils.onnx_backend import OPTIMIZATION_LEVELS, cpu_thread_count, ensure_onnx
+    from lipsync.core.checkpoints import load_unet
+    from lipsync.core.onnx_runtime import OPTIMIZATION_LEVELS, cpu_thread_count, ensure_onnx
 
     logging.basicConfig(level=logging.WARNING)
     threads = args.threads or cpu_thread_count()

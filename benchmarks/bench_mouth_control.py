@@ -79,7 +79,7 @@ def vad_accuracy(fixture: Path) -> None:
     import numpy as np
 
     from data_utils.audio import load_audio
-    from data_utils.silence import detect_speech, hold_weights
+    from lipsync.render.silence import detect_speech, hold_weights
 
     samples = load_audio(fixture / "talker_a.mp4")
     silent = truth_silence(fixture / "talker_a.truth.npz", len(samples))
@@ -104,10 +104,10 @@ def control_costs(scratch: Path) -> None:
     from data_utils import crop
     from data_utils.audio import load_audio
     from data_utils.layout import DatasetLayout
-    from data_utils.mouth_control import MouthControls
+    from lipsync.render.mouth_control import MouthControls
     from data_utils.preprocess import process_video
-    from data_utils.rendering import compose_frame
-    from data_utils.silence import VoiceActivity
+    from lipsync.render.renderer import compose_frame
+    from lipsync.render.silence import VoiceActivity
 
     root = scratch / "person"
     root.mkdir()
@@ -207,7 +207,7 @@ def save_picture(path: Path, image) -> Path:
 
     from PIL import Image
 
-    from data_utils.atomic import write_bytes_atomic
+    from lipsync.core.atomic import write_bytes_atomic
 
     picture = Image.fromarray(image[..., ::-1].copy())
     palette = picture.quantize(256, method=Image.Quantize.MEDIANCUT, dither=Image.Dither.FLOYDSTEINBERG)
@@ -227,10 +227,10 @@ def render_effects(args) -> None:
 
     from data_utils.audio import load_audio
     from data_utils.crop import cut_crop
-    from data_utils.evaluation import LandmarkTrack
-    from data_utils.metrics import mouth_opening, offset_correlation
-    from data_utils.rendering import load_renderer, pingpong_index
-    from data_utils.silence import (HOLD_AFTER_SPEECH_FRAMES, RAMP_FRAMES, RELEASE_BEFORE_SPEECH_FRAMES,
+    from lipsync.evaluate.evaluation import LandmarkTrack
+    from lipsync.evaluate.metrics import mouth_opening, offset_correlation
+    from lipsync.render.renderer import load_renderer, pingpong_index
+    from lipsync.render.silence import (HOLD_AFTER_SPEECH_FRAMES, RAMP_FRAMES, RELEASE_BEFORE_SPEECH_FRAMES,
                                     silence_hold_weights)
     from data_utils.timebase import SAMPLE_RATE, SAMPLES_PER_FRAME
 
@@ -313,12 +313,12 @@ def faceless_image(args, scratch: Path) -> None:
     import numpy as np
 
     from data_utils.audio import load_audio
-    from data_utils.checkpoints import resolve_checkpoint
+    from lipsync.core.checkpoints import resolve_checkpoint
     from data_utils.crop import cut_crop
     from data_utils.ffmpeg import run_ffmpeg
     from data_utils.layout import DatasetLayout, checkpoint_dir
     from data_utils.preprocess import process_video
-    from data_utils.rendering import load_renderer, pingpong_index
+    from lipsync.render.renderer import load_renderer, pingpong_index
 
     root = scratch / "covered"
     root.mkdir()

@@ -30,7 +30,7 @@ import torch
 
 from data_utils.dataset import JpegCrops, LipSyncDataset, load_crop_boxes, open_person
 from data_utils.timebase import FPS
-from data_utils.training import TrainConfig, Trainer, UNetTask, peak_memory_mb
+from lipsync.train.trainer import TrainConfig, Trainer, UNetTask, peak_memory_mb
 from models.perceptual import VGG19_LAYERS, VGGPerceptualLoss, build_perceptual_loss
 from models.unet_328 import WIDTHS, LipSyncUNet
 

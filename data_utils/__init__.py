@@ -1,2 +1,2 @@
-"""Everything from a recording to tensors: video, landmarks, crop geometry,
-audio features and datasets."""
+"""Everything from a recording to tensors: video, landmarks, crop geometry, time base,
+dataset layout, audio, the audio-feature encoders (features/) and the datasets."""

@@ -29,9 +29,9 @@ from typing import List
 
 import numpy as np
 
-from data_utils.errors import UserError
+from lipsync.core.errors import UserError
 from data_utils.ffmpeg import ffmpeg_binary, first_decoded_time, last_error_line
-from data_utils.timebase import SAMPLE_RATE
+from data_utils.timebase import FPS, SAMPLE_RATE, SAMPLES_PER_FRAME
 
 log = logging.getLogger(__name__)
 
@@ -128,6 +128,20 @@ def as_samples(audio) -> np.ndarray:
     if not np.all(np.isfinite(samples)):
         raise UserError("the audio contains NaN or infinite samples")
     return samples
+
+
+def fit_to_frames(samples: np.ndarray, frames: int, source) -> np.ndarray:
+    """Exactly ``frames`` x 640 samples: a short tail is padded with silence, extra audio dropped.
+
+    A gap of a frame or more is logged as a warning naming ``source`` (the file the samples came from).
+    """
+    wanted = frames * SAMPLES_PER_FRAME
+    if abs(len(samples) - wanted) >= SAMPLES_PER_FRAME:
+        log.warning("%s has %.3f s of audio for %d frames (%.3f s); aligning to the frames",
+                    source, len(samples) / SAMPLE_RATE, frames, frames / FPS)
+    fitted = np.zeros(wanted, dtype=np.float32)
+    fitted[:min(wanted, len(samples))] = samples[:wanted]
+    return fitted
 
 
 def _mel_basis() -> np.ndarray:

@@ -26,8 +26,8 @@ import torch
 from torch.utils.data import Dataset
 
 from data_utils import crop
-from data_utils.atomic import atomic_path, write_json_atomic
-from data_utils.errors import UserError
+from lipsync.core.atomic import atomic_path, write_json_atomic
+from lipsync.core.errors import UserError
 from data_utils.layout import DatasetLayout
 from data_utils.timebase import ASR_CHOICES, FEATURE_SPECS, model_audio_input
 
@@ -149,8 +149,8 @@ def process_command(layout: DatasetLayout, asr: Optional[str] = None) -> str:
 
 
 def feature_metadata_path(layout: DatasetLayout, asr: str) -> Path:
-    """aud_<asr>.json next to the features (which encoder made them), from data_utils/audio_features.py."""
-    from data_utils.audio_features import metadata_path
+    """aud_<asr>.json next to the features (which encoder made them), from data_utils/features/extract.py."""
+    from data_utils.features.extract import metadata_path
 
     return metadata_path(layout.features(asr))
 

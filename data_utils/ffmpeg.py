@@ -16,7 +16,7 @@ from fractions import Fraction
 from pathlib import Path
 from typing import List, Optional
 
-from data_utils.errors import UserError
+from lipsync.core.errors import UserError
 
 FFMPEG_ENV_VARIABLE = "LIPSYNC_FFMPEG"
 

@@ -15,7 +15,7 @@ from typing import List, Optional, Tuple
 import numpy as np
 
 from data_utils.crop import IBUG68, MEDIAPIPE
-from data_utils.errors import UserError
+from lipsync.core.errors import UserError
 
 BACKENDS = ("mediapipe", "face_alignment")
 

@@ -2,8 +2,10 @@
 ../shared/TRAINING_GUIDE.md), defined once."""
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Optional, Sequence
 
 from data_utils.timebase import FEATURE_SPECS
+from lipsync.core.errors import UserError
 
 DATASET_ROOT = Path("dataset")
 CHECKPOINT_ROOT = Path("checkpoint")
@@ -82,6 +84,34 @@ class DatasetLayout:
     @property
     def crop_cache(self) -> Path:          # uint8 memory-mapped 328 crops for training
         return self.root / "crops_328.u8"
+
+    def processed_outputs(self) -> Sequence[Path]:
+        """What every later stage reads: without these the folder is not a processed dataset."""
+        return (self.crop_boxes, self.frames_dir, self.audio_wav)
+
+    def is_processed(self) -> bool:
+        return all(path.exists() for path in self.processed_outputs())
+
+    def require_processed(self, why: str = "", asr: Optional[str] = None, needed: Optional[Sequence[Path]] = None):
+        """Raise a UserError naming the preprocessing command unless the folder is processed.
+
+        ``why`` completes "does not exist — " for a missing folder (what the caller wanted it for);
+        ``needed`` narrows the outputs checked (default: processed_outputs()).
+        """
+        if not self.root.is_dir():
+            reason = why or f"put the recording at {self.source_video()} and"
+            raise UserError(f"{self.root} does not exist — {reason} run: {process_command(self, asr)}")
+        for path in (needed if needed is not None else self.processed_outputs()):
+            if not path.exists():
+                raise UserError(f"{self.root} is not processed (no {path.name}) — run: {process_command(self, asr)}")
+        return self
+
+
+def process_command(layout: DatasetLayout, asr: Optional[str] = None) -> str:
+    """The preprocessing command that (re)makes ``layout``'s outputs: every error that needs it prints this."""
+    command = (f"python data_utils/process.py --input_video {layout.source_video()} "
+               f"--output_dir {layout.root}")
+    return command + (f" --asr {asr}" if asr else "")
 
 
 def checkpoint_dir(name: str, checkpoint_root=CHECKPOINT_ROOT) -> Path:

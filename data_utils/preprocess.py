@@ -9,7 +9,7 @@ done, recorded in ``.process_state.json``):
              to landmarks/ + landmarks.npy, frames without a face interpolated
 3. audio     aud.wav, 16 kHz mono PCM16, exactly frames x 640 samples
 4. crops     crop_boxes.npy, the temporally smoothed crop squares (data_utils/crop.py)
-5. features  aud_<asr>.npy when --asr is given (data_utils/audio_features.py)
+5. features  aud_<asr>.npy when --asr is given (data_utils/features/extract.py)
 
 A re-run skips finished stages whose inputs are unchanged and redoes the rest,
 so Ctrl-C at any point followed by a re-run yields a complete dataset.
@@ -27,8 +27,8 @@ from typing import Dict, List, Optional
 import numpy as np
 
 from data_utils import crop
-from data_utils.atomic import atomic_directory, atomic_path, save_numpy_atomic, write_json_atomic
-from data_utils.errors import UserError
+from lipsync.core.atomic import atomic_directory, atomic_path, save_numpy_atomic, write_json_atomic
+from lipsync.core.errors import UserError
 from data_utils.ffmpeg import (MediaInfo, audio_start_offset, ffmpeg_binary, is_constant_frame_rate, last_error_line,
                                probe)
 from data_utils.landmarks import create_landmarker, format_lms, interpolate_missing, missing_ranges
@@ -367,12 +367,12 @@ def compute_crop_boxes(layout: DatasetLayout) -> Dict:
 
 def compute_features(layout: DatasetLayout, asr: str, feature_options: Dict, force: bool) -> Dict:
     try:
-        from data_utils import audio_features
+        from data_utils.features import extract as audio_features
     except ImportError as error:
         if "audio_features" not in str(error):
             raise
         raise UserError(f"--asr {asr}: audio feature extraction is not available in this version "
-                        "(data_utils/audio_features.py is missing); run without --asr") from None
+                        "(data_utils/features/extract.py is missing); run without --asr") from None
     path = audio_features.prepare_dataset_features(layout.root, asr, force=force,
                                                    progress=_progress.enabled, **feature_options)
     return {"asr": asr, "file": Path(path).name}

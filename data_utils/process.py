@@ -12,7 +12,7 @@ from pathlib import Path
 if __package__ in (None, ""):  # run as a file: make the repository importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from data_utils.errors import UserError, exit_on_user_error  # noqa: E402
+from lipsync.core.errors import UserError, exit_on_user_error  # noqa: E402
 from data_utils.landmarks import BACKENDS  # noqa: E402
 from data_utils.preprocess import (MAX_MISSING_FACE_FRACTION, MAX_MISSING_FACE_SECONDS,  # noqa: E402
                                    process_video)

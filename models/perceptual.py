@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from data_utils.errors import UserError
+from lipsync.core.errors import UserError
 
 log = logging.getLogger("perceptual")
 

@@ -4,7 +4,7 @@ A face encoder on the mouth band of the 320 inner crop and an audio encoder on
 the frame's feature window each give an L2-normalised embedding; their cosine
 similarity, scaled by a learned temperature, is the logit of "in sync".
 Trained on real pairs and on off-sync pairs (the same face with the audio of a
-frame elsewhere in the recording, data_utils.training.SyncNetTask); frozen, it
+frame elsewhere in the recording, lipsync.train.trainer.SyncNetTask); frozen, it
 gives the U-Net a sync loss on the mouths it draws.
 """
 from typing import Dict, Tuple

@@ -16,10 +16,10 @@ import pytest
 import torch
 from torch import nn
 
-from data_utils import audio_features as af
+from data_utils.features import extract as af
 from data_utils.audio import MEL_BANDS, MEL_FMAX, MEL_FMIN, SILENCE_MEL_VALUE, load_audio, melspectrogram
-from data_utils.ave_training import AveTrainConfig, train_ave_encoder
-from data_utils.errors import UserError
+from data_utils.features.ave_training import AveTrainConfig, train_ave_encoder
+from lipsync.core.errors import UserError
 from data_utils.timebase import SAMPLE_RATE, SAMPLES_PER_FRAME, frame_count_for_samples, model_audio_input
 from models.audio_encoders import AveAudioEncoder
 from tests.conftest import CLIP, HELDOUT_WAV, REPO_ROOT, ffmpeg
@@ -603,7 +603,7 @@ def test_ave_training_saves_a_loadable_encoder_and_its_report(processed_copy, on
 
 
 def af_gap():
-    from data_utils.ave_training import HELDOUT_GAP
+    from data_utils.features.ave_training import HELDOUT_GAP
 
     return HELDOUT_GAP
 
@@ -621,8 +621,8 @@ def test_too_short_recording_cannot_train_ave(processed_copy):
 # ---------------------------------------------------------------------------------------------
 
 def _run_cli(arguments, module=False, env=None):
-    command = [sys.executable, "-m", "data_utils.audio_features"] if module else \
-        [sys.executable, str(REPO_ROOT / "data_utils" / "audio_features.py")]
+    command = [sys.executable, "-m", "data_utils.features.extract"] if module else \
+        [sys.executable, str(REPO_ROOT / "data_utils" / "features" / "extract.py")]
     return subprocess.run(command + [str(argument) for argument in arguments], capture_output=True, text=True,
                           cwd=REPO_ROOT if module else "/", env={**os.environ, **(env or {})})
 

@@ -16,12 +16,12 @@ import pytest
 import torch
 from torch import nn
 
-from data_utils import checkpoints as ckpt
-from data_utils import evaluation
+from lipsync.core import checkpoints as ckpt
+from lipsync.evaluate import evaluation
 from data_utils.audio import load_audio
-from data_utils.evaluation import CheckpointResult, EvalOptions, choose_best, evaluate
+from lipsync.evaluate.evaluation import CheckpointResult, EvalOptions, choose_best, evaluate
 from data_utils.ffmpeg import probe
-from data_utils.video_writer import write_wav
+from lipsync.render.video_writer import write_wav
 from evaluate_328 import main as evaluate_main
 from tests.conftest import HELDOUT_WAV, ffmpeg, cli_error_line
 
@@ -50,7 +50,7 @@ def random_ave_encoder(path):
 def train_tiny_unet(root, run_dir):
     """TRAIN_STEPS steps of the training code's U-Net objective; returns (state, config)."""
     from data_utils.dataset import open_person
-    from data_utils.training import TrainConfig, UNetTask
+    from lipsync.train.trainer import TrainConfig, UNetTask
     from models.unet_328 import WIDTHS, LipSyncUNet
 
     torch.manual_seed(0)
@@ -86,7 +86,7 @@ def damaged(state):
 def run(processed_clip, tmp_path_factory):
     """dataset/talker (with ave features) and checkpoint/talker: 10.pth trained, 20.pth damaged,
     syncnet/best.pth a tiny SyncNet, all under one temporary project root."""
-    from data_utils.audio_features import prepare_dataset_features
+    from data_utils.features.extract import prepare_dataset_features
     from models.syncnet import SYNC_WIDTHS, SyncNet
 
     project = tmp_path_factory.mktemp("project")
@@ -163,7 +163,7 @@ def test_selection_picks_the_trained_checkpoint_over_the_damaged_one(run, heldou
 
 
 def test_inference_loads_the_chosen_best_checkpoint(run, heldout):
-    from data_utils.rendering import load_renderer
+    from lipsync.render.renderer import load_renderer
 
     with load_renderer("talker", checkpoint="best", device="cpu", dataset_root=run / "dataset",
                        checkpoint_root=run / "checkpoint") as renderer:

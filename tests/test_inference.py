@@ -22,17 +22,17 @@ import torch
 
 from data_utils import crop
 from data_utils.audio import load_audio
-from data_utils.audio_features import extract_features, prepare_dataset_features
-from data_utils.checkpoints import UNET_KIND, model_config, save_checkpoint
+from data_utils.features.extract import extract_features, prepare_dataset_features
+from lipsync.core.checkpoints import UNET_KIND, model_config, save_checkpoint
 from data_utils.dataset import read_feature_metadata
-from data_utils.errors import UserError
+from lipsync.core.errors import UserError
 from data_utils.ffmpeg import ffmpeg_binary, probe, video_packet_times
 from data_utils.layout import DatasetLayout
-from data_utils.onnx_backend import OnnxUNet, ensure_onnx, onnx_path_for
-from data_utils.rendering import (compose_frame, load_renderer, match_colours, pingpong_index, pingpong_indices,
+from lipsync.core.onnx_runtime import OnnxUNet, ensure_onnx, onnx_path_for
+from lipsync.render.renderer import (compose_frame, load_renderer, match_colours, pingpong_index, pingpong_indices,
                                   render, render_to_file)
 from data_utils.timebase import SAMPLE_RATE, SAMPLES_PER_FRAME, frame_count_for_samples, model_audio_input
-from data_utils.video_writer import write_wav
+from lipsync.render.video_writer import write_wav
 from inference_328 import main as inference_main
 from models.unet_328 import WIDTHS, LipSyncUNet
 from tests.conftest import CLIP_FRAMES_25FPS, HELDOUT_WAV, cli_error_line
@@ -253,7 +253,7 @@ def test_streaming_pieces_give_the_same_frames_with_bounded_latency(renderer, sh
 
 
 def test_a_model_in_memory_renders_like_its_checkpoint(person, renderer):
-    from data_utils.checkpoints import load_unet
+    from lipsync.core.checkpoints import load_unet
 
     model, _ = load_unet(person.checkpoint, "cpu")
     model.train()
@@ -332,7 +332,7 @@ def test_onnx_export_agrees_with_torch_and_renders(person, renderer, heldout, ca
     assert exported == onnx_path_for(person.checkpoint) and exported.is_file()
     assert f"exported {exported}" in capsys.readouterr().out
 
-    from data_utils.checkpoints import load_unet
+    from lipsync.core.checkpoints import load_unet
     from data_utils.dataset import model_input_batch
 
     model, config = load_unet(person.checkpoint, "cpu")
@@ -520,7 +520,7 @@ def test_wenet_audio_streamed_in_pieces_gives_the_whole_file_windows(processed_c
 # ---------------------------------------------------------------------------- the writer alone
 
 def test_video_writer_failure_is_one_line_and_leaves_no_file(tmp_path):
-    from data_utils.video_writer import VideoWriter
+    from lipsync.render.video_writer import VideoWriter
 
     not_audio = tmp_path / "notes.txt"
     not_audio.write_text("not audio\n")

@@ -10,9 +10,10 @@ import cv2
 import numpy as np
 import pytest
 
-from data_utils import crop, metrics
+from data_utils import crop
+from lipsync.evaluate import metrics
 from data_utils.audio import load_audio
-from data_utils.evaluation import detect_landmarks
+from lipsync.evaluate.evaluation import detect_landmarks
 from data_utils.timebase import SAMPLE_RATE, SAMPLES_PER_FRAME
 from tests.conftest import CLIP_FRAMES_25FPS, CLIP_TRUTH
 

@@ -19,18 +19,19 @@ import numpy as np
 import pytest
 import torch
 
-from data_utils import crop, silence
+from data_utils import crop
+from lipsync.render import silence
 from data_utils.audio import load_audio
 from data_utils.dataset import model_input_batch, open_person
-from data_utils.errors import UserError
-from data_utils.evaluation import detect_landmarks
+from lipsync.core.errors import UserError
+from lipsync.evaluate.evaluation import detect_landmarks
 from data_utils.ffmpeg import video_packet_times
 from data_utils.layout import DatasetLayout
-from data_utils.metrics import mouth_opening, offset_correlation
-from data_utils.mouth_control import (MOUTH_SCALE_LIMITS, choose_neutral_frame, load_face_found,
+from lipsync.evaluate.metrics import mouth_opening, offset_correlation
+from lipsync.render.mouth_control import (MOUTH_SCALE_LIMITS, choose_neutral_frame, load_face_found,
                                       opening_warp_maps, presence_weights)
-from data_utils.rendering import load_renderer, pingpong_indices
-from data_utils.silence import (HOLD_AFTER_SPEECH_FRAMES, LOOK_AHEAD_FRAMES, LOOK_BACK_FRAMES, RAMP_FRAMES,
+from lipsync.render.renderer import load_renderer, pingpong_indices
+from lipsync.render.silence import (HOLD_AFTER_SPEECH_FRAMES, LOOK_AHEAD_FRAMES, LOOK_BACK_FRAMES, RAMP_FRAMES,
                                 RELEASE_BEFORE_SPEECH_FRAMES, SilenceHold, detect_speech, hold_weights,
                                 silence_hold_weights)
 from data_utils.timebase import SAMPLE_RATE, SAMPLES_PER_FRAME, frame_count_for_samples

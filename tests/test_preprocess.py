@@ -424,7 +424,7 @@ def test_asr_option_adds_the_audio_features_as_the_last_stage(processed_copy, tm
     assert features.shape[:2] == (CLIP_FRAMES_25FPS, 2) and np.isfinite(features).all()
     assert json.loads((processed_copy / "aud_hu.json").read_text())["frames"] == CLIP_FRAMES_25FPS
     # Finished, the stage is skipped on a re-run like every other stage.
-    from data_utils import audio_features
+    from data_utils.features import extract as audio_features
 
     monkeypatch.setattr(audio_features, "prepare_dataset_features",
                         lambda *a, **k: (_ for _ in ()).throw(AssertionError("features redone")))

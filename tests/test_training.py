@@ -12,13 +12,13 @@ import torch
 
 import train_328
 import train_syncnet
-from data_utils import checkpoints as ckpt
+from lipsync.core import checkpoints as ckpt
 from data_utils.dataset import (MIN_OFFSYNC_FRAMES, JpegCrops, SyncPairDataset, build_crop_cache,
                                 cache_info_path, load_crop_boxes, open_person)
-from data_utils.errors import UserError
+from lipsync.core.errors import UserError
 from data_utils.layout import DatasetLayout
 from data_utils.timebase import FEATURE_SPECS
-from data_utils.training import Distributed, TrainConfig, Trainer, UNetTask
+from lipsync.train.trainer import Distributed, TrainConfig, Trainer, UNetTask
 from models.unet_328 import WIDTHS, LipSyncUNet
 from tests.training_helpers import make_small_dataset, write_test_features
 

@@ -3,7 +3,7 @@
 The tests must not download or train a real audio encoder, so features come
 from a fixed random projection of the clip's own log-mel spectrogram, averaged
 per video frame: real, speech-driven values of the right layout (N, per_frame)
-aligned to the frames, written where data_utils/audio_features.py writes them.
+aligned to the frames, written where data_utils/features/extract.py writes them.
 """
 import json
 from pathlib import Path
@@ -81,7 +81,7 @@ def person_with_ave_features(processed_clip, base, name: str, ave_width: float):
 
     import torch
 
-    from data_utils.audio_features import prepare_dataset_features
+    from data_utils.features.extract import prepare_dataset_features
     from models.audio_encoders import AveAudioEncoder
 
     base = Path(base)
@@ -100,7 +100,7 @@ def person_with_ave_features(processed_clip, base, name: str, ave_width: float):
 
 def save_tiny_unet_checkpoint(model, audio_shape, person, name: str, epoch: int) -> Path:
     """checkpoint_root/NAME/EPOCH.pth for a tiny ``model`` trained on ``person``'s ave features."""
-    from data_utils.checkpoints import UNET_KIND, model_config, save_checkpoint
+    from lipsync.core.checkpoints import UNET_KIND, model_config, save_checkpoint
     from data_utils.dataset import read_feature_metadata
     from models.unet_328 import WIDTHS
 

@@ -2,14 +2,14 @@
 
 They have the two input signatures a released WeNet ONNX export has
 (export_onnx_gpu.py's full-utterance encoder, export_onnx_cpu.py's streaming
-encoder with attention and conv caches), so data_utils.audio_features reads
+encoder with attention and conv caches), so data_utils.features.extract reads
 them exactly as it reads a real model. Nothing is downloaded.
 """
 import torch
 from torch import nn
 from torch.nn import functional as F
 
-from data_utils import audio_features as af
+from data_utils.features import extract as af
 
 WENET_DIM = 16            # a 16-frame window of 16 values fills one 16x16 plane
 FULL_EXAMPLE_FRAMES = 67  # fbank frames of the example input the full encoder is traced with

@@ -22,7 +22,7 @@
    warp acts frame by frame on what the model drew, so the timing (the lip
    sync) is the model's. It fades to nothing before the feathered edge of
    the repainted region, so paste-back stays seamless.
-3. The silence hold (weights from data_utils/silence.py) cross-fades the
+3. The silence hold (weights from lipsync/render/silence.py) cross-fades the
    generated mouth to the person's own closed mouth. That mouth is the frame
    of the recording whose audio is silent (same detector) and whose
    inner-lip gap is the smallest. It is placed into each background frame
@@ -40,7 +40,7 @@ from typing import Callable, Optional
 import numpy as np
 
 from data_utils import crop as crop_geometry
-from data_utils.errors import UserError
+from lipsync.core.errors import UserError
 from data_utils.layout import DatasetLayout
 
 log = logging.getLogger(__name__)
@@ -162,7 +162,7 @@ def _stable_points(scheme) -> list:
 # =============================================================================
 
 def mouth_openings(landmarks: np.ndarray) -> np.ndarray:
-    from data_utils.metrics import mouth_opening
+    from lipsync.evaluate.metrics import mouth_opening
 
     return mouth_opening(landmarks)
 
@@ -210,7 +210,7 @@ class NeutralMouth:
 
         from data_utils.audio import load_audio
         from data_utils.dataset import process_command
-        from data_utils.silence import detect_speech
+        from lipsync.render.silence import detect_speech
 
         for needed in (layout.landmarks_array, layout.audio_wav):
             if not needed.is_file():
@@ -418,7 +418,7 @@ class MouthControls:
     """Per-frame mouth controls of one renderer (one recording).
 
     ``silence_hold``: cross-fade to the person's closed mouth in pauses
-    (``vad``: the detector, data_utils/silence.py); ``mouth_scale``: opening
+    (``vad``: the detector, lipsync/render/silence.py); ``mouth_scale``: opening
     factor; ``paint_faceless``: paint frames without a face too;
     ``faceless_fade``: frames over which the mouth fades out before them.
     """
@@ -448,7 +448,7 @@ class MouthControls:
 
     def new_silence_hold(self):
         """A SilenceHold for one audio stream, or None when the hold is off."""
-        from data_utils.silence import SilenceHold
+        from lipsync.render.silence import SilenceHold
 
         return SilenceHold(self.vad) if self.neutral is not None else None
 

@@ -1,6 +1,6 @@
 """Any new audio in, the person's lip-synced frames out: the importable render API.
 
-    from data_utils.rendering import load_renderer, render, render_to_file
+    from lipsync.render.renderer import load_renderer, render, render_to_file
 
     for frame in render("May", "new.wav"):                # (H, W, 3) BGR uint8 frames
         ...
@@ -25,10 +25,10 @@ How a frame is made (frame i of the output, 25 fps, 640 samples of audio each):
 - paste-back: the generated 320 square replaces the crop's centre and is
   blended into the frame through data_utils.crop.paste_crop's feathered mask
   (no hard rectangle), optionally after matching its colours to the frame;
-- mouth controls (data_utils/mouth_control.py, issue 7), between the model and
+- mouth controls (lipsync/render/mouth_control.py, issue 7), between the model and
   the paste-back: recording frames without a face are written untouched; the
   mouth opening is scaled by ``mouth_scale``; in pauses of the audio
-  (data_utils/silence.py) the mouth cross-fades to the person's own closed
+  (lipsync/render/silence.py) the mouth cross-fades to the person's own closed
   mouth.
 
 Streaming: audio features are computed piece by piece, with enough audio
@@ -51,9 +51,9 @@ from typing import Deque, Dict, Iterator, List, Optional, Tuple
 import numpy as np
 
 from data_utils import crop as crop_geometry
-from data_utils.errors import UserError
+from lipsync.core.errors import UserError
 from data_utils.layout import CHECKPOINT_ROOT, DATASET_ROOT, RESULT_ROOT, DatasetLayout, checkpoint_dir
-from data_utils.mouth_control import DEFAULT_FACELESS_FADE_FRAMES, MouthControls, check_mouth_scale
+from lipsync.render.mouth_control import DEFAULT_FACELESS_FADE_FRAMES, MouthControls, check_mouth_scale
 from data_utils.timebase import (ASR_CHOICES, FEATURE_SPECS, SAMPLE_RATE, SAMPLES_PER_FRAME, WINDOW_AFTER,
                                  WINDOW_BEFORE, frame_count_for_samples, model_audio_input)
 
@@ -178,7 +178,7 @@ def locate_run(name: Optional[str], dataset_dir=None, checkpoint=None, dataset_r
 
     ``checkpoint``: None (newest epoch), an epoch number, "best"/"latest", or a .pth path.
     """
-    from data_utils.checkpoints import resolve_checkpoint
+    from lipsync.core.checkpoints import resolve_checkpoint
     from data_utils.dataset import process_command
 
     if name is None and dataset_dir is None:
@@ -213,7 +213,7 @@ def locate_run(name: Optional[str], dataset_dir=None, checkpoint=None, dataset_r
 
 def checkpoint_label(checkpoint_path) -> str:
     """The epoch a checkpoint holds, for output names: "120" for 120.pth, else its stored epoch."""
-    from data_utils.checkpoints import read_checkpoint
+    from lipsync.core.checkpoints import read_checkpoint
 
     path = Path(checkpoint_path)
     if path.stem.isdigit():
@@ -239,7 +239,7 @@ def feature_encoder_source(config: Dict, layout: DatasetLayout, ave_checkpoint=N
     feature metadata when it still exists; otherwise the dataset's default
     (dataset/NAME/ave.pth for ave).
     """
-    from data_utils.audio_features import resolve_encoder
+    from data_utils.features.extract import resolve_encoder
 
     asr = config["asr"]
     recorded = (config.get("features") or {}).get("encoder")
@@ -264,7 +264,7 @@ class AudioFeaturizer:
     """16 kHz samples -> (N, *per_frame) features, one row per 25 fps frame; encoder loaded once."""
 
     def __init__(self, asr: str, source: str, device: str = "cpu"):
-        from data_utils import audio_features
+        from data_utils.features import extract as audio_features
 
         if asr not in ASR_CHOICES:
             raise UserError(f"unknown --asr {asr!r} — choose one of: {', '.join(ASR_CHOICES)}")
@@ -337,13 +337,13 @@ def to_bgr_u8(rgb):
 
 
 class OnnxRuntimeUNet:
-    """The same call as TorchUNet, through onnxruntime (data_utils.onnx_backend)."""
+    """The same call as TorchUNet, through onnxruntime (lipsync.core.onnx_runtime)."""
 
     backend = "onnx"
 
     def __init__(self, onnx_path, device: str = "cpu", threads: Optional[int] = None,
                  optimization: str = "all"):
-        from data_utils.onnx_backend import OnnxUNet
+        from lipsync.core.onnx_runtime import OnnxUNet
 
         self.session = OnnxUNet(onnx_path, device, threads, optimization)
         self.device = self.session.device
@@ -369,7 +369,7 @@ class RenderOptions:
     feather_px: float = DEFAULT_FEATHER_PX
     colour_match: bool = False
     workers: Optional[int] = None      # threads for decoding and paste-back; None = up to the core count
-    # Mouth controls (data_utils/mouth_control.py):
+    # Mouth controls (lipsync/render/mouth_control.py):
     silence_hold: bool = True          # pauses in the audio show the person's own closed mouth
     vad: Optional[str] = None          # pause detector: "silero" (None: silero, or energy without silero-vad)
     mouth_scale: float = 1.0           # > 1 opens the mouth wider, < 1 less
@@ -377,7 +377,7 @@ class RenderOptions:
     faceless_fade: int = DEFAULT_FACELESS_FADE_FRAMES   # frames the mouth fades out over before them
 
     def check(self) -> "RenderOptions":
-        from data_utils.silence import VAD_CHOICES
+        from lipsync.render.silence import VAD_CHOICES
 
         if int(self.batch_size) < 1:
             raise UserError(f"--batch_size must be at least 1, got {self.batch_size}")
@@ -401,7 +401,7 @@ class LipSyncRenderer:
     def __init__(self, layout: DatasetLayout, unet, featurizer: AudioFeaturizer, config: Dict,
                  options: Optional[RenderOptions] = None, checkpoint_path: Optional[Path] = None):
         from data_utils.dataset import load_crop_boxes
-        from data_utils.onnx_backend import cpu_thread_count
+        from lipsync.core.onnx_runtime import cpu_thread_count
 
         self.layout = layout
         self.unet = unet
@@ -719,7 +719,7 @@ def load_renderer(name: Optional[str] = None, *, dataset_dir=None, checkpoint=No
     ``options``: RenderOptions fields (batch_size, feather_px, colour_match, workers, and the mouth
     controls silence_hold, vad, mouth_scale, paint_faceless, faceless_fade).
     """
-    from data_utils.checkpoints import load_unet
+    from lipsync.core.checkpoints import load_unet
 
     if backend not in BACKENDS:
         raise UserError(f"unknown --backend {backend!r} — choose one of: {', '.join(BACKENDS)}")
@@ -732,7 +732,7 @@ def load_renderer(name: Optional[str] = None, *, dataset_dir=None, checkpoint=No
     log.info("%s: %s, --asr %s, widths %s, on %s (%s)", layout.name, checkpoint_path, config["asr"],
              config.get("widths"), device, backend)
     if backend == "onnx":
-        from data_utils.onnx_backend import ensure_onnx
+        from lipsync.core.onnx_runtime import ensure_onnx
 
         unet = OnnxRuntimeUNet(ensure_onnx(checkpoint_path, model, config), device, onnx_threads, onnx_optimization)
     else:
@@ -805,9 +805,9 @@ def render_to_file(renderer: LipSyncRenderer, audio, output, start_frame: int = 
     """
     from tqdm import tqdm
 
-    from data_utils.atomic import temporary_sibling
+    from lipsync.core.atomic import temporary_sibling
     from data_utils.audio import as_samples
-    from data_utils.video_writer import DEFAULT_CRF, DEFAULT_PRESET, VideoWriter, check_output_writable, write_wav
+    from lipsync.render.video_writer import DEFAULT_CRF, DEFAULT_PRESET, VideoWriter, check_output_writable, write_wav
 
     output = check_output_writable(output)
     start_frame = renderer.check_start_frame(start_frame)

@@ -24,9 +24,9 @@ from typing import Dict, Optional, Sequence
 
 import numpy as np
 
-from data_utils.atomic import atomic_path
+from lipsync.core.atomic import atomic_path
 from data_utils.crop import INNER_SIZE
-from data_utils.errors import UserError
+from lipsync.core.errors import UserError
 
 log = logging.getLogger(__name__)
 
@@ -189,7 +189,7 @@ def _first_line(error: Exception) -> str:
 class OnnxUNet:
     """Runs an exported U-Net: ``(image6, audio)`` float32 numpy -> (B, 3, 320, 320) float32.
 
-    ``device``: "cpu" or "cuda" (already resolved; see data_utils.rendering.resolve_device).
+    ``device``: "cpu" or "cuda" (already resolved; see lipsync.render.renderer.resolve_device).
     """
 
     def __init__(self, path, device: str = "cpu", threads: Optional[int] = None, optimization: str = "all"):

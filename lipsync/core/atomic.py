@@ -10,6 +10,8 @@ import os
 import shutil
 from pathlib import Path
 
+from lipsync.core.errors import UserError
+
 
 def temporary_sibling(path: Path) -> Path:
     """A name next to ``path`` that no finished output ever has."""
@@ -58,6 +60,17 @@ def save_numpy_atomic(path, array) -> None:
     import numpy as np
 
     write_file_atomic(path, lambda handle: np.save(handle, array))
+
+
+def write_png_atomic(path, image_bgr) -> Path:
+    """A BGR uint8 picture as PNG at ``path``, atomically; returns the path."""
+    import cv2  # OpenCV is heavy and only pictures need it
+
+    ok, encoded = cv2.imencode(".png", image_bgr)
+    if not ok:
+        raise UserError(f"could not encode {Path(path).name} as PNG")
+    write_bytes_atomic(path, encoded.tobytes())
+    return Path(path)
 
 
 def save_torch_atomic(path, obj) -> None:

@@ -24,12 +24,12 @@ from pathlib import Path
 from typing import Dict, Optional, Tuple
 
 if __package__ in (None, ""):
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 import numpy as np
 
-from data_utils.atomic import save_torch_atomic
-from data_utils.errors import UserError, exit_on_user_error
+from lipsync.core.atomic import save_torch_atomic
+from lipsync.core.errors import UserError, exit_on_user_error
 from data_utils.layout import DatasetLayout
 
 log = logging.getLogger(__name__)
@@ -260,7 +260,7 @@ def train_ave_encoder(dataset_dir, config: Optional[AveTrainConfig] = None, devi
     Returns the training report (held-out accuracy etc.), also stored in ave.pth.
     """
     from data_utils.audio import as_samples
-    from data_utils.audio_features import (AVE_CHECKPOINT_FORMAT, _fit_to_frames, _torch_load, ave_mel_windows,
+    from data_utils.features.extract import (AVE_CHECKPOINT_FORMAT, _fit_to_frames, _torch_load, ave_mel_windows,
                                            count_video_frames)
 
     layout = DatasetLayout(Path(dataset_dir))

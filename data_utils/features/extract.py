@@ -1,8 +1,8 @@
 """Audio features for ``--asr ave|hubert|wenet``, one row per 25 fps video frame.
 
-    python data_utils/audio_features.py --asr ave --wav dataset/May/aud.wav
-    python data_utils/audio_features.py --asr hubert --wav dataset/May/aud.wav
-    python data_utils/audio_features.py --asr wenet --wav dataset/May/aud.wav --wenet_model encoder.onnx
+    python data_utils/features/extract.py --asr ave --wav dataset/May/aud.wav
+    python data_utils/features/extract.py --asr hubert --wav dataset/May/aud.wav
+    python data_utils/features/extract.py --asr wenet --wav dataset/May/aud.wav --wenet_model encoder.onnx
 
 Alignment (data_utils/timebase.py is the contract): feature row i belongs to
 video frame i, and every encoder centres row i on that frame's instant,
@@ -32,14 +32,14 @@ from pathlib import Path
 from typing import Callable, Optional, Tuple
 
 if __package__ in (None, ""):
-    # Run as a file (python data_utils/audio_features.py): make the repo importable.
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+    # Run as a file (python data_utils/features/extract.py): make the repo importable.
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 import numpy as np
 
-from data_utils.atomic import save_numpy_atomic, write_json_atomic
+from lipsync.core.atomic import save_numpy_atomic, write_json_atomic
 from data_utils.audio import MEL_HOP, SILENCE_MEL_VALUE, as_samples, melspectrogram
-from data_utils.errors import UserError, exit_on_user_error
+from lipsync.core.errors import UserError, exit_on_user_error
 from data_utils.layout import DatasetLayout
 from data_utils.timebase import (ASR_CHOICES, FEATURE_SPECS, FPS, SAMPLE_RATE, SAMPLES_PER_FRAME,
                                  frame_count_for_samples)
@@ -78,7 +78,7 @@ WENET_STREAMING_METADATA = ("output_size", "num_blocks", "head", "cnn_module_ker
                             "left_chunks", "subsampling_rate", "right_context")
 WENET_FULL_INPUTS = ("speech", "speech_lengths")
 
-AVE_CHECKPOINT_FORMAT = "lipsync-ave/1"   # ave.pth written by data_utils/ave_training.py
+AVE_CHECKPOINT_FORMAT = "lipsync-ave/1"   # ave.pth written by data_utils/features/ave_training.py
 
 
 # =============================================================================
@@ -406,7 +406,7 @@ class WenetEncoder:
     """
 
     def __init__(self, path, device="cpu"):
-        from data_utils.onnx_backend import open_session
+        from lipsync.core.onnx_runtime import open_session
 
         path = Path(path)
         if not path.exists():
@@ -633,7 +633,7 @@ def prepare_dataset_features(dataset_dir, asr, *, ave_checkpoint=None, hubert_mo
     """Write dataset_dir/aud_<asr>.npy (one row per frame in full_body_img/) and its metadata JSON.
 
     For ``ave`` without a checkpoint the person's encoder is learned first
-    (dataset_dir/ave.pth, data_utils/ave_training.py, ``ave_config`` an
+    (dataset_dir/ave.pth, data_utils/features/ave_training.py, ``ave_config`` an
     AveTrainConfig). Finished work whose metadata matches the request is kept
     unless ``force`` (which also relearns ave.pth).
     """
@@ -650,7 +650,7 @@ def prepare_dataset_features(dataset_dir, asr, *, ave_checkpoint=None, hubert_mo
     meta_path = metadata_path(output)
     heldout = None
     if asr == "ave" and ave_checkpoint is None:
-        from data_utils.ave_training import train_ave_encoder
+        from data_utils.features.ave_training import train_ave_encoder
 
         report = train_ave_encoder(layout.root, ave_config, device=device, force=force, progress=progress)
         heldout = report.get("heldout_sync_accuracy")

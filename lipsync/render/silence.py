@@ -22,7 +22,7 @@ drops to 91 % / 82 %, holds the mouth for up to 22 speech frames and misses
 half of the pauses.
 
 A video frame i stands for the 40 ms centred on its instant i / 25 s (the
-window data_utils.metrics.audio_energy uses too). Silero calls the frame
+window lipsync.evaluate.metrics.audio_energy uses too). Silero calls the frame
 speech when the mean probability of the chunks that overlap this window is
 at least 0.5. The gate calls it speech when at least half of its 10 ms hops
 inside the window are open.
@@ -48,7 +48,7 @@ from typing import List, Optional, Tuple
 
 import numpy as np
 
-from data_utils.errors import UserError
+from lipsync.core.errors import UserError
 from data_utils.timebase import FPS, SAMPLE_RATE, SAMPLES_PER_FRAME, frame_count_for_samples
 
 log = logging.getLogger(__name__)

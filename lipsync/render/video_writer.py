@@ -22,8 +22,8 @@ from typing import Optional
 
 import numpy as np
 
-from data_utils.atomic import temporary_sibling
-from data_utils.errors import UserError
+from lipsync.core.atomic import temporary_sibling
+from lipsync.core.errors import UserError
 from data_utils.ffmpeg import ffmpeg_binary
 from data_utils.timebase import FPS, SAMPLE_RATE
 

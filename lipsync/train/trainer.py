@@ -33,12 +33,12 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, DistributedSampler
 
-from data_utils import checkpoints as ckpt
+from lipsync.core import checkpoints as ckpt
 from data_utils import crop
-from data_utils.atomic import write_bytes_atomic, write_json_atomic
+from lipsync.core.atomic import write_bytes_atomic, write_json_atomic
 from data_utils.dataset import (ColourJitter, LipSyncDataset, PersonData, SyncPairDataset,
                                 inner_rgb_batch, model_input_batch, open_person)
-from data_utils.errors import UserError
+from lipsync.core.errors import UserError
 
 log = logging.getLogger("training")
 

@@ -6,7 +6,7 @@ them; generated and real frame k show the same instant. Landmarks are
 (frames, points, 2) float arrays in frame pixels (mediapipe face mesh or
 iBUG-68, data_utils/crop.py names their points) with NaN rows where no face
 was found. Nothing here renders, detects or loads a model:
-data_utils/evaluation.py does that and calls these.
+lipsync/evaluate/evaluation.py does that and calls these.
 
 Conventions shared by every offset in this module: a positive offset k means
 the generated video is k frames *late*, i.e. generated frame t matches

@@ -6,10 +6,10 @@ checkpoint/NAME/ holds the U-Net run:
     best.pth              the epoch with the best held-out score so far
     latest.pth            everything needed to resume: model, optimizer, AMP
                           scaler, LR scheduler, epoch, args, RNG states, history
-    training.log, loss_curve.png, samples/   (data_utils/training.py)
+    training.log, loss_curve.png, samples/   (lipsync/train/trainer.py)
 checkpoint/NAME/syncnet/ holds the SyncNet run in the same layout.
 
-Every .pth is written atomically (data_utils.atomic.save_torch_atomic): a crash
+Every .pth is written atomically (lipsync.core.atomic.save_torch_atomic): a crash
 never leaves a truncated file. A checkpoint's ``config`` says what the model
 was trained with (kind, --asr, widths, audio input shape, feature metadata,
 crop size), so loading can refuse a mismatch with one clear line.
@@ -20,9 +20,9 @@ from typing import Dict, Optional, Tuple, Union
 
 import torch
 
-from data_utils.atomic import save_torch_atomic
+from lipsync.core.atomic import save_torch_atomic
 from data_utils.crop import CROP_SIZE, INNER_SIZE
-from data_utils.errors import UserError
+from lipsync.core.errors import UserError
 from data_utils.layout import CHECKPOINT_ROOT
 
 LATEST = "latest.pth"
@@ -109,16 +109,22 @@ def resolve_checkpoint(name_or_dir: Union[str, Path], which: Union[None, int, st
     return path
 
 
-def read_checkpoint(path, device="cpu") -> Dict:
-    """torch.load with one clear error for a missing, damaged or foreign file."""
+def load_torch_file(path, device="cpu", *, weights_only: bool = False, advice: str = "use another epoch or train again",
+                    what: str = "checkpoint"):
+    """The one torch.load of the project: a missing, damaged or foreign file is one UserError with ``advice``."""
     path = Path(path)
     if not path.is_file():
-        raise UserError(f"checkpoint {path} does not exist — check the path or train first")
+        raise UserError(f"{what} {path} does not exist — check the path or train first")
     try:
-        state = torch.load(path, map_location=device, weights_only=False)
+        return torch.load(path, map_location=device, weights_only=weights_only)
     except Exception as error:  # truncated zip, pickle garbage, ...: the same problem to a user
-        raise UserError(f"checkpoint {path} is damaged or not a checkpoint ({type(error).__name__}) — "
-                        "use another epoch or train again") from None
+        raise UserError(f"{what} {path} is damaged or not a {what} ({type(error).__name__}) — {advice}") from None
+
+
+def read_checkpoint(path, device="cpu") -> Dict:
+    """A checkpoint of this project (a dict with model and config), or one clear error."""
+    path = Path(path)
+    state = load_torch_file(path, device)
     if not isinstance(state, dict) or "model" not in state or "config" not in state:
         raise UserError(f"{path} is not a checkpoint of this project (no model/config inside)")
     return state

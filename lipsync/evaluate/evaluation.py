@@ -7,9 +7,9 @@ Held-out tail: the last ``--val_fraction`` of the recording, the contiguous
 stretch training never learned from (data_utils.dataset.split_frames, with the
 fraction the run was trained with). Each checkpoint renders that stretch from
 its own audio, through the same render path as inference_328.py
-(data_utils.rendering), starting a little earlier so the first frames' audio
+(lipsync.render.renderer), starting a little earlier so the first frames' audio
 windows see the real audio before them, as they would in a full render.
-Generated frame k is then compared with real frame k (data_utils.metrics):
+Generated frame k is then compared with real frame k (lipsync.evaluate.metrics):
 PSNR/SSIM of the frame and the mouth, LMD, the mouth-opening track and its
 offset, SyncNet distance/confidence (when checkpoint/NAME/syncnet/best.pth
 exists), stability, and mouth opening against loudness. The real frames get
@@ -45,9 +45,10 @@ from typing import Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from data_utils import crop, metrics
-from data_utils.atomic import write_json_atomic, write_text_atomic
-from data_utils.errors import UserError
+from data_utils import crop
+from lipsync.evaluate import metrics
+from lipsync.core.atomic import write_json_atomic, write_text_atomic
+from lipsync.core.errors import UserError
 from data_utils.landmarks import create_landmarker, interpolate_missing
 from data_utils.layout import CHECKPOINT_ROOT, DATASET_ROOT, DatasetLayout, checkpoint_dir
 from data_utils.timebase import FPS, SAMPLES_PER_FRAME, WINDOW_BEFORE, frame_count_for_samples, model_audio_input
@@ -167,7 +168,7 @@ class SyncEmbedder:
 
 def load_evaluation_syncnet(path: Optional[Path], asr: str, audio_shape, device):
     """The trained SyncNet for the sync scores and its held-out pair accuracy, or (None, None)."""
-    from data_utils.checkpoints import load_syncnet, read_checkpoint
+    from lipsync.core.checkpoints import load_syncnet, read_checkpoint
 
     if path is None or not Path(path).is_file():
         log.info("no SyncNet at %s: SyncNet distance/confidence are skipped "
@@ -223,7 +224,7 @@ def strip_picks(count: int, columns: int = STRIP_COLUMNS) -> List[int]:
 def write_png(path: Path, image: np.ndarray) -> Path:
     import cv2
 
-    from data_utils.atomic import write_bytes_atomic
+    from lipsync.core.atomic import write_bytes_atomic
 
     ok, encoded = cv2.imencode(".png", image)
     if not ok:
@@ -309,7 +310,7 @@ class EvalOptions:
     syncnet_checkpoint: Optional[Path] = None  # default checkpoint/NAME/syncnet/best.pth
     device: str = "auto"
     batch_size: int = DEFAULT_BATCH_SIZE
-    # data_utils.rendering.RenderOptions fields (silence_hold, mouth_scale, colour_match, ...): score the
+    # lipsync.render.renderer.RenderOptions fields (silence_hold, mouth_scale, colour_match, ...): score the
     # video exactly as inference_328.py would render it with the same options
     render_options: Dict = dataclasses.field(default_factory=dict)
     output_dir: Optional[Path] = None          # default checkpoint/NAME/evaluation/<heldout | audio_STEM>
@@ -390,7 +391,7 @@ def checkpoint_stamp(path: Path) -> Dict:
 
 
 def checkpoint_epoch(path: Path) -> int:
-    from data_utils.checkpoints import read_checkpoint
+    from lipsync.core.checkpoints import read_checkpoint
 
     if Path(path).stem.isdigit():
         return int(Path(path).stem)
@@ -399,7 +400,7 @@ def checkpoint_epoch(path: Path) -> int:
 
 def trained_val_fraction(run_dir: Path) -> Optional[float]:
     """The --val_fraction the run in ``run_dir`` was trained with (from latest.pth), if recorded."""
-    from data_utils.checkpoints import LATEST, read_checkpoint
+    from lipsync.core.checkpoints import LATEST, read_checkpoint
 
     latest = Path(run_dir) / LATEST
     if not latest.is_file():
@@ -414,7 +415,7 @@ def trained_val_fraction(run_dir: Path) -> Optional[float]:
 
 def checkpoints_to_score(options: EvalOptions) -> Tuple[List[Path], bool]:
     """(checkpoint files, whether that is every numbered epoch of the run)."""
-    from data_utils.checkpoints import numbered_epochs, resolve_checkpoint
+    from lipsync.core.checkpoints import numbered_epochs, resolve_checkpoint
 
     run_dir = options.run_dir
     if options.checkpoint is not None:
@@ -481,7 +482,7 @@ def recording_samples(layout: DatasetLayout, frame_count: int) -> np.ndarray:
 def preroll_frames(asr: str, first_frame: int) -> int:
     """Frames rendered before the first scored one, so its audio window sees the real
     audio before it (window + the encoder's context) rather than silence."""
-    from data_utils.rendering import FEATURE_CONTEXT_FRAMES
+    from lipsync.render.renderer import FEATURE_CONTEXT_FRAMES
 
     return int(min(first_frame, WINDOW_BEFORE + FEATURE_CONTEXT_FRAMES[asr]))
 
@@ -605,7 +606,7 @@ class Evaluation:
     """One evaluate_328.py run: a person, some checkpoints, the held-out tail or new audio."""
 
     def __init__(self, options: EvalOptions):
-        from data_utils.rendering import resolve_device
+        from lipsync.render.renderer import resolve_device
 
         self.options = options.check()
         self.layout = options.layout
@@ -632,7 +633,7 @@ class Evaluation:
 
     # ------------------------------------------------------------------ setup that needs the first model
     def _renderer(self, path: Path):
-        from data_utils.rendering import load_renderer
+        from lipsync.render.renderer import load_renderer
 
         options = self.options
         return load_renderer(dataset_dir=self.layout.root, checkpoint=str(path), device=self.device,
@@ -701,7 +702,7 @@ class Evaluation:
 
     def _audio_reference(self, renderer) -> Reference:
         from data_utils.audio import load_audio
-        from data_utils.rendering import pingpong_indices
+        from lipsync.render.renderer import pingpong_indices
 
         samples = load_audio(self.options.audio_path)
         count = frame_count_for_samples(len(samples))
@@ -768,7 +769,7 @@ class Evaluation:
             renderer.close()
 
     def _generated_frames(self, renderer) -> Iterator[np.ndarray]:
-        from data_utils.rendering import render
+        from lipsync.render.renderer import render
 
         reference = self.reference
         if not self.heldout:
@@ -782,7 +783,7 @@ class Evaluation:
                 yield frame
 
     def _render_and_score(self, renderer, path: Path, epoch: int) -> CheckpointResult:
-        from data_utils.video_writer import VideoWriter, write_wav
+        from lipsync.render.video_writer import VideoWriter, write_wav
 
         reference = self.reference
         count = len(reference.frames)
@@ -946,8 +947,8 @@ def choose_best(results: Sequence[CheckpointResult], metric: str) -> Optional[Ch
 def write_best(run_dir: Path, best: CheckpointResult, metric: str, results: Sequence[CheckpointResult],
                described: Dict) -> Path:
     """checkpoint/NAME/best.pth: the winner's weights and config plus why it won (atomic)."""
-    from data_utils.atomic import save_torch_atomic
-    from data_utils.checkpoints import BEST, read_checkpoint
+    from lipsync.core.atomic import save_torch_atomic
+    from lipsync.core.checkpoints import BEST, read_checkpoint
 
     state = read_checkpoint(best.path)
     state["selection"] = finite_or_none({

@@ -1,0 +1,1 @@
+"""What every stage shares: errors, atomic files, devices, checkpoints, logging, options."""
