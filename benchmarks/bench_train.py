@@ -29,10 +29,15 @@ import numpy as np
 import torch
 
 from data_utils.dataset import JpegCrops, LipSyncDataset, load_crop_boxes, open_person
+from data_utils.preprocess import process_video
 from data_utils.timebase import FPS
-from lipsync.train.trainer import TrainConfig, Trainer, UNetTask, peak_memory_mb
+from lipsync.train.distributed import peak_memory_mb
+from lipsync.train.options import TrainConfig
+from lipsync.train.trainer import Trainer
+from lipsync.train.unet_task import UNetTask
 from models.perceptual import VGG19_LAYERS, VGGPerceptualLoss, build_perceptual_loss
 from models.unet_328 import WIDTHS, LipSyncUNet
+from tests.training_helpers import write_test_features
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 BUNDLED_CLIP = REPO_ROOT / "tests" / "data" / "talker_a_4s.mp4"
@@ -43,10 +48,6 @@ WARMUP_STEPS = 2
 
 def bundled_dataset(workdir: Path) -> Path:
     """Process the bundled clip and give it test features (no encoder download or training)."""
-    from data_utils.preprocess import process_video
-    sys.path.insert(0, str(REPO_ROOT))
-    from tests.training_helpers import write_test_features
-
     root = workdir / "talker"
     root.mkdir(parents=True)
     shutil.copy(BUNDLED_CLIP, root / "talker.mp4")

@@ -307,6 +307,9 @@ def open_crop_cache(layout: DatasetLayout, frame_count: int) -> np.memmap:
 
 # --------------------------------------------------------------------------- the data of one person
 
+DEFAULT_VAL_FRACTION = 0.05     # held-out tail of the recording: --val_fraction's default everywhere
+
+
 def split_frames(frame_count: int, val_fraction: float) -> Tuple[np.ndarray, np.ndarray]:
     """Train frames and a contiguous held-out tail of ``val_fraction`` of the recording.
 

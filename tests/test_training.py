@@ -18,7 +18,10 @@ from data_utils.dataset import (MIN_OFFSYNC_FRAMES, JpegCrops, SyncPairDataset, 
 from lipsync.core.errors import UserError
 from data_utils.layout import DatasetLayout
 from data_utils.timebase import FEATURE_SPECS
-from lipsync.train.trainer import Distributed, TrainConfig, Trainer, UNetTask
+from lipsync.train.distributed import Distributed
+from lipsync.train.options import TrainConfig
+from lipsync.train.trainer import Trainer
+from lipsync.train.unet_task import UNetTask
 from models.unet_328 import WIDTHS, LipSyncUNet
 from tests.training_helpers import make_small_dataset, write_test_features
 

@@ -6,13 +6,22 @@ per video frame: real, speech-driven values of the right layout (N, per_frame)
 aligned to the frames, written where data_utils/features/extract.py writes them.
 """
 import json
+import shutil
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
+import torch
+import torch.nn as nn
 
 from data_utils.audio import MEL_HOP, load_audio, melspectrogram
+from data_utils.dataset import read_feature_metadata
+from data_utils.features.extract import prepare_dataset_features
 from data_utils.layout import DatasetLayout
 from data_utils.timebase import FEATURE_SPECS, SAMPLES_PER_FRAME
+from lipsync.core.checkpoints import UNET_KIND, model_config, save_checkpoint
+from models.audio_encoders import AveAudioEncoder
+from models.unet_328 import WIDTHS
 
 PROJECTION_SEED = 1234
 # Small per-frame sizes keep tiny models tiny: 16 x 64 values -> (4, 16, 16) for ave.
@@ -49,8 +58,6 @@ def make_small_dataset(processed_clip, destination, frames: int = 20, asr: str =
 
     Real frames, crops and speech, few enough that a CPU epoch takes seconds.
     """
-    import shutil
-
     destination = Path(destination)
     shutil.copytree(processed_clip, destination)
     layout = DatasetLayout(destination)
@@ -65,8 +72,6 @@ def make_small_dataset(processed_clip, destination, frames: int = 20, asr: str =
 
 def randomise_batch_norm(model) -> None:
     """Trained-looking batch-norm statistics, so exports and fusions must handle them."""
-    import torch.nn as nn
-
     for module in model.modules():
         if isinstance(module, (nn.BatchNorm1d, nn.BatchNorm2d)):
             module.running_mean.uniform_(-0.1, 0.1)
@@ -76,14 +81,6 @@ def randomise_batch_norm(model) -> None:
 def person_with_ave_features(processed_clip, base, name: str, ave_width: float):
     """dataset_root/NAME: a copy of the processed clip with a small random AVE encoder
     (ave.pth, seeded) and its real aud_ave.npy, ready for a checkpoint under checkpoint_root."""
-    import shutil
-    from types import SimpleNamespace
-
-    import torch
-
-    from data_utils.features.extract import prepare_dataset_features
-    from models.audio_encoders import AveAudioEncoder
-
     base = Path(base)
     dataset_root, checkpoint_root = base / "dataset", base / "checkpoint"
     root = dataset_root / name
@@ -100,10 +97,6 @@ def person_with_ave_features(processed_clip, base, name: str, ave_width: float):
 
 def save_tiny_unet_checkpoint(model, audio_shape, person, name: str, epoch: int) -> Path:
     """checkpoint_root/NAME/EPOCH.pth for a tiny ``model`` trained on ``person``'s ave features."""
-    from lipsync.core.checkpoints import UNET_KIND, model_config, save_checkpoint
-    from data_utils.dataset import read_feature_metadata
-    from models.unet_328 import WIDTHS
-
     config = model_config(UNET_KIND, "ave", "tiny", WIDTHS["tiny"], audio_shape,
                           read_feature_metadata(person.layout, "ave"))
     return save_checkpoint(person.checkpoint_root / name / f"{epoch}.pth", model.state_dict(), config, epoch)

@@ -1,0 +1,181 @@
+"""What a training run depends on: TrainConfig, and the command line that fills it.
+
+train_328.py and train_syncnet.py parse one shared set of options
+(build_parser); they differ only in their defaults (the user guide's: the U-Net
+ones are TrainConfig's, SyncNet's are SYNCNET_*) and in the U-Net's loss
+options. Both turn the parsed arguments into ``TrainConfig.from_args(args)``;
+latest.pth stores ``config.as_dict()`` so a resumed run knows what it was.
+"""
+import argparse
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Dict, Optional
+
+from data_utils.dataset import DEFAULT_VAL_FRACTION
+from data_utils.layout import DATASET_ROOT, checkpoint_dir
+from data_utils.timebase import ASR_CHOICES
+from lipsync.core.devices import DEVICES
+from lipsync.core.errors import UserError
+from lipsync.core.options import Options
+from models.perceptual import PERCEPTUAL_MODES
+from models.unet_328 import MODEL_SIZES
+
+# Weight of the SyncNet loss against L1 in the U-Net objective (SyncTalk_2D's recipe; see unet_task.py).
+SYNC_WEIGHT = 10.0
+# --lr_schedule step: halve the LR every 50 epochs (the user guide's StepLR).
+STEP_LR_EPOCHS = 50
+STEP_LR_GAMMA = 0.5
+LR_SCHEDULES = ("none", "step", "cosine")
+# SyncNet sees one small mouth band per sample: bigger batches, more epochs than the U-Net.
+SYNCNET_BATCH_SIZE = 32
+SYNCNET_LR = 1e-4
+SYNCNET_EPOCHS = 50
+SYNCNET_SAVE_INTERVAL = 10
+PATH_FIELDS = ("dataset_dir", "save_dir", "syncnet_checkpoint", "vgg_weights")
+
+
+@dataclass
+class TrainConfig(Options):
+    """Everything a training run depends on; defaults follow the user guide (the U-Net's)."""
+    dataset_dir: Path
+    save_dir: Path
+    asr: str = "ave"
+    model_size: str = "full"
+    batch_size: int = 8
+    lr: float = 1e-4
+    epochs: int = 200
+    save_interval: int = 10
+    device: str = "auto"
+    amp: bool = False
+    grad_accum: int = 1
+    num_workers: int = 4
+    lr_schedule: str = "none"
+    augment: bool = False
+    val_fraction: float = DEFAULT_VAL_FRACTION
+    patience: int = 0                       # 0: never stop early
+    see_res: bool = False
+    resume: bool = False
+    overwrite: bool = False
+    seed: int = 0
+    # U-Net only
+    use_syncnet: bool = False
+    syncnet_checkpoint: Optional[Path] = None
+    sync_weight: float = SYNC_WEIGHT
+    perceptual: str = "auto"                # auto | on | off
+    vgg_weights: Optional[Path] = None
+    show_progress: bool = True
+
+    def __post_init__(self):
+        # Command lines give strings; the run works with paths.
+        for name in PATH_FIELDS:
+            if getattr(self, name) is not None:
+                setattr(self, name, Path(getattr(self, name)))
+
+    def as_dict(self) -> Dict[str, Any]:
+        """Plain values (paths as strings), as latest.pth stores them."""
+        return {key: (str(value) if isinstance(value, Path) else value)
+                for key, value in super().as_dict().items()}
+
+    def check(self) -> None:
+        for name in ("batch_size", "epochs", "save_interval", "grad_accum"):
+            if getattr(self, name) < 1:
+                raise UserError(f"--{name} must be at least 1, got {getattr(self, name)}")
+        if self.lr <= 0:
+            raise UserError(f"--lr must be positive, got {self.lr}")
+        if self.sync_weight < 0:
+            raise UserError(f"--sync_weight cannot be negative, got {self.sync_weight}")
+        if self.num_workers < 0 or self.patience < 0:
+            raise UserError("--num_workers and --patience cannot be negative")
+        if self.lr_schedule not in LR_SCHEDULES:
+            raise UserError(f"--lr_schedule must be one of {', '.join(LR_SCHEDULES)}")
+        if self.device not in DEVICES:
+            raise UserError(f"--device must be one of {', '.join(DEVICES)}, not {self.device!r}")
+
+
+# --------------------------------------------------------------------------- command lines
+
+def build_parser(description: str, *, batch_size: int, lr: float, epochs: int,
+                 save_interval: int) -> argparse.ArgumentParser:
+    """The options train_328.py and train_syncnet.py share (these four defaults differ per script)."""
+    parser = argparse.ArgumentParser(description=description,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    where = parser.add_argument_group("data and checkpoints")
+    where.add_argument("--name", help="person: reads dataset/NAME, writes checkpoint/NAME")
+    where.add_argument("--dataset_dir", help="processed dataset folder (instead of --name)")
+    where.add_argument("--save_dir", help="checkpoint folder (default: from --name or the dataset folder name)")
+    where.add_argument("--asr", choices=ASR_CHOICES, default=TrainConfig.asr,
+                       help=f"audio features (default {TrainConfig.asr})")
+    where.add_argument("--val_fraction", type=float, default=DEFAULT_VAL_FRACTION,
+                       help=f"held-out tail of the recording for validation (default {DEFAULT_VAL_FRACTION:g})")
+    run = parser.add_argument_group("training")
+    run.add_argument("--model_size", choices=MODEL_SIZES, default=TrainConfig.model_size,
+                     help=f"channel widths (default {TrainConfig.model_size})")
+    run.add_argument("--batch_size", type=int, default=batch_size, help=f"default {batch_size}")
+    run.add_argument("--lr", type=float, default=lr, help=f"Adam learning rate (default {lr:g})")
+    run.add_argument("--epochs", type=int, default=epochs, help=f"default {epochs}")
+    run.add_argument("--save_interval", type=int, default=save_interval,
+                     help=f"write EPOCH.pth every this many epochs (default {save_interval})")
+    run.add_argument("--lr_schedule", choices=LR_SCHEDULES, default=TrainConfig.lr_schedule,
+                     help=f"none | step (x{STEP_LR_GAMMA} every {STEP_LR_EPOCHS} epochs) | cosine")
+    run.add_argument("--augment", action="store_true", help="brightness/contrast/colour jitter (off by default)")
+    run.add_argument("--patience", type=int, default=TrainConfig.patience,
+                     help=f"stop when the held-out score has not improved for N epochs "
+                          f"(default {TrainConfig.patience}: never)")
+    run.add_argument("--seed", type=int, default=TrainConfig.seed)
+    speed = parser.add_argument_group("speed")
+    speed.add_argument("--device", choices=DEVICES, default=TrainConfig.device,
+                       help=f"default {TrainConfig.device}: cuda when available")
+    speed.add_argument("--amp", action="store_true", help="mixed precision (float16 on GPU, bfloat16 on CPU)")
+    speed.add_argument("--grad_accum", type=int, default=TrainConfig.grad_accum,
+                       help=f"micro-batches per optimizer step (default {TrainConfig.grad_accum})")
+    speed.add_argument("--num_workers", type=int, default=TrainConfig.num_workers,
+                       help=f"data-loader processes; pinned memory on GPU (default {TrainConfig.num_workers})")
+    state = parser.add_argument_group("resume")
+    state.add_argument("--resume", action="store_true",
+                       help="continue from latest.pth in the checkpoint folder (starts fresh if there is none)")
+    state.add_argument("--overwrite", action="store_true",
+                       help="discard an existing run in the checkpoint folder and start again")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    return parser
+
+
+def build_unet_parser(description: str) -> argparse.ArgumentParser:
+    """train_328.py's command line: the shared options with TrainConfig's defaults, and the losses."""
+    parser = build_parser(description, batch_size=TrainConfig.batch_size, lr=TrainConfig.lr,
+                          epochs=TrainConfig.epochs, save_interval=TrainConfig.save_interval)
+    losses = parser.add_argument_group("losses and outputs")
+    losses.add_argument("--use_syncnet", action="store_true",
+                        help="add the SyncNet sync loss (x --sync_weight)")
+    losses.add_argument("--sync_weight", type=float, default=SYNC_WEIGHT,
+                        help=f"weight of the sync loss against L1 (default {SYNC_WEIGHT:g}, as in SyncTalk_2D; "
+                             "lower it if the mouth region gets smudged)")
+    losses.add_argument("--syncnet_checkpoint",
+                        help="SyncNet .pth (default: checkpoint/NAME/syncnet/best.pth)")
+    losses.add_argument("--perceptual", choices=PERCEPTUAL_MODES, default=TrainConfig.perceptual,
+                        help="VGG19 perceptual loss: auto (if the torchvision weights are cached, "
+                             "else a warning) | on (error without them) | off")
+    losses.add_argument("--vgg_weights", help="VGG19 IMAGENET1K_V1 .pth (default: torch's hub cache)")
+    losses.add_argument("--see_res", action="store_true",
+                        help="write samples/epoch_N.png: reference | masked | prediction | truth")
+    return parser
+
+
+def build_syncnet_parser(description: str) -> argparse.ArgumentParser:
+    """train_syncnet.py's command line: the shared options with SyncNet's defaults."""
+    return build_parser(description, batch_size=SYNCNET_BATCH_SIZE, lr=SYNCNET_LR, epochs=SYNCNET_EPOCHS,
+                        save_interval=SYNCNET_SAVE_INTERVAL)
+
+
+def paths_from_args(args, subdir: Optional[str] = None):
+    """Fill args.dataset_dir / args.save_dir from --name (or the dataset folder's name)."""
+    if args.name is None and args.dataset_dir is None:
+        raise UserError("say which person to train: --name NAME (dataset/NAME) or --dataset_dir DIR")
+    if args.name is not None and args.dataset_dir is not None:
+        raise UserError("give either --name or --dataset_dir, not both")
+    dataset_dir = Path(args.dataset_dir) if args.dataset_dir else DATASET_ROOT / args.name
+    save_dir = Path(args.save_dir) if args.save_dir else checkpoint_dir(args.name or dataset_dir.name)
+    if subdir and not args.save_dir:
+        save_dir = save_dir / subdir
+    args.dataset_dir, args.save_dir = dataset_dir, save_dir
+    args.show_progress = not args.quiet
+    return args

@@ -1,0 +1,89 @@
+"""One whole training run per script: train_328.py -> train_unet, train_syncnet.py -> train_syncnet.
+
+Each joins the torchrun job (if any), seeds every rank differently, checks the
+options and the dataset (rank 0 builds the crop cache, the others wait),
+builds the network and its task, starts fresh / resumes / overwrites as asked,
+trains, and leaves the process group.
+"""
+from pathlib import Path
+from typing import Dict, List
+
+import torch
+
+from data_utils.dataset import PersonData, open_person
+from lipsync.core import checkpoints as ckpt
+from lipsync.core.errors import UserError
+from lipsync.train.distributed import Distributed, seed_everything, setup_distributed
+from lipsync.train.options import TrainConfig
+from lipsync.train.syncnet_task import SyncNetTask
+from lipsync.train.trainer import Trainer, log    # what a run says goes to the Trainer's log
+from lipsync.train.unet_task import UNetTask
+from models.perceptual import build_perceptual_loss
+from models.syncnet import SyncNet
+from models.unet_328 import WIDTHS, LipSyncUNet
+
+
+def prepare_run(config: TrainConfig, dist: Distributed) -> PersonData:
+    """Checks common to both trainings; the crop cache is built by rank 0 only."""
+    config.check()
+    if dist.is_main:
+        latest = Path(config.save_dir) / ckpt.LATEST
+        if latest.is_file() and not (config.resume or config.overwrite):
+            raise UserError(f"{config.save_dir} already holds a training run ({latest.name}) — "
+                            "add --resume to continue it, or --overwrite to start again from scratch")
+        person = open_person(config.dataset_dir, config.asr, show_progress=config.show_progress)
+    dist.barrier()
+    if not dist.is_main:
+        person = open_person(config.dataset_dir, config.asr, build_cache=False, show_progress=False)
+    return person
+
+
+def _start(trainer: Trainer, config: TrainConfig) -> None:
+    if config.resume:
+        if not trainer.restore() and trainer.dist.is_main:
+            log.warning("--resume: no %s in %s yet, starting from epoch 0", ckpt.LATEST, config.save_dir)
+    elif config.overwrite and trainer.dist.is_main:
+        for path in ckpt.numbered_epochs(config.save_dir).values():
+            path.unlink()
+        for name in (ckpt.LATEST, ckpt.BEST, "training.log", "summary.json"):
+            (Path(config.save_dir) / name).unlink(missing_ok=True)
+
+
+def train_unet(config: TrainConfig, callbacks=()) -> List[Dict]:
+    """The whole U-Net training of train_328.py."""
+    dist = setup_distributed(config.device)
+    seed_everything(config.seed + dist.rank)        # each rank its own augmentation draws
+    person = prepare_run(config, dist)
+    syncnet = None
+    if config.use_syncnet:
+        path = config.syncnet_checkpoint or ckpt.syncnet_dir(config.save_dir) / ckpt.BEST
+        if not Path(path).is_file():
+            raise UserError(f"--use_syncnet: no SyncNet checkpoint at {path} — train it first: "
+                            f"python train_syncnet.py --dataset_dir {config.dataset_dir} --asr {config.asr}"
+                            f" (or pass --syncnet_checkpoint)")
+        syncnet, _ = ckpt.load_syncnet(path, dist.device, config.asr, person.audio_shape)
+    perceptual = build_perceptual_loss(config.perceptual, config.vgg_weights)
+    model = LipSyncUNet(config.asr, person.audio_shape, WIDTHS[config.model_size])
+    task = UNetTask(model, person, config, perceptual, syncnet)
+    trainer = Trainer(task, config, dist, callbacks)
+    _start(trainer, config)
+    return _fit_and_leave(trainer)
+
+
+def train_syncnet(config: TrainConfig, callbacks=()) -> List[Dict]:
+    """The whole SyncNet training of train_syncnet.py."""
+    dist = setup_distributed(config.device)
+    seed_everything(config.seed + dist.rank)        # each rank its own augmentation draws
+    person = prepare_run(config, dist)
+    model = SyncNet(config.asr, person.audio_shape, config.model_size)
+    trainer = Trainer(SyncNetTask(model, person, config), config, dist, callbacks)
+    _start(trainer, config)
+    return _fit_and_leave(trainer)
+
+
+def _fit_and_leave(trainer: Trainer) -> List[Dict]:
+    """Train, then leave the torchrun process group (torch warns at exit otherwise)."""
+    history = trainer.fit()
+    if trainer.dist.enabled and torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
+    return history

@@ -1,0 +1,121 @@
+"""What one U-Net training step computes: the objective, held-out scores and sample grids.
+
+The 328 U-Net repaints the lower face of a crop from a reference crop, the
+masked target and the audio window. Its loss is SyncTalk_2D's recipe:
+
+    L1 + 0.01 x VGG19 perceptual + --sync_weight (10) x SyncNet loss
+
+and its held-out scores are L1 and PSNR over the repainted region (val_l1
+chooses best.pth and drives --patience), plus the frozen SyncNet's accuracy
+when --use_syncnet. The Trainer (trainer.py) runs it.
+"""
+from typing import Dict, Optional
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from data_utils import crop
+from data_utils.dataset import ColourJitter, LipSyncDataset, PersonData, model_input_batch
+from lipsync.core import checkpoints as ckpt
+from lipsync.train.options import TrainConfig
+from lipsync.train.pictures import sample_grid
+from models.unet_328 import width_name
+
+# Loss weights of the U-Net objective (SyncTalk_2D's recipe; the sync weight is --sync_weight).
+L1_WEIGHT = 1.0
+PERCEPTUAL_WEIGHT = 0.01
+SAMPLE_GRID_ROWS = 4             # held-out frames shown per samples/epoch_N.png
+EPS = 1e-10                      # keeps PSNR finite for a perfect prediction
+
+
+def region_metrics(prediction: torch.Tensor, truth: torch.Tensor) -> Dict[str, torch.Tensor]:
+    """Per-image L1 and PSNR (dB) over the repainted region, the only pixels pasted back."""
+    region = torch.from_numpy(crop.inner_mask()).to(prediction.device).bool()
+    difference = (prediction.float() - truth.float())[:, :, region]
+    l1 = difference.abs().mean(dim=(1, 2))
+    mse = difference.pow(2).mean(dim=(1, 2))
+    psnr = 10 * torch.log10(1.0 / (mse + EPS))
+    return {"l1": l1, "psnr": psnr}
+
+
+class UNetTask:
+    """The 328 U-Net: reference + masked target + audio -> target crop."""
+    kind = ckpt.UNET_KIND
+    score_name = "val_l1"                 # lower is better; best.pth and --patience follow it
+
+    def __init__(self, model: nn.Module, person: PersonData, config: TrainConfig,
+                 perceptual: Optional[nn.Module] = None, syncnet: Optional[nn.Module] = None):
+        self.model, self.person, self.config = model, person, config
+        self.perceptual, self.syncnet = perceptual, syncnet
+        self.augment = ColourJitter() if config.augment else None
+        train_frames, val_frames = person.split(config.val_fraction)
+        self.train_set = LipSyncDataset(person, train_frames, train_frames, config.seed)
+        self.val_set = LipSyncDataset(person, val_frames, val_frames, config.seed) if len(val_frames) else None
+
+    def model_config(self) -> Dict:
+        return ckpt.model_config(self.kind, self.config.asr, width_name(self.model.widths),
+                                 self.model.widths, self.model.audio_shape,
+                                 self.person.describe_features())
+
+    def to(self, device):
+        for module in (self.perceptual, self.syncnet):
+            if module is not None:
+                module.to(device)
+
+    def inputs(self, batch, device, train: bool):
+        target = batch["target"].to(device, non_blocking=True)
+        reference = batch["reference"].to(device, non_blocking=True)
+        audio = batch["audio"].to(device, non_blocking=True)
+        image6, truth = model_input_batch(target, reference, self.augment if train else None)
+        if device.type == "cuda":
+            image6 = image6.contiguous(memory_format=torch.channels_last)
+        return image6, truth, audio
+
+    def losses(self, model, batch, device) -> Dict[str, torch.Tensor]:
+        image6, truth, audio = self.inputs(batch, device, train=True)
+        prediction = model(image6, audio)
+        terms = {"l1": F.l1_loss(prediction, truth)}
+        total = L1_WEIGHT * terms["l1"]
+        if self.perceptual is not None:
+            terms["perceptual"] = self.perceptual(prediction, truth)
+            total = total + PERCEPTUAL_WEIGHT * terms["perceptual"]
+        if self.syncnet is not None:
+            logits = self.syncnet(prediction, audio)
+            terms["sync"] = F.binary_cross_entropy_with_logits(logits.float(), torch.ones_like(logits.float()))
+            total = total + self.config.sync_weight * terms["sync"]
+        terms["total"] = total
+        return terms
+
+    @torch.no_grad()
+    def validate(self, model, loader, device, autocast) -> Dict[str, float]:
+        sums = {"val_l1": 0.0, "val_psnr": 0.0}
+        count = 0
+        in_sync = 0
+        for batch in loader:
+            image6, truth, audio = self.inputs(batch, device, train=False)
+            with autocast():
+                prediction = model(image6, audio)
+            metrics = region_metrics(prediction, truth)
+            sums["val_l1"] += float(metrics["l1"].sum())
+            sums["val_psnr"] += float(metrics["psnr"].sum())
+            if self.syncnet is not None:
+                with autocast():
+                    in_sync += int((self.syncnet(prediction.float(), audio) > 0).sum())
+            count += len(truth)
+        result = {key: value / count for key, value in sums.items()}
+        if self.syncnet is not None:
+            result["val_sync_accuracy"] = in_sync / count
+        return result
+
+    @torch.no_grad()
+    def samples(self, model, device, autocast) -> Optional[np.ndarray]:
+        if self.val_set is None:
+            return None
+        picks = np.linspace(0, len(self.val_set) - 1, min(SAMPLE_GRID_ROWS, len(self.val_set))).round()
+        batch = torch.utils.data.default_collate([self.val_set[int(item)] for item in picks])
+        image6, truth, audio = self.inputs(batch, device, train=False)
+        with autocast():
+            prediction = model(image6, audio)
+        return sample_grid(image6, prediction, truth)
