@@ -130,13 +130,13 @@ def as_samples(audio) -> np.ndarray:
     return samples
 
 
-def fit_to_frames(samples: np.ndarray, frames: int, source) -> np.ndarray:
+def fit_to_frames(samples: np.ndarray, frames: int, source=None) -> np.ndarray:
     """Exactly ``frames`` x 640 samples: a short tail is padded with silence, extra audio dropped.
 
-    A gap of a frame or more is logged as a warning naming ``source`` (the file the samples came from).
+    With ``source`` (the file the samples came from) a gap of a frame or more is logged as a warning.
     """
     wanted = frames * SAMPLES_PER_FRAME
-    if abs(len(samples) - wanted) >= SAMPLES_PER_FRAME:
+    if source is not None and abs(len(samples) - wanted) >= SAMPLES_PER_FRAME:
         log.warning("%s has %.3f s of audio for %d frames (%.3f s); aligning to the frames",
                     source, len(samples) / SAMPLE_RATE, frames, frames / FPS)
     fitted = np.zeros(wanted, dtype=np.float32)

@@ -16,10 +16,7 @@ so Ctrl-C at any point followed by a re-run yields a complete dataset.
 """
 import collections
 import concurrent.futures
-import json
 import logging
-import subprocess
-import tempfile
 import time
 from pathlib import Path
 from typing import Dict, List, Optional
@@ -27,18 +24,20 @@ from typing import Dict, List, Optional
 import numpy as np
 
 from data_utils import crop
+from data_utils.audio import fit_to_frames, load_audio
+from data_utils.features import extract as audio_features
+from data_utils.stage_state import StageState
+from data_utils.video import CONVERSION_CRF, FrameReader, convert_to_25fps, inspect_source, needs_conversion
 from lipsync.core.atomic import atomic_directory, atomic_path, save_numpy_atomic, write_json_atomic
 from lipsync.core.errors import UserError
-from data_utils.ffmpeg import (MediaInfo, audio_start_offset, ffmpeg_binary, is_constant_frame_rate, last_error_line,
-                               probe)
+from lipsync.core.fingerprint import file_fingerprint
+from lipsync.core.progress import progress_bar
+from data_utils.ffmpeg import MediaInfo, audio_start_offset, last_error_line, probe
 from data_utils.landmarks import create_landmarker, format_lms, interpolate_missing, missing_ranges
 from data_utils.layout import DatasetLayout
 from data_utils.timebase import ASR_CHOICES, FPS, SAMPLE_RATE, SAMPLES_PER_FRAME
 
 log = logging.getLogger("preprocess")
-
-STATE_VERSION = 1
-STAGES = ("video", "frames", "audio", "crops", "features")
 
 # Frames without a face are interpolated, up to a point: beyond these the
 # recording cannot teach a face model and the user should fix or trim it.
@@ -48,23 +47,9 @@ MAX_MISSING_FACE_SECONDS = 2.0
 FACE_SIZE_CHECK_AFTER_FRAMES = 25
 
 JPEG_QUALITY = 95
-CONVERSION_CRF = 17            # visually lossless: frames are training targets
-CONVERSION_PRESET = "veryfast"
-CONVERSION_AUDIO_BITRATE = "192k"
 JPEG_WRITER_THREADS = 2
 MAX_PENDING_JPEG_WRITES = 32   # bounds memory while writer threads catch up
 FRAME_COUNT_TOLERANCE = 1      # decoded frames may differ from duration x 25 by this
-
-
-def _progress(iterable=None, **kwargs):
-    from tqdm import tqdm
-
-    kwargs.setdefault("disable", not _progress.enabled)
-    kwargs.setdefault("dynamic_ncols", True)
-    return tqdm(iterable, **kwargs)
-
-
-_progress.enabled = True
 
 
 def _format_time(seconds: float) -> str:
@@ -72,126 +57,7 @@ def _format_time(seconds: float) -> str:
     return f"{int(minutes)}:{seconds:05.2f}"
 
 
-# --------------------------------------------------------------------------- inputs
-
-def inspect_source(video_path: Path) -> MediaInfo:
-    """Probe the recording and reject what cannot become a dataset."""
-    info = probe(video_path)
-    if not info.has_video:
-        raise UserError(f"{video_path} has no video stream (it is an audio file) — "
-                        "give the recording of the person talking, with picture and sound")
-    if not info.has_audio:
-        raise UserError(f"{video_path} has no audio track — the model learns lip sync from the "
-                        "speech, so record or export the video with its sound")
-    if not info.duration or info.duration <= 0:
-        raise UserError(f"{video_path} reports no duration (damaged file?) — re-export the recording")
-    return info
-
-
-def source_fingerprint(path: Path) -> Dict:
-    stat = path.stat()
-    return {"file": path.name, "bytes": stat.st_size, "mtime_ns": stat.st_mtime_ns}
-
-
-# --------------------------------------------------------------------------- stage 1: video
-
-def needs_conversion(info: MediaInfo) -> bool:
-    """Re-encode unless the file already is constant 25 fps with no rotation metadata.
-
-    The container's reported frame rate is not trusted: packet timestamps are
-    checked, since phone videos are variable-frame-rate behind a nominal fps.
-    """
-    if info.rotation % 360:
-        return True
-    if info.average_fps is None or abs(info.average_fps - FPS) > 0.01:
-        return True
-    return not is_constant_frame_rate(info.path, FPS)
-
-
-def _run_with_progress(command: List[str], duration: float, description: str, subject: Path) -> None:
-    """Run ffmpeg showing its progress over ``duration`` seconds; errors become one line."""
-    with tempfile.TemporaryFile() as stderr_file:
-        process = subprocess.Popen(command + ["-progress", "pipe:1", "-nostats"],
-                                   stdout=subprocess.PIPE, stderr=stderr_file)
-        try:
-            with _progress(total=round(duration, 2), desc=description, unit="s",
-                           bar_format="{l_bar}{bar}| {n:.1f}/{total:.1f} s [{elapsed}<{remaining}]") as bar:
-                for raw_line in process.stdout:
-                    key, _, value = raw_line.decode("utf-8", "replace").strip().partition("=")
-                    if key == "out_time_us" and value.isdigit():
-                        bar.n = min(int(value) / 1e6, bar.total)
-                        bar.refresh()
-            process.wait()
-        except BaseException:
-            process.kill()
-            process.wait()
-            raise
-        if process.returncode != 0:
-            stderr_file.seek(0)
-            detail = last_error_line(stderr_file.read().decode("utf-8", "replace"))
-            raise UserError(f"{subject}: ffmpeg could not convert it to 25 fps ({detail}) — "
-                            "check that the file plays and is complete")
-
-
-def convert_to_25fps(info: MediaInfo, output: Path) -> None:
-    """Constant-25-fps H.264 copy of the recording with the rotation baked in.
-
-    The ``fps`` filter picks frames by timestamp, which is what makes variable
-    frame rate sources come out right; ffmpeg applies the rotation metadata
-    while decoding, and the re-encoded stream carries none.
-    """
-    with atomic_path(output) as temporary:
-        command = [ffmpeg_binary(), "-hide_banner", "-nostdin", "-loglevel", "error", "-y",
-                   "-i", str(info.path), "-map", "0:v:0", "-map", "0:a:0",
-                   "-vf", f"fps={FPS}", "-r", str(FPS),
-                   "-c:v", "libx264", "-preset", CONVERSION_PRESET, "-crf", str(CONVERSION_CRF),
-                   "-pix_fmt", "yuv420p", "-c:a", "aac", "-b:a", CONVERSION_AUDIO_BITRATE,
-                   "-movflags", "+faststart", "-f", "mp4", str(temporary)]
-        _run_with_progress(command, info.duration, "convert to 25 fps", info.path)
-
-
 # --------------------------------------------------------------------------- stage 2: frames
-
-class FrameReader:
-    """Decoded BGR frames of a video, streamed from ffmpeg (each frame decoded once)."""
-
-    def __init__(self, info: MediaInfo):
-        self.info = info
-        self.width, self.height = info.display_size
-        self._stderr = tempfile.TemporaryFile()
-        self._process = subprocess.Popen(
-            [ffmpeg_binary(), "-hide_banner", "-nostdin", "-loglevel", "error", "-i", str(info.path),
-             "-map", "0:v:0", "-f", "rawvideo", "-pix_fmt", "bgr24", "-"],
-            stdout=subprocess.PIPE, stderr=self._stderr)
-        self.frames_read = 0
-
-    def __iter__(self):
-        frame_bytes = self.width * self.height * 3
-        while True:
-            buffer = bytearray(frame_bytes)
-            view = memoryview(buffer)
-            filled = 0
-            while filled < frame_bytes:
-                count = self._process.stdout.readinto(view[filled:])
-                if not count:
-                    break
-                filled += count
-            if filled < frame_bytes:
-                return
-            self.frames_read += 1
-            yield np.frombuffer(buffer, dtype=np.uint8).reshape(self.height, self.width, 3)
-
-    def close(self) -> str:
-        """Stop ffmpeg (if still running); returns its error output. Safe to call twice."""
-        if self._process.poll() is None:
-            self._process.kill()
-        self._process.wait()
-        if not self._stderr.closed:
-            self._stderr.seek(0)
-            self._errors = self._stderr.read().decode("utf-8", "replace")
-            self._stderr.close()
-        return self._errors
-
 
 def _write_jpeg(path: Path, frame: np.ndarray) -> None:
     import cv2
@@ -232,8 +98,6 @@ def _sound_outlasts_picture(source: MediaInfo, frame_count: int) -> bool:
     early, a complete file still has its sound up to the end; a cut-off file
     lost both (they are stored interleaved).
     """
-    from data_utils.audio import load_audio
-
     try:
         sound_end = load_audio(source.path, clock="file").size / SAMPLE_RATE
     except UserError:         # sound that cannot be decoded to its end: the file is damaged
@@ -247,7 +111,8 @@ def _sound_outlasts_picture(source: MediaInfo, frame_count: int) -> bool:
 
 def extract_frames_and_landmarks(frames_info: MediaInfo, layout: DatasetLayout, backend: str,
                                  source: MediaInfo, max_missing_fraction: float = MAX_MISSING_FACE_FRACTION,
-                                 max_missing_seconds: float = MAX_MISSING_FACE_SECONDS) -> Dict:
+                                 max_missing_seconds: float = MAX_MISSING_FACE_SECONDS,
+                                 show_progress: bool = True) -> Dict:
     """Decode once; write every frame as JPEG and its landmarks; returns the stage summary.
 
     ``frames_info`` is the 25 fps video that is decoded, ``source`` the user's
@@ -265,8 +130,8 @@ def extract_frames_and_landmarks(frames_info: MediaInfo, layout: DatasetLayout, 
     try:
         with atomic_directory(layout.frames_dir) as frames_dir, \
                 concurrent.futures.ThreadPoolExecutor(JPEG_WRITER_THREADS) as writers:
-            for index, frame in enumerate(_progress(reader, total=expected, desc="frames + landmarks",
-                                                    unit="frame")):
+            for index, frame in enumerate(progress_bar(reader, total=expected, desc="frames + landmarks",
+                                                       unit="frame", enabled=show_progress)):
                 pending.append(writers.submit(_write_jpeg, frames_dir / f"{index}.jpg", frame))
                 points = landmarker.detect(frame)
                 detections.append(points)
@@ -332,9 +197,7 @@ def extract_audio(video: Path, output: Path, frame_count: int, recording: Option
     is measured on ``recording`` (the user's file, default ``video``): it is
     what the user can check in their editor.
     """
-    import soundfile
-
-    from data_utils.audio import load_audio
+    import soundfile  # only preprocessing writes wav files
 
     recording = recording or video
     offset = audio_start_offset(recording)
@@ -344,8 +207,7 @@ def extract_audio(video: Path, output: Path, frame_count: int, recording: Option
     samples = load_audio(video, clock="video")
     target = frame_count * SAMPLES_PER_FRAME
     decoded = samples.size
-    fitted = np.zeros(target, dtype=np.float32)
-    fitted[:min(target, decoded)] = samples[:target]
+    fitted = fit_to_frames(samples, frame_count)
     with atomic_path(output) as temporary:
         soundfile.write(str(temporary), fitted, SAMPLE_RATE, subtype="PCM_16", format="WAV")
     return {"samples": target, "decoded_samples": int(decoded), "audio_start_offset_ms": round(1000 * offset, 1),
@@ -365,67 +227,22 @@ def compute_crop_boxes(layout: DatasetLayout) -> Dict:
 
 # --------------------------------------------------------------------------- stage 5: features
 
-def compute_features(layout: DatasetLayout, asr: str, feature_options: Dict, force: bool) -> Dict:
-    try:
-        from data_utils.features import extract as audio_features
-    except ImportError as error:
-        if "audio_features" not in str(error):
-            raise
-        raise UserError(f"--asr {asr}: audio feature extraction is not available in this version "
-                        "(data_utils/features/extract.py is missing); run without --asr") from None
+def compute_features(layout: DatasetLayout, asr: str, feature_options: Dict, force: bool,
+                     show_progress: bool = True) -> Dict:
     path = audio_features.prepare_dataset_features(layout.root, asr, force=force,
-                                                   progress=_progress.enabled, **feature_options)
+                                                   progress=show_progress, **feature_options)
     return {"asr": asr, "file": Path(path).name}
 
 
 # --------------------------------------------------------------------------- driver
-
-class StageState:
-    """``.process_state.json``: which stages are complete, for which source and settings."""
-
-    def __init__(self, layout: DatasetLayout, fingerprint: Dict, force: bool):
-        self.path = layout.state
-        self.fingerprint = fingerprint
-        self.stages: Dict[str, Dict] = {}
-        if not force and self.path.exists():
-            try:
-                saved = json.loads(self.path.read_text())
-            except ValueError:
-                saved = {}
-            if saved.get("version") == STATE_VERSION and saved.get("source") == fingerprint:
-                self.stages = saved.get("stages", {})
-            elif saved:
-                log.info("the source video changed since the last run: redoing every stage")
-
-    def summary_if_done(self, stage: str, settings: Dict, outputs) -> Optional[Dict]:
-        """The recorded summary when ``stage`` is complete with these settings, else None.
-
-        ``outputs(summary)`` lists the files the finished stage must have left.
-        """
-        record = self.stages.get(stage)
-        if record is None or record.get("settings") != settings:
-            return None
-        if not all(path.exists() for path in outputs(record["summary"])):
-            return None
-        return record["summary"]
-
-    def mark_done(self, stage: str, settings: Dict, summary: Dict, seconds: float) -> None:
-        self.stages[stage] = {"settings": settings, "summary": summary, "seconds": round(seconds, 2)}
-        write_json_atomic(self.path, {"version": STATE_VERSION, "source": self.fingerprint,
-                                      "stages": self.stages})
-
-    def forget_from(self, stage: str) -> None:
-        """A stage is being redone: everything after it must be redone too."""
-        for later in STAGES[STAGES.index(stage):]:
-            self.stages.pop(later, None)
-
 
 class Preprocessor:
     """Runs the stages in order, skipping those already complete."""
 
     def __init__(self, video_path: Path, layout: DatasetLayout, force: bool,
                  max_missing_fraction: float = MAX_MISSING_FACE_FRACTION,
-                 max_missing_seconds: float = MAX_MISSING_FACE_SECONDS):
+                 max_missing_seconds: float = MAX_MISSING_FACE_SECONDS, show_progress: bool = True):
+        self.show_progress = show_progress
         self.missing_limits = {"max_missing_fraction": max_missing_fraction,
                                "max_missing_seconds": max_missing_seconds}
         self.video_path = video_path
@@ -433,7 +250,7 @@ class Preprocessor:
         self.force = force
         self.info = inspect_source(video_path)
         layout.root.mkdir(parents=True, exist_ok=True)
-        self.state = StageState(layout, source_fingerprint(video_path), force)
+        self.state = StageState(layout, file_fingerprint(video_path), force)
         self.redid_earlier_stage = force
 
     def run_stage(self, stage: str, settings: Dict, outputs, work) -> Dict:
@@ -455,7 +272,7 @@ class Preprocessor:
             if converted.exists():
                 converted.unlink()  # left from an earlier source that needed it
             return {"video": self.video_path.name, "converted": False}
-        convert_to_25fps(self.info, converted)
+        convert_to_25fps(self.info, converted, self.show_progress)
         return {"video": converted.name, "converted": True}
 
     def run(self, asr: Optional[str], landmarks_backend: str, feature_options: Dict) -> Dict:
@@ -473,7 +290,7 @@ class Preprocessor:
             "frames", {"backend": landmarks_backend, "jpeg_quality": JPEG_QUALITY, **self.missing_limits},
             lambda summary: [layout.frames_dir, layout.landmarks_dir, layout.landmarks_array, layout.face_found],
             lambda: extract_frames_and_landmarks(frames_info, layout, landmarks_backend, info,
-                                                 **self.missing_limits))
+                                                 **self.missing_limits, show_progress=self.show_progress))
         frame_count = frames_summary["frames"]
         audio_summary = self.run_stage(
             "audio", {"sample_rate": SAMPLE_RATE, "frames": frame_count, "clock": "first video frame"},
@@ -487,7 +304,8 @@ class Preprocessor:
             features_summary = self.run_stage(
                 "features", {"asr": asr, **{key: str(value) for key, value in feature_options.items()}},
                 lambda summary: [layout.root / summary["file"]],
-                lambda: compute_features(layout, asr, feature_options, self.redid_earlier_stage))
+                lambda: compute_features(layout, asr, feature_options, self.redid_earlier_stage,
+                                         self.show_progress))
         report = {
             "name": layout.name,
             "source": {"file": self.video_path.name, "width": info.width, "height": info.height,
@@ -522,10 +340,9 @@ def process_video(video_path, output_dir=None, asr: Optional[str] = None,
     ``feature_options`` go to the audio-feature stage (ave_checkpoint, hubert_model,
     wenet_model, device).
     """
-    _progress.enabled = show_progress
     if asr is not None and asr not in ASR_CHOICES:
         raise UserError(f"unknown --asr {asr!r} — choose one of: {', '.join(ASR_CHOICES)}")
     video_path = Path(video_path)
     layout = DatasetLayout.for_video(video_path, output_dir)
-    preprocessor = Preprocessor(video_path, layout, force, max_missing_fraction, max_missing_seconds)
+    preprocessor = Preprocessor(video_path, layout, force, max_missing_fraction, max_missing_seconds, show_progress)
     return preprocessor.run(asr, landmarks_backend, feature_options or {})
