@@ -14,6 +14,7 @@ never leaves a truncated file. A checkpoint's ``config`` says what the model
 was trained with (kind, --asr, widths, audio input shape, feature metadata,
 crop size), so loading can refuse a mismatch with one clear line.
 """
+import pickle
 import re
 from pathlib import Path
 from typing import Dict, Optional, Tuple, Union
@@ -109,16 +110,50 @@ def resolve_checkpoint(name_or_dir: Union[str, Path], which: Union[None, int, st
     return path
 
 
-def load_torch_file(path, device="cpu", *, weights_only: bool = False, advice: str = "use another epoch or train again",
+def _numpy_array_globals():
+    """What a pickled numpy array needs (resume stores numpy's random state): data, no code.
+
+    numpy 2 moved ``numpy.core`` to ``numpy._core``; a file written under either loads under either.
+    """
+    import numpy as np
+
+    try:
+        from numpy._core.multiarray import _reconstruct as reconstruct       # numpy 2
+    except ImportError:
+        from numpy.core.multiarray import _reconstruct as reconstruct        # numpy 1
+    return [np.ndarray, np.dtype, type(np.dtype(np.uint32)), reconstruct,
+            (reconstruct, "numpy.core.multiarray._reconstruct"),
+            (reconstruct, "numpy._core.multiarray._reconstruct")]
+
+
+def load_torch_file(path, device="cpu", *, advice: str = "use another epoch or train again",
                     what: str = "checkpoint"):
-    """The one torch.load of the project: a missing, damaged or foreign file is one UserError with ``advice``."""
+    """The one torch.load of the project; it never runs code from the file.
+
+    PyTorch's weights-only unpickler admits tensors, plain containers and numbers, plus numpy
+    arrays (allow-listed above); a pickle that asks for anything else (a function to call, a
+    foreign class) is refused with one UserError, as is a missing or damaged file.
+    """
     path = Path(path)
     if not path.is_file():
         raise UserError(f"{what} {path} does not exist — check the path or train first")
     try:
-        return torch.load(path, map_location=device, weights_only=weights_only)
-    except Exception as error:  # truncated zip, pickle garbage, ...: the same problem to a user
+        with torch.serialization.safe_globals(_numpy_array_globals()):
+            return torch.load(path, map_location=device, weights_only=True)
+    except pickle.UnpicklingError as error:
+        if "Weights only load failed" not in str(error):
+            raise UserError(f"{what} {path} is damaged or not a {what} (UnpicklingError) — {advice}") from None
+        refused = _refused_global(str(error))
+        raise UserError(f"{what} {path} asks to run or build {refused} when loaded, which this project never "
+                        f"does with a file (it may be malicious, or from another program) — {advice}") from None
+    except Exception as error:  # truncated zip, garbage, ...: the same problem to a user
         raise UserError(f"{what} {path} is damaged or not a {what} ({type(error).__name__}) — {advice}") from None
+
+
+def _refused_global(message: str) -> str:
+    """The name PyTorch's weights-only unpickler refused, from its message (or a general phrase)."""
+    match = re.search(r"(?:unsupported|Unsupported global:) GLOBAL ([\w.]+)", message)
+    return match.group(1) if match else "code"
 
 
 def read_checkpoint(path, device="cpu") -> Dict:
