@@ -5,6 +5,7 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 from data_utils.timebase import FEATURE_SPECS
+from lipsync.core.commands import shell_command
 from lipsync.core.errors import UserError
 
 DATASET_ROOT = Path("dataset")
@@ -109,9 +110,8 @@ class DatasetLayout:
 
 def process_command(layout: DatasetLayout, asr: Optional[str] = None) -> str:
     """The preprocessing command that (re)makes ``layout``'s outputs: every error that needs it prints this."""
-    command = (f"python data_utils/process.py --input_video {layout.source_video()} "
-               f"--output_dir {layout.root}")
-    return command + (f" --asr {asr}" if asr else "")
+    return shell_command("python", "data_utils/process.py", "--input_video", layout.source_video(),
+                         "--output_dir", layout.root, *(("--asr", asr) if asr else ()))
 
 
 def checkpoint_dir(name: str, checkpoint_root=CHECKPOINT_ROOT) -> Path:

@@ -429,3 +429,22 @@ def test_asr_option_adds_the_audio_features_as_the_last_stage(processed_copy, tm
     monkeypatch.setattr(audio_features, "prepare_dataset_features",
                         lambda *a, **k: (_ for _ in ()).throw(AssertionError("features redone")))
     process_main([str(video), "--asr", "hubert", "--hubert_model", str(hubert), "--quiet"])
+
+
+def test_the_fix_command_keeps_a_hostile_name_one_word(tmp_path):
+    """A pasted fix command must not run what a folder name contains."""
+    import shlex
+
+    from data_utils.layout import DatasetLayout, process_command
+    from lipsync.core.errors import UserError
+
+    root = tmp_path / "May; touch pwned $(touch pwned2)"
+    command = process_command(DatasetLayout(root), asr="ave")
+    words = shlex.split(command)
+    assert words[:2] == ["python", "data_utils/process.py"]
+    assert words[words.index("--input_video") + 1] == str(root / f"{root.name}.mp4")
+    assert words[words.index("--output_dir") + 1] == str(root)
+    assert words[-2:] == ["--asr", "ave"]
+    with pytest.raises(UserError, match="does not exist") as refused:
+        DatasetLayout(root).require_processed()
+    assert shlex.split(str(refused.value).split("run: ", 1)[1]) == words[:-2]

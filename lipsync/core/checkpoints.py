@@ -22,6 +22,7 @@ from typing import Dict, Optional, Tuple, Union
 import torch
 
 from lipsync.core.atomic import save_torch_atomic
+from lipsync.core.commands import train_command
 from data_utils.crop import CROP_SIZE, INNER_SIZE
 from lipsync.core.errors import UserError
 from data_utils.layout import CHECKPOINT_ROOT
@@ -91,7 +92,7 @@ def resolve_checkpoint(name_or_dir: Union[str, Path], which: Union[None, int, st
     directory = given if given.is_dir() else Path(checkpoint_root) / str(name_or_dir)
     if not directory.is_dir():
         raise UserError(f"no checkpoints for {name_or_dir!s} ({directory} does not exist) — "
-                        f"train first: python train_328.py --name {given.name}")
+                        f"train first: {train_command(given.name)}")
     epochs = numbered_epochs(directory)
     if which is None:
         if not epochs:
@@ -106,7 +107,7 @@ def resolve_checkpoint(name_or_dir: Union[str, Path], which: Union[None, int, st
         return path
     path = directory / (BEST if which == "best" else LATEST)
     if not path.is_file():
-        raise UserError(f"{path} does not exist — train first: python train_328.py --name {directory.name}")
+        raise UserError(f"{path} does not exist — train first: {train_command(directory.name)}")
     return path
 
 
