@@ -28,6 +28,18 @@ from pathlib import Path
 REPO_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO_ROOT))
 
+from data_utils.audio import load_audio, melspectrogram
+from data_utils.features.ave import ave_features, ave_mel_windows
+from data_utils.features.ave_training import AveTrainConfig, load_mouth_crops, split_frames, train_sync_model
+from data_utils.features.dataset_audio import count_video_frames, frame_aligned_samples
+from data_utils.features.fbank import kaldi_fbank
+from data_utils.features.hubert import hubert_features
+from data_utils.features.wenet import WenetEncoder, wenet_features
+from data_utils.layout import DatasetLayout
+from data_utils.preprocess import process_video
+from lipsync.core.onnx_runtime import open_session, session_options
+from models.audio_encoders import AveAudioEncoder
+
 FIXTURE = REPO_ROOT.parent / "shared" / "fixtures" / "talker_a" / "talker_a.mp4"
 BUNDLED = REPO_ROOT / "tests" / "data" / "talker_a_4s.mp4"
 AVE_EXTRACTION_TARGET_RTF = 50.0
@@ -52,11 +64,6 @@ CPU_SECONDS = []     # CPU time of the run each best_time() reported, for the pe
 
 
 def bench_ave_extraction(samples, device, repeats):
-    from data_utils.audio import melspectrogram
-    from data_utils.features.extract import ave_features
-    from data_utils.features.ave_training import AveTrainConfig
-    from models.audio_encoders import AveAudioEncoder
-
     seconds = len(samples) / 16000
     results = {"mel_rtf": seconds / best_time(lambda: melspectrogram(samples), repeats)}
     for label, width in (("person-trained (default width %.2g)" % AveTrainConfig.width, AveTrainConfig.width),
@@ -71,8 +78,6 @@ def bench_ave_extraction(samples, device, repeats):
 def bench_hubert(samples, device, seconds_limit):
     import torch
     from transformers import HubertConfig, HubertModel
-
-    from data_utils.features.extract import hubert_features
 
     config = HubertConfig(hidden_size=1024, num_hidden_layers=24, num_attention_heads=16, intermediate_size=4096,
                           feat_extract_norm="layer", do_stable_layer_norm=True, conv_bias=True)
@@ -137,9 +142,6 @@ def wenet_sized_onnx(folder: Path) -> Path:
 
 
 def bench_wenet(samples, device, folder, threads):
-    from data_utils.features.extract import WenetEncoder, kaldi_fbank, wenet_features
-    from lipsync.core.onnx_runtime import open_session, session_options
-
     seconds = len(samples) / 16000
     results = {"fbank_rtf": seconds / best_time(lambda: kaldi_fbank(samples), 2)}
     encoder = WenetEncoder(wenet_sized_onnx(folder), device)
@@ -153,15 +155,8 @@ def bench_wenet(samples, device, folder, threads):
 
 
 def bench_training(video: Path, dataset: Path, steps, device):
-    from data_utils.audio import as_samples
-    from data_utils.features.extract import _fit_to_frames, ave_mel_windows, count_video_frames
-    from data_utils.features.ave_training import AveTrainConfig, load_mouth_crops, split_frames, train_sync_model
-    from data_utils.layout import DatasetLayout
-
     layout = DatasetLayout(dataset)
     if not layout.crop_boxes.exists():
-        from data_utils.preprocess import process_video
-
         dataset.mkdir(parents=True, exist_ok=True)
         target = dataset / f"{dataset.name}.mp4"
         shutil.copy(video, target)
@@ -170,7 +165,7 @@ def bench_training(video: Path, dataset: Path, steps, device):
         print(f"  (preprocessed {video.name} in {time.perf_counter() - started:.1f} s, not counted below)")
     frames = count_video_frames(layout.frames_dir)
     started = time.perf_counter()
-    samples = _fit_to_frames(as_samples(layout.audio_wav), frames, layout.audio_wav)
+    samples = frame_aligned_samples(layout, frames)
     mel_windows = ave_mel_windows(samples, frames)
     crops = load_mouth_crops(layout, frames, progress=False)
     prepare = time.perf_counter() - started
@@ -205,8 +200,6 @@ def main(argv=None):
     args = parser.parse_args(argv)
 
     import torch
-
-    from data_utils.audio import load_audio
 
     thread_counts = [int(value) for value in str(args.threads).split(",")]
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")

@@ -16,9 +16,11 @@ import pytest
 import torch
 from torch import nn
 
-from data_utils.features import extract as af
+from data_utils import audio_features
+from data_utils.features import ave, extract as af, hubert, wenet
 from data_utils.audio import MEL_BANDS, MEL_FMAX, MEL_FMIN, SILENCE_MEL_VALUE, load_audio, melspectrogram
 from data_utils.features.ave_training import AveTrainConfig, train_ave_encoder
+from data_utils.features.fbank import FBANK_FRAME_LENGTH, FBANK_FRAME_SHIFT, kaldi_fbank
 from lipsync.core.errors import UserError
 from data_utils.timebase import SAMPLE_RATE, SAMPLES_PER_FRAME, frame_count_for_samples, model_audio_input
 from models.audio_encoders import AveAudioEncoder
@@ -120,8 +122,8 @@ def test_mel_spectrogram_range_frames_and_pitch():
 
 def test_ave_window_is_centred_on_the_frame_instant():
     frames = np.arange(500)
-    starts = af.ave_window_start(frames)
-    middle = starts + (af.AVE_WINDOW_MEL_FRAMES - 1) / 2             # in mel frames
+    starts = ave.ave_window_start(frames)
+    middle = starts + (ave.AVE_WINDOW_MEL_FRAMES - 1) / 2            # in mel frames
     instant = frames * SAMPLES_PER_FRAME / 200                          # frame i at mel position 3.2 i
     assert np.all(np.abs(middle - instant) <= 0.5)
     assert starts[0] == -7 and starts[5] == 9                          # 3.2*5 - 7 = 9
@@ -145,7 +147,7 @@ def click_response(asr: str, frame: int, amplitude: float, **model) -> np.ndarra
 def test_ave_windows_follow_a_click_to_its_frame():
     frame = 40
     samples = click_at(frame, 3, 80, 0.9)
-    windows = af.ave_mel_windows(samples)
+    windows = ave.ave_mel_windows(samples)
     assert windows.shape == (frame_count_for_samples(len(samples)), 1, 80, 16)
     energy = windows[:, 0].mean(axis=1)                                  # (N, 16) loudness per mel column
     assert int(np.argmax(energy[frame])) in (7, 8)                       # the middle of frame 40's window
@@ -162,7 +164,7 @@ def test_ave_windows_follow_a_click_to_its_frame():
 @pytest.mark.parametrize("samples", [1, 639, 640, 641, 16000, 16001])
 def test_feature_rows_follow_the_timebase(samples):
     audio = np.random.default_rng(0).normal(0, 0.1, samples).astype(np.float32)
-    assert len(af.ave_mel_windows(audio)) == frame_count_for_samples(samples)
+    assert len(ave.ave_mel_windows(audio)) == frame_count_for_samples(samples)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -189,7 +191,7 @@ def test_released_checkpoint_keys_and_round_trip(released_ave_checkpoint):
     assert not any(key.startswith("audio_encoder.") for key in state)
     assert state["11.conv_block.0.weight"].shape == (512, 256, 3, 3)
     assert len({key.split(".")[0] for key in state}) == 13
-    encoder = af.load_ave_encoder(released_ave_checkpoint)
+    encoder = ave.load_ave_encoder(released_ave_checkpoint)
     assert encoder.width == 1.0 and not encoder.training
     mel = torch.randn(3, 1, 80, 16)
     with torch.no_grad():
@@ -210,19 +212,19 @@ def test_ave_features_with_a_checkpoint(released_ave_checkpoint, reference_sampl
 
 def test_onnxruntime_and_pytorch_give_the_same_ave_features(released_ave_checkpoint, reference_samples,
                                                             monkeypatch):
-    encoder = af.load_ave_encoder(released_ave_checkpoint)
-    fast = af.ave_features(reference_samples, encoder)
-    session = af._AVE_SESSIONS[encoder][1]
+    encoder = ave.load_ave_encoder(released_ave_checkpoint)
+    fast = ave.ave_features(reference_samples, encoder)
+    session = ave._AVE_SESSIONS[encoder][1]
     assert session is not None                                                # the CPU path really used ORT
-    assert af.ave_features(reference_samples[:8000], encoder) is not None and \
-        af._AVE_SESSIONS[encoder][1] is session                               # built once, reused
-    monkeypatch.setattr(af, "AVE_ONNX_ON_CPU", False)
-    np.testing.assert_allclose(fast, af.ave_features(reference_samples, encoder), atol=1e-5)
-    monkeypatch.setattr(af, "AVE_ONNX_ON_CPU", True)
+    assert ave.ave_features(reference_samples[:8000], encoder) is not None and \
+        ave._AVE_SESSIONS[encoder][1] is session                              # built once, reused
+    monkeypatch.setattr(ave, "AVE_ONNX_ON_CPU", False)
+    np.testing.assert_allclose(fast, ave.ave_features(reference_samples, encoder), atol=1e-5)
+    monkeypatch.setattr(ave, "AVE_ONNX_ON_CPU", True)
     with torch.no_grad():                                                     # new weights: a new session
         encoder.conv_stack[12].conv_block[0].bias.add_(1.0)
-    changed = af.ave_features(reference_samples, encoder)
-    assert af._AVE_SESSIONS[encoder][1] is not session and not np.allclose(changed, fast)
+    changed = ave.ave_features(reference_samples, encoder)
+    assert ave._AVE_SESSIONS[encoder][1] is not session and not np.allclose(changed, fast)
     import copy
 
     copy.deepcopy(encoder)                                                    # the cache does not ride along
@@ -234,7 +236,7 @@ def test_prefixed_audio_visual_state_dict_is_accepted(tmp_path, released_ave_che
     whole["face_encoder.0.weight"] = torch.zeros(3)
     path = tmp_path / "whole.pth"
     torch.save(whole, path)
-    assert af.load_ave_encoder(path).width == 1.0
+    assert ave.load_ave_encoder(path).width == 1.0
 
 
 def test_wrong_ave_checkpoints_give_one_clear_line(tmp_path, released_ave_checkpoint):
@@ -261,7 +263,7 @@ def test_wrong_ave_checkpoints_give_one_clear_line(tmp_path, released_ave_checkp
     cases[tmp_path] = "is a folder"
     for path, expected in cases.items():
         with pytest.raises(UserError) as error:
-            af.load_ave_encoder(path)
+            ave.load_ave_encoder(path)
         assert expected in str(error.value) and str(path) in str(error.value), path
 
 
@@ -354,11 +356,11 @@ def test_silent_and_short_audio_give_finite_hubert_features(tiny_hubert, seconds
 
 def test_hubert_chunks_stitch_exactly(local_hubert, reference_samples, monkeypatch):
     whole = af.extract_features(reference_samples, "hubert", hubert_model=local_hubert)
-    monkeypatch.setattr(af, "HUBERT_CHUNK_STATES", 14)       # 14 states per call, 7 of context each side
-    monkeypatch.setattr(af, "HUBERT_CONTEXT_STATES", 7)
+    monkeypatch.setattr(hubert, "HUBERT_CHUNK_STATES", 14)   # 14 states per call, 7 of context each side
+    monkeypatch.setattr(hubert, "HUBERT_CONTEXT_STATES", 7)
     calls = []
-    original = af.run_in_segments
-    monkeypatch.setattr(af, "run_in_segments", lambda *a: calls.append(a[:3]) or original(*a))
+    original = hubert.run_in_segments
+    monkeypatch.setattr(hubert, "run_in_segments", lambda *a: calls.append(a[:3]) or original(*a))
     chunked = af.extract_features(reference_samples, "hubert", hubert_model=local_hubert)
     assert calls and calls[0][1] == 14
     np.testing.assert_allclose(chunked, whole, atol=1e-4)
@@ -408,14 +410,14 @@ def wenet_models(tmp_path_factory):
 
 def test_kaldi_fbank_frames_and_pitch():
     time = np.arange(SAMPLE_RATE) / SAMPLE_RATE
-    fbank = af.kaldi_fbank((0.3 * np.sin(2 * np.pi * 2000 * time)).astype(np.float32))
+    fbank = kaldi_fbank((0.3 * np.sin(2 * np.pi * 2000 * time)).astype(np.float32))
     assert fbank.shape == (1 + (SAMPLE_RATE - 400) // 160, 80)
     centres_mel = np.linspace(1127 * np.log1p(20 / 700), 1127 * np.log1p(8000 / 700), 82)[1:-1]
     centres_hz = 700 * (np.exp(centres_mel / 1127) - 1)
     assert abs(int(np.argmax(fbank.mean(axis=0))) - int(np.argmin(np.abs(centres_hz - 2000)))) <= 1
-    silent = af.kaldi_fbank(np.zeros(4000, np.float32))
+    silent = kaldi_fbank(np.zeros(4000, np.float32))
     assert np.all(np.isfinite(silent)) and silent.max() < -10                  # log of the energy floor
-    assert af.kaldi_fbank(np.zeros(399, np.float32)).shape == (0, 80)
+    assert kaldi_fbank(np.zeros(399, np.float32)).shape == (0, 80)
 
 
 @pytest.mark.parametrize("kind", ["full", "streaming", "windowed"])
@@ -425,11 +427,11 @@ def test_wenet_rows_match_frames_and_the_torch_model(wenet_models, reference_sam
     count = frame_count_for_samples(len(reference_samples))
     assert features.shape == (count, WENET_DIM) and np.all(np.isfinite(features))
     # the same numbers as the torch model run once over the same (shifted) fbank
-    encoder = af.WenetEncoder(path)
-    padded = np.zeros(af.FBANK_FRAME_SHIFT * (encoder.fbank_frames_for(count) - 1) + af.FBANK_FRAME_LENGTH,
+    encoder = wenet.WenetEncoder(path)
+    padded = np.zeros(FBANK_FRAME_SHIFT * (encoder.fbank_frames_for(count) - 1) + FBANK_FRAME_LENGTH,
                       np.float32)
     padded[encoder.lead_samples:encoder.lead_samples + len(reference_samples)] = reference_samples
-    fbank = torch.from_numpy(af.kaldi_fbank(padded))[None]
+    fbank = torch.from_numpy(kaldi_fbank(padded))[None]
     with torch.no_grad():
         if kind == "full":
             expected = model(fbank, torch.tensor([fbank.shape[1]]))[0][0]
@@ -447,8 +449,8 @@ def test_wenet_folder_with_encoder_onnx_is_accepted(wenet_models, reference_samp
 def test_wenet_segments_stitch_exactly(wenet_models, reference_samples, monkeypatch):
     path = wenet_models["full"][1]
     whole = af.extract_features(reference_samples, "wenet", wenet_model=path)
-    monkeypatch.setattr(af, "WENET_SEGMENT_OUTPUTS", 9)
-    monkeypatch.setattr(af, "WENET_CONTEXT_OUTPUTS", 2)
+    monkeypatch.setattr(wenet, "WENET_SEGMENT_OUTPUTS", 9)
+    monkeypatch.setattr(wenet, "WENET_CONTEXT_OUTPUTS", 2)
     np.testing.assert_allclose(af.extract_features(reference_samples, "wenet", wenet_model=path), whole, atol=1e-5)
 
 
@@ -589,7 +591,7 @@ def test_ave_training_saves_a_loadable_encoder_and_its_report(processed_copy, on
     assert abs(report["heldout_sync_accuracy_untrained"] - 0.5) < 0.1
     assert report["heldout_sync_accuracy"] > 0.6
     checkpoint = torch.load(processed_copy / "ave.pth", weights_only=True)
-    assert checkpoint["format"] == af.AVE_CHECKPOINT_FORMAT and checkpoint["report"] == report
+    assert checkpoint["format"] == ave.AVE_CHECKPOINT_FORMAT and checkpoint["report"] == report
     assert "0.conv_block.0.weight" in checkpoint["conv_stack"]
     # the dataset's own encoder is what extraction uses by default, and the JSON records its accuracy
     path = af.prepare_dataset_features(processed_copy, "ave", progress=False)
@@ -621,8 +623,8 @@ def test_too_short_recording_cannot_train_ave(processed_copy):
 # ---------------------------------------------------------------------------------------------
 
 def _run_cli(arguments, module=False, env=None):
-    command = [sys.executable, "-m", "data_utils.features.extract"] if module else \
-        [sys.executable, str(REPO_ROOT / "data_utils" / "features" / "extract.py")]
+    command = [sys.executable, "-m", "data_utils.audio_features"] if module else \
+        [sys.executable, str(REPO_ROOT / "data_utils" / "audio_features.py")]
     return subprocess.run(command + [str(argument) for argument in arguments], capture_output=True, text=True,
                           cwd=REPO_ROOT if module else "/", env={**os.environ, **(env or {})})
 
@@ -640,13 +642,13 @@ def test_cli_as_a_script_writes_features_next_to_the_wav(tmp_path, released_ave_
 
 def test_cli_bad_input_is_one_line_with_exit_code_2(tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_code:
-        af.main(["--asr", "deepspeech", "--wav", str(HELDOUT_WAV)])
+        audio_features.main(["--asr", "deepspeech", "--wav", str(HELDOUT_WAV)])
     assert exit_code.value.code == 2
     assert capsys.readouterr().err.strip() == "error: unknown --asr 'deepspeech' — choose one of: ave, hubert, wenet"
     empty = tmp_path / "empty.wav"
     empty.write_bytes(b"")
     with pytest.raises(SystemExit) as exit_code:
-        af.main(["--asr", "hubert", "--wav", str(empty)])
+        audio_features.main(["--asr", "hubert", "--wav", str(empty)])
     assert exit_code.value.code == 2
     assert capsys.readouterr().err.strip() == f"error: {empty} is empty (0 bytes) — record or copy the audio again"
     # as a module, offline, with a hub id that is not cached: one line, no traceback
@@ -657,8 +659,8 @@ def test_cli_bad_input_is_one_line_with_exit_code_2(tmp_path, capsys):
 
 
 def test_cli_on_a_datasets_aud_wav_fills_the_dataset(processed_copy, tiny_hubert, capsys):
-    af.main(["--asr", "hubert", "--wav", str(processed_copy / "aud.wav"), "--hubert_model", str(tiny_hubert),
-             "--device", "cpu"])
+    audio_features.main(["--asr", "hubert", "--wav", str(processed_copy / "aud.wav"),
+                         "--hubert_model", str(tiny_hubert), "--device", "cpu"])
     assert np.load(processed_copy / "aud_hu.npy").shape == (_video_frames(processed_copy), 2, TINY_HIDDEN)
     assert json.loads((processed_copy / "aud_hu.json").read_text())["encoder"] == str(tiny_hubert)
     assert f"aud_hu.npy: {_video_frames(processed_copy)} frames" in capsys.readouterr().out

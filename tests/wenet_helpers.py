@@ -2,14 +2,14 @@
 
 They have the two input signatures a released WeNet ONNX export has
 (export_onnx_gpu.py's full-utterance encoder, export_onnx_cpu.py's streaming
-encoder with attention and conv caches), so data_utils.features.extract reads
+encoder with attention and conv caches), so data_utils/features/wenet.py reads
 them exactly as it reads a real model. Nothing is downloaded.
 """
 import torch
 from torch import nn
 from torch.nn import functional as F
 
-from data_utils.features import extract as af
+from data_utils.features.wenet import WENET_STREAMING_INPUTS
 
 WENET_DIM = 16            # a 16-frame window of 16 values fills one 16x16 plane
 FULL_EXAMPLE_FRAMES = 67  # fbank frames of the example input the full encoder is traced with
@@ -110,7 +110,7 @@ def export_streaming(model, path, metadata):
                torch.zeros(1, 1, cache or 3, 2 * WENET_DIM), torch.zeros(1, 1, WENET_DIM, 2),
                torch.ones(1, 1, cache + metadata["chunk_size"], dtype=torch.bool) if cache
                else torch.ones(0, 0, 0, dtype=torch.bool))
-    return export_onnx(model, example, path, list(af.WENET_STREAMING_INPUTS), ["output", "r_att_cache", "r_cnn_cache"],
+    return export_onnx(model, example, path, list(WENET_STREAMING_INPUTS), ["output", "r_att_cache", "r_cnn_cache"],
                    {"chunk": {1: "T"}, "att_cache": {2: "T_CACHE"}, "att_mask": {2: "T_ADD_T_CACHE"},
                     "output": {1: "T"}, "r_att_cache": {2: "T_CACHE"}}, metadata)
 

@@ -16,6 +16,7 @@ aud_ave.json).
 """
 import argparse
 import logging
+import os
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -24,13 +25,22 @@ from pathlib import Path
 from typing import Dict, Optional, Tuple
 
 if __package__ in (None, ""):
+    # Run as a file (python data_utils/features/ave_training.py): make the repository importable.
     sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 import numpy as np
+import torch
+from torch.nn import functional as F
 
+from data_utils.crop import CROP_BORDER, CROP_SIZE, MASK_BOTTOM, MASK_LEFT, MASK_RIGHT, MASK_TOP, cut_crop
+from data_utils.features.ave import AVE_CHECKPOINT_FORMAT, ave_mel_windows, read_ave_checkpoint
+from data_utils.features.dataset_audio import frame_aligned_samples, require_audio_and_frames
+from data_utils.layout import DatasetLayout, process_command
 from lipsync.core.atomic import save_torch_atomic
+from lipsync.core.console import configure_console_logging
+from lipsync.core.devices import DEVICES, device_name
 from lipsync.core.errors import UserError, exit_on_user_error
-from data_utils.layout import DatasetLayout
+from models.audio_encoders import SyncScorer
 
 log = logging.getLogger(__name__)
 
@@ -74,7 +84,6 @@ class AveTrainConfig:
 def mouth_region(box_crop: np.ndarray) -> np.ndarray:
     """The repainted lower-face region of a MOUTH_CUT_SIZE face crop, resized to MOUTH_SIZE."""
     import cv2
-    from data_utils.crop import CROP_BORDER, CROP_SIZE, MASK_BOTTOM, MASK_LEFT, MASK_RIGHT, MASK_TOP
 
     scale = MOUTH_CUT_SIZE / CROP_SIZE
     top, bottom = int(round((CROP_BORDER + MASK_TOP) * scale)), int(round((CROP_BORDER + MASK_BOTTOM) * scale))
@@ -85,16 +94,11 @@ def mouth_region(box_crop: np.ndarray) -> np.ndarray:
 
 def load_mouth_crops(layout: DatasetLayout, frames: int, progress: bool = True) -> np.ndarray:
     """(frames, H, W) uint8 grayscale mouth regions from full_body_img/ and crop_boxes.npy."""
-    import os
-
     import cv2
     from tqdm import tqdm
 
-    from data_utils.crop import cut_crop
-
     if not layout.crop_boxes.exists():
-        raise UserError(f"{layout.crop_boxes} does not exist — run: python data_utils/process.py "
-                        f"{layout.source_video()}")
+        raise UserError(f"{layout.crop_boxes} does not exist — run: {process_command(layout)}")
     boxes = np.load(layout.crop_boxes)
     if boxes.ndim != 2 or boxes.shape[1] != 4 or len(boxes) != frames:
         raise UserError(f"{layout.crop_boxes} has shape {boxes.shape}, expected ({frames}, 4) for the "
@@ -138,16 +142,11 @@ def split_frames(frames: int, heldout_fraction: float) -> Tuple[int, int]:
 # =============================================================================
 
 def _as_tensor_crops(stacks: np.ndarray, device):
-    import torch
-
     return torch.from_numpy(stacks).to(device).float().div_(127.5).sub_(1.0)
 
 
 def _jitter(crops, generator):
     """Random shift (same for a sample's 5 crops) and brightness/contrast change."""
-    import torch
-    from torch.nn import functional as F
-
     batch = crops.shape[0]
     padded = F.pad(crops, (SHIFT_PX,) * 4, mode="replicate")
     height, width = crops.shape[-2:]
@@ -164,9 +163,6 @@ def contrastive_loss(audio_embedding, mouth_embedding, frame_index, temperature:
     The pair of the same frame is the positive; frames closer than
     MIN_NEGATIVE_GAP (other than itself) are left out rather than counted as negatives.
     """
-    import torch
-    from torch.nn import functional as F
-
     logits = audio_embedding @ mouth_embedding.T / temperature
     gap = (frame_index[:, None] - frame_index[None, :]).abs()
     excluded = (gap < MIN_NEGATIVE_GAP) & (gap > 0)
@@ -183,8 +179,6 @@ def sync_accuracy(model, mel_windows, crops, indices, device) -> Dict[str, float
     ``frame_accuracy``: fraction of frames whose in-sync score beats most of
     their off-sync pairs.
     """
-    import torch
-
     model.eval()
     with torch.inference_mode():
         audio = model.embed_audio(torch.from_numpy(mel_windows[indices]).to(device))
@@ -201,10 +195,7 @@ def sync_accuracy(model, mel_windows, crops, indices, device) -> Dict[str, float
 def train_sync_model(mel_windows: np.ndarray, crops: np.ndarray, config: AveTrainConfig, device="cpu",
                      progress: bool = True, steps: Optional[int] = None):
     """Train the AVE encoder + mouth encoder; returns (model, report dict)."""
-    import torch
     from tqdm import tqdm
-
-    from models.audio_encoders import SyncScorer
 
     frames = len(mel_windows)
     if len(crops) != frames:
@@ -259,28 +250,18 @@ def train_ave_encoder(dataset_dir, config: Optional[AveTrainConfig] = None, devi
 
     Returns the training report (held-out accuracy etc.), also stored in ave.pth.
     """
-    from data_utils.audio import as_samples
-    from data_utils.features.extract import (AVE_CHECKPOINT_FORMAT, _fit_to_frames, _torch_load, ave_mel_windows,
-                                           count_video_frames)
-
     layout = DatasetLayout(Path(dataset_dir))
     config = config or AveTrainConfig()
     if layout.ave_encoder.exists() and not force:
-        stored = _torch_load(layout.ave_encoder)   # an unreadable file is reported, not silently replaced
+        stored = read_ave_checkpoint(layout.ave_encoder)   # an unreadable file is reported, not silently replaced
         report = stored.get("report", {}) if isinstance(stored, dict) else {}
         log.info("%s exists: keeping it (held-out sync accuracy %s)", layout.ave_encoder,
                  _percent(report.get("heldout_sync_accuracy")))
         return report
-    frames = count_video_frames(layout.frames_dir)
-    if frames == 0:
-        raise UserError(f"{layout.frames_dir} has no frames — run: python data_utils/process.py "
-                        f"{layout.source_video()}")
-    if not layout.audio_wav.exists():
-        raise UserError(f"{layout.audio_wav} does not exist — run: python data_utils/process.py "
-                        f"{layout.source_video()}")
+    frames = require_audio_and_frames(layout)
     split_frames(frames, config.heldout_fraction)   # fail early for a too-short recording
     started = time.time()
-    samples = _fit_to_frames(as_samples(layout.audio_wav), frames, layout.audio_wav)
+    samples = frame_aligned_samples(layout, frames)
     mel_windows = ave_mel_windows(samples, frames)
     crops = load_mouth_crops(layout, frames, progress)
     prepare_seconds = time.time() - started
@@ -312,7 +293,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description="Learn a person's AVE audio encoder (dataset/NAME/ave.pth).")
     parser.add_argument("dataset_dir", help="processed dataset folder (aud.wav, full_body_img/, crop_boxes.npy)")
     parser.add_argument("--steps", type=int, default=None, help="training steps (default: from the length)")
-    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--device", choices=DEVICES, default="cpu", help="device to train on (default cpu)")
     parser.add_argument("--force", action="store_true", help="retrain even if ave.pth exists")
     return parser
 
@@ -320,8 +301,8 @@ def build_parser() -> argparse.ArgumentParser:
 @exit_on_user_error
 def main(argv=None) -> Dict:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
-    return train_ave_encoder(args.dataset_dir, device=args.device, force=args.force, steps=args.steps)
+    configure_console_logging()
+    return train_ave_encoder(args.dataset_dir, device=device_name(args.device), force=args.force, steps=args.steps)
 
 
 if __name__ == "__main__":
