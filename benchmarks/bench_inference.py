@@ -28,6 +28,24 @@ from pathlib import Path
 REPO_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO_ROOT))
 
+import numpy as np
+import torch
+from torch import nn
+
+from data_utils.audio import load_audio
+from data_utils.crop import INNER
+from data_utils.layout import DatasetLayout
+from data_utils.preprocess import process_video
+from data_utils.timebase import FEATURE_SPECS, SAMPLE_RATE
+from lipsync.core.checkpoints import UNET_KIND, load_unet, model_config, save_checkpoint
+from lipsync.core.console import configure_console_logging
+from lipsync.core.onnx_runtime import OPTIMIZATION_LEVELS, cpu_thread_count
+from lipsync.render import load_renderer, render_to_file
+from lipsync.render.onnx_export import OnnxUNet, ensure_onnx
+from lipsync.render.video_writer import write_wav
+from models.audio_encoders import AVE_FEATURES, AveAudioEncoder
+from models.unet_328 import WIDTHS, LipSyncUNet
+
 BUNDLED = REPO_ROOT / "tests" / "data" / "talker_a_4s.mp4"
 SPEECH = REPO_ROOT / "tests" / "data" / "heldout_2s.wav"
 NAME = "bench"
@@ -49,17 +67,6 @@ def cpu_description() -> str:
 
 def build_person(scratch: Path, video: Path, model_size: str, batch_norm_seed: int = 0):
     """A processed dataset, an AVE encoder and a random-weight checkpoint under ``scratch``."""
-    import numpy as np
-    import torch
-    from torch import nn
-
-    from lipsync.core.checkpoints import UNET_KIND, model_config, save_checkpoint
-    from data_utils.layout import DatasetLayout
-    from data_utils.preprocess import process_video
-    from data_utils.timebase import FEATURE_SPECS
-    from models.audio_encoders import AVE_FEATURES, AveAudioEncoder
-    from models.unet_328 import WIDTHS, LipSyncUNet
-
     dataset_root, checkpoint_root = scratch / "dataset", scratch / "checkpoint"
     layout = DatasetLayout(dataset_root / NAME)
     layout.root.mkdir(parents=True)
@@ -81,12 +88,6 @@ def build_person(scratch: Path, video: Path, model_size: str, batch_norm_seed: i
 
 def speech_file(scratch: Path, seconds: float) -> Path:
     """``seconds`` of the bundled held-out speech, repeated, as a wav (what a user passes)."""
-    import numpy as np
-
-    from data_utils.audio import load_audio
-    from data_utils.timebase import SAMPLE_RATE
-    from lipsync.render.video_writer import write_wav
-
     speech = load_audio(SPEECH)
     wanted = int(seconds * SAMPLE_RATE)
     samples = np.tile(speech, wanted // len(speech) + 1)[:wanted]
@@ -104,8 +105,6 @@ def timed(call, repeats: int) -> float:
 
 
 def model_inputs(batch_size: int, audio_shape):
-    import numpy as np
-
     rng = np.random.default_rng(0)
     image6 = rng.random((batch_size, 6, 320, 320), dtype=np.float32)
     audio = rng.standard_normal((batch_size, *audio_shape)).astype(np.float32)
@@ -113,8 +112,6 @@ def model_inputs(batch_size: int, audio_shape):
 
 
 def torch_model_fps(model, image6, audio, device: str, repeats: int, half: bool = False) -> float:
-    import torch
-
     model = model.to(device).eval()
     image_tensor = torch.from_numpy(image6).to(device)
     audio_tensor = torch.from_numpy(audio).to(device)
@@ -130,8 +127,6 @@ def torch_model_fps(model, image6, audio, device: str, repeats: int, half: bool 
 
 def onnx_model_fps(onnx_path, image6, audio, device: str, repeats: int, threads=None,
                    optimization: str = "all") -> float:
-    from lipsync.core.onnx_runtime import OnnxUNet
-
     session = OnnxUNet(onnx_path, device, threads, optimization)
     if device == "cuda" and session.device != "cuda":
         return float("nan")
@@ -142,15 +137,11 @@ class CopyCrop:
     """Stands in for the U-Net to time everything around it: returns the crop's own centre."""
 
     def __call__(self, crops_u8, audio):
-        from data_utils.crop import INNER
-
         return crops_u8[:, INNER, INNER].copy()
 
 
 def end_to_end_fps(args, dataset_root, checkpoint_root, audio_path, output, device, backend, half=False,
                    threads=None, without_model=False):
-    from lipsync.render.renderer import load_renderer, render_to_file
-
     started = time.perf_counter()
     with load_renderer(NAME, dataset_root=dataset_root, checkpoint_root=checkpoint_root, device=device,
                        backend=backend, half=half, batch_size=args.batch_size, onnx_threads=threads) as renderer:
@@ -175,14 +166,7 @@ def main(argv=None):
                         help="also time onnxruntime at every graph optimisation level and 1..N threads")
     args = parser.parse_args(argv)
 
-    import logging
-
-    import torch
-
-    from lipsync.core.checkpoints import load_unet
-    from lipsync.core.onnx_runtime import OPTIMIZATION_LEVELS, cpu_thread_count, ensure_onnx
-
-    logging.basicConfig(level=logging.WARNING)
+    configure_console_logging(quiet=True)
     threads = args.threads or cpu_thread_count()
     torch.set_num_threads(threads)
     devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else []) if args.devices == "auto" \

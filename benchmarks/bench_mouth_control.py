@@ -23,6 +23,8 @@ with --mouth_scale 1.2 and 0.8 and prints the ratio of the mean gap to the
 unscaled render's and the correlation of the two tracks.
 """
 import argparse
+import hashlib
+import io
 import shutil
 import sys
 import tempfile
@@ -31,6 +33,27 @@ from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO_ROOT))
+
+import numpy as np
+import torch
+
+from data_utils import crop
+from data_utils.audio import load_audio
+from data_utils.crop import cut_crop
+from data_utils.ffmpeg import run_ffmpeg
+from data_utils.layout import DatasetLayout, checkpoint_dir
+from data_utils.preprocess import process_video
+from data_utils.timebase import SAMPLE_RATE, SAMPLES_PER_FRAME, frame_count_for_samples
+from lipsync.core.atomic import write_bytes_atomic
+from lipsync.core.checkpoints import resolve_checkpoint
+from lipsync.core.console import configure_console_logging
+from lipsync.evaluate.evaluation import LandmarkTrack
+from lipsync.evaluate.metrics import mouth_opening, offset_correlation
+from lipsync.render import load_renderer
+from lipsync.render.frames import compose_frame, pingpong_index
+from lipsync.render.mouth_control import MouthControls
+from lipsync.render.silence import (HOLD_AFTER_SPEECH_FRAMES, RAMP_FRAMES, RELEASE_BEFORE_SPEECH_FRAMES,
+                                    VoiceActivity, detect_speech, hold_weights, silence_hold_weights)
 
 BUNDLED = REPO_ROOT / "tests" / "data" / "talker_a_4s.mp4"
 SPEECH = REPO_ROOT / "tests" / "data" / "heldout_2s.wav"
@@ -43,10 +66,6 @@ OPEN_MOUTH = 0.01
 
 def truth_silence(truth_path: Path, sample_count: int):
     """(frames,) bool: frame i's 40 ms (centred on i / 25 s) is mostly inside '_' phonemes."""
-    import numpy as np
-
-    from data_utils.timebase import SAMPLE_RATE, SAMPLES_PER_FRAME, frame_count_for_samples
-
     truth = np.load(truth_path)
     silent = np.zeros(sample_count, bool)
     for name, start, stop in zip(truth["phoneme_names"], truth["phoneme_start"], truth["phoneme_end"]):
@@ -59,10 +78,6 @@ def truth_silence(truth_path: Path, sample_count: int):
 
 
 def with_noise(samples, silent_frames, kind, snr_db, seed=0):
-    import numpy as np
-
-    from data_utils.timebase import SAMPLES_PER_FRAME
-
     rng = np.random.default_rng(seed)
     noise = rng.standard_normal(len(samples))
     if kind == "pink":
@@ -76,11 +91,6 @@ def with_noise(samples, silent_frames, kind, snr_db, seed=0):
 
 
 def vad_accuracy(fixture: Path) -> None:
-    import numpy as np
-
-    from data_utils.audio import load_audio
-    from lipsync.render.silence import detect_speech, hold_weights
-
     samples = load_audio(fixture / "talker_a.mp4")
     silent = truth_silence(fixture / "talker_a.truth.npz", len(samples))
     full_pause = hold_weights(~silent) == 1
@@ -99,16 +109,6 @@ def vad_accuracy(fixture: Path) -> None:
 
 
 def control_costs(scratch: Path) -> None:
-    import numpy as np
-
-    from data_utils import crop
-    from data_utils.audio import load_audio
-    from data_utils.layout import DatasetLayout
-    from lipsync.render.mouth_control import MouthControls
-    from data_utils.preprocess import process_video
-    from lipsync.render.renderer import compose_frame
-    from lipsync.render.silence import VoiceActivity
-
     root = scratch / "person"
     root.mkdir()
     shutil.copy(BUNDLED, root / "person.mp4")
@@ -191,8 +191,6 @@ def mouth_tile(crop_328, text):
 
 def grid(rows, row_labels):
     """Rows of equally sized tiles, each row with its label in a grey band on the left."""
-    import numpy as np
-
     out = []
     for tiles, label in zip(rows, row_labels):
         strip = np.concatenate(tiles, axis=1)
@@ -203,11 +201,7 @@ def grid(rows, row_labels):
 
 def save_picture(path: Path, image) -> Path:
     """PNG under MAX_PICTURE_BYTES: full colour when it fits, else a 256-colour palette."""
-    import io
-
     from PIL import Image
-
-    from lipsync.core.atomic import write_bytes_atomic
 
     picture = Image.fromarray(image[..., ::-1].copy())
     palette = picture.quantize(256, method=Image.Quantize.MEDIANCUT, dither=Image.Dither.FLOYDSTEINBERG)
@@ -221,19 +215,6 @@ def save_picture(path: Path, image) -> Path:
 
 
 def render_effects(args) -> None:
-    import hashlib
-
-    import numpy as np
-
-    from data_utils.audio import load_audio
-    from data_utils.crop import cut_crop
-    from lipsync.evaluate.evaluation import LandmarkTrack
-    from lipsync.evaluate.metrics import mouth_opening, offset_correlation
-    from lipsync.render.renderer import load_renderer, pingpong_index
-    from lipsync.render.silence import (HOLD_AFTER_SPEECH_FRAMES, RAMP_FRAMES, RELEASE_BEFORE_SPEECH_FRAMES,
-                                    silence_hold_weights)
-    from data_utils.timebase import SAMPLE_RATE, SAMPLES_PER_FRAME
-
     speech = load_audio(args.audio)
     third = len(speech) // 3
     gap = np.zeros(int(SILENCE_SECONDS * SAMPLE_RATE), np.float32)
@@ -310,15 +291,6 @@ def render_effects(args) -> None:
 def faceless_image(args, scratch: Path) -> None:
     """The bundled clip with the face covered for a moment, rendered with NAME's checkpoint."""
     import cv2
-    import numpy as np
-
-    from data_utils.audio import load_audio
-    from lipsync.core.checkpoints import resolve_checkpoint
-    from data_utils.crop import cut_crop
-    from data_utils.ffmpeg import run_ffmpeg
-    from data_utils.layout import DatasetLayout, checkpoint_dir
-    from data_utils.preprocess import process_video
-    from lipsync.render.renderer import load_renderer, pingpong_index
 
     root = scratch / "covered"
     root.mkdir()
@@ -362,11 +334,7 @@ def main(argv=None):
     parser.add_argument("--threads", type=int, default=1, help="torch threads")
     parser.add_argument("--images", type=Path, help="with --name: write the README pictures here (docs/images)")
     args = parser.parse_args(argv)
-    import logging
-
-    import torch
-
-    logging.basicConfig(level=logging.WARNING)
+    configure_console_logging(quiet=True)
     torch.set_num_threads(args.threads)
     if args.fixture:
         vad_accuracy(args.fixture)

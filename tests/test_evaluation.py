@@ -50,7 +50,8 @@ def random_ave_encoder(path):
 def train_tiny_unet(root, run_dir):
     """TRAIN_STEPS steps of the training code's U-Net objective; returns (state, config)."""
     from data_utils.dataset import open_person
-    from lipsync.train.trainer import TrainConfig, UNetTask
+    from lipsync.train.options import TrainConfig
+    from lipsync.train.unet_task import UNetTask
     from models.unet_328 import WIDTHS, LipSyncUNet
 
     torch.manual_seed(0)
@@ -163,7 +164,7 @@ def test_selection_picks_the_trained_checkpoint_over_the_damaged_one(run, heldou
 
 
 def test_inference_loads_the_chosen_best_checkpoint(run, heldout):
-    from lipsync.render.renderer import load_renderer
+    from lipsync.render import load_renderer
 
     with load_renderer("talker", checkpoint="best", device="cpu", dataset_root=run / "dataset",
                        checkpoint_root=run / "checkpoint") as renderer:

@@ -28,9 +28,10 @@ from data_utils.dataset import read_feature_metadata
 from lipsync.core.errors import UserError
 from data_utils.ffmpeg import ffmpeg_binary, probe, video_packet_times
 from data_utils.layout import DatasetLayout
-from lipsync.core.onnx_runtime import OnnxUNet, ensure_onnx, onnx_path_for
-from lipsync.render.renderer import (compose_frame, load_renderer, match_colours, pingpong_index, pingpong_indices,
-                                  render, render_to_file)
+from lipsync.render import load_renderer, render, render_to_file
+from lipsync.render.frames import compose_frame, match_colours, pingpong_index, pingpong_indices
+from lipsync.render.onnx_export import OnnxUNet, ensure_onnx, onnx_path_for
+from lipsync.render.options import RenderOptions, build_parser
 from data_utils.timebase import SAMPLE_RATE, SAMPLES_PER_FRAME, frame_count_for_samples, model_audio_input
 from lipsync.render.video_writer import write_wav
 from inference_328 import main as inference_main
@@ -263,6 +264,27 @@ def test_a_model_in_memory_renders_like_its_checkpoint(person, renderer):
     reference = list(renderer.render(samples))
     assert len(frames) == len(reference) == 10
     assert all(np.array_equal(mine, theirs) for mine, theirs in zip(frames, reference))
+
+
+def test_script_options_are_render_options_with_the_same_defaults():
+    options = RenderOptions.from_args(build_parser().parse_args(["--name", NAME]))
+    assert options == RenderOptions()
+    args = build_parser().parse_args(["--name", NAME, "--feather", "3", "--fp16", "--color_match", "--batch_size", "4",
+                                      "--backend", "onnx", "--checkpoint", "best", "--device", "cpu"])
+    options = RenderOptions.from_args(args)
+    assert (options.feather_px, options.half, options.colour_match, options.batch_size, options.backend,
+            options.checkpoint, options.device) == (3.0, True, True, 4, "onnx", "best", "cpu")
+
+
+def test_options_object_and_keywords_load_the_same_renderer(person):
+    options = RenderOptions(dataset_root=person.dataset_root, checkpoint_root=person.checkpoint_root, device="cpu",
+                            batch_size=3)
+    with load_renderer(NAME, options, feather_px=2.0) as loaded:
+        assert (loaded.options.batch_size, loaded.options.feather_px) == (3, 2.0)
+        assert loaded.checkpoint_path == person.checkpoint
+    assert options.feather_px == RenderOptions().feather_px         # the caller's options are not changed
+    with pytest.raises(UserError, match="--batch_size must be at least 1, got 0"):
+        load_renderer(NAME, options.replace(batch_size=0))
 
 
 def test_render_is_a_generator_that_yields_before_the_audio_is_done(renderer, recording):

@@ -30,7 +30,8 @@ from data_utils.layout import DatasetLayout
 from lipsync.evaluate.metrics import mouth_opening, offset_correlation
 from lipsync.render.mouth_control import (MOUTH_SCALE_LIMITS, choose_neutral_frame, load_face_found,
                                       opening_warp_maps, presence_weights)
-from lipsync.render.renderer import load_renderer, pingpong_indices
+from lipsync.render import load_renderer
+from lipsync.render.frames import pingpong_indices
 from lipsync.render.silence import (HOLD_AFTER_SPEECH_FRAMES, LOOK_AHEAD_FRAMES, LOOK_BACK_FRAMES, RAMP_FRAMES,
                                 RELEASE_BEFORE_SPEECH_FRAMES, SilenceHold, detect_speech, hold_weights,
                                 silence_hold_weights)
@@ -571,8 +572,8 @@ def test_script_options_reach_the_render_api(monkeypatch):
 
     seen = {}
 
-    def fake_load_renderer(name, **options):
-        seen.update(options)
+    def fake_load_renderer(name, options):
+        seen.update(options.as_dict())
         raise UserError("stop here")
 
     monkeypatch.setattr(inference_328, "load_renderer", fake_load_renderer)

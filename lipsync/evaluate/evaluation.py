@@ -310,7 +310,7 @@ class EvalOptions:
     syncnet_checkpoint: Optional[Path] = None  # default checkpoint/NAME/syncnet/best.pth
     device: str = "auto"
     batch_size: int = DEFAULT_BATCH_SIZE
-    # lipsync.render.renderer.RenderOptions fields (silence_hold, mouth_scale, colour_match, ...): score the
+    # lipsync.render.options.RenderOptions fields (silence_hold, mouth_scale, colour_match, ...): score the
     # video exactly as inference_328.py would render it with the same options
     render_options: Dict = dataclasses.field(default_factory=dict)
     output_dir: Optional[Path] = None          # default checkpoint/NAME/evaluation/<heldout | audio_STEM>
@@ -482,7 +482,7 @@ def recording_samples(layout: DatasetLayout, frame_count: int) -> np.ndarray:
 def preroll_frames(asr: str, first_frame: int) -> int:
     """Frames rendered before the first scored one, so its audio window sees the real
     audio before it (window + the encoder's context) rather than silence."""
-    from lipsync.render.renderer import FEATURE_CONTEXT_FRAMES
+    from lipsync.render.featurizer import FEATURE_CONTEXT_FRAMES
 
     return int(min(first_frame, WINDOW_BEFORE + FEATURE_CONTEXT_FRAMES[asr]))
 
@@ -523,7 +523,7 @@ class Reference:
 def video_frames(path: Path, count: int) -> Iterator[np.ndarray]:
     """The first ``count`` decoded BGR frames of ``path``; fewer is a UserError."""
     from data_utils.ffmpeg import probe
-    from data_utils.preprocess import FrameReader
+    from data_utils.video import FrameReader
 
     reader = FrameReader(probe(path))
     produced = 0
@@ -606,14 +606,14 @@ class Evaluation:
     """One evaluate_328.py run: a person, some checkpoints, the held-out tail or new audio."""
 
     def __init__(self, options: EvalOptions):
-        from lipsync.render.renderer import resolve_device
+        from lipsync.core.devices import device_name
 
         self.options = options.check()
         self.layout = options.layout
         check_processed(self.layout)
         self.run_dir = options.run_dir
         self.checkpoints, self.complete = checkpoints_to_score(options)
-        self.device = resolve_device(options.device)
+        self.device = device_name(options.device)
         self.boxes = np.load(self.layout.crop_boxes)
         self.frame_count = len(self.boxes)
         self.heldout = options.audio_path is None
@@ -633,7 +633,7 @@ class Evaluation:
 
     # ------------------------------------------------------------------ setup that needs the first model
     def _renderer(self, path: Path):
-        from lipsync.render.renderer import load_renderer
+        from lipsync.render.api import load_renderer
 
         options = self.options
         return load_renderer(dataset_dir=self.layout.root, checkpoint=str(path), device=self.device,
@@ -702,7 +702,7 @@ class Evaluation:
 
     def _audio_reference(self, renderer) -> Reference:
         from data_utils.audio import load_audio
-        from lipsync.render.renderer import pingpong_indices
+        from lipsync.render.frames import pingpong_indices
 
         samples = load_audio(self.options.audio_path)
         count = frame_count_for_samples(len(samples))
@@ -769,7 +769,7 @@ class Evaluation:
             renderer.close()
 
     def _generated_frames(self, renderer) -> Iterator[np.ndarray]:
-        from lipsync.render.renderer import render
+        from lipsync.render.api import render
 
         reference = self.reference
         if not self.heldout:

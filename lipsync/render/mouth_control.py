@@ -40,8 +40,13 @@ from typing import Callable, Optional
 import numpy as np
 
 from data_utils import crop as crop_geometry
+from data_utils.audio import load_audio
+from data_utils.landmarks import MediapipeLandmarker
+from data_utils.layout import DatasetLayout, process_command
 from lipsync.core.errors import UserError
-from data_utils.layout import DatasetLayout
+from lipsync.evaluate.metrics import mouth_opening
+from lipsync.render.frames import DEFAULT_FEATHER_PX
+from lipsync.render.silence import SilenceHold, detect_speech
 
 log = logging.getLogger(__name__)
 
@@ -68,8 +73,6 @@ WARP_ITERATIONS = 6                   # fixed-point steps inverting the warp: er
 
 def load_face_found(layout: DatasetLayout, frame_count: int) -> np.ndarray:
     """(frames,) bool from face_found.npy; all True for datasets processed before it existed."""
-    from data_utils.dataset import process_command
-
     path = layout.face_found
     if not path.is_file():
         return np.ones(frame_count, dtype=bool)
@@ -161,12 +164,6 @@ def _stable_points(scheme) -> list:
 # 3. The person's own closed mouth (silence hold)
 # =============================================================================
 
-def mouth_openings(landmarks: np.ndarray) -> np.ndarray:
-    from lipsync.evaluate.metrics import mouth_opening
-
-    return mouth_opening(landmarks)
-
-
 def choose_neutral_frame(landmarks: np.ndarray, face_found: np.ndarray, speech: np.ndarray) -> int:
     """The recording frame with the most closed mouth among silent frames with a face.
 
@@ -174,7 +171,7 @@ def choose_neutral_frame(landmarks: np.ndarray, face_found: np.ndarray, speech: 
     frame caught in the middle of closing is not preferred to one at rest.
     Without any silent frame, every frame with a face is a candidate.
     """
-    opening = mouth_openings(landmarks)
+    opening = mouth_opening(landmarks)
     padded = np.pad(opening, 1, mode="edge")
     settled = (padded[:-2] + padded[1:-1] + padded[2:]) / 3
     count = len(opening)
@@ -191,26 +188,20 @@ class NeutralMouth:
     """The person's closed mouth, placed into any recording frame's crop."""
 
     def __init__(self, image: np.ndarray, frame_index: int, landmarks: np.ndarray, boxes: np.ndarray):
-        from data_utils.crop import scheme_for, smooth_over_time
-
         self.image = image
         self.frame_index = int(frame_index)
         self.boxes = boxes
-        stable = _stable_points(scheme_for(landmarks))
-        points = smooth_over_time(np.asarray(landmarks, dtype=np.float64)[:, stable])
+        stable = _stable_points(crop_geometry.scheme_for(landmarks))
+        points = crop_geometry.smooth_over_time(np.asarray(landmarks, dtype=np.float64)[:, stable])
         source = points[self.frame_index]
         # Per recording frame: neutral frame pixels -> that frame's pixels.
         self._to_frame = np.stack([similarity_transform(source, target) for target in points])
-        self.opening = float(mouth_openings(landmarks[self.frame_index:self.frame_index + 1])[0])
+        self.opening = float(mouth_opening(landmarks[self.frame_index:self.frame_index + 1])[0])
 
     @classmethod
     def from_dataset(cls, layout: DatasetLayout, boxes: np.ndarray, face_found: np.ndarray,
                      vad: Optional[str] = None) -> "NeutralMouth":
         import cv2
-
-        from data_utils.audio import load_audio
-        from data_utils.dataset import process_command
-        from lipsync.render.silence import detect_speech
 
         for needed in (layout.landmarks_array, layout.audio_wav):
             if not needed.is_file():
@@ -362,8 +353,6 @@ class MouthScaler:
             return self._idle.get_nowait()
         except queue.Empty:
             pass
-        from data_utils.landmarks import MediapipeLandmarker
-
         # Creation and the first detection silence native stderr through fd 2: one thread at a time.
         with self._lock:
             detector = MediapipeLandmarker(static_image_mode=True)
@@ -425,7 +414,7 @@ class MouthControls:
 
     def __init__(self, layout: DatasetLayout, boxes: np.ndarray, *, silence_hold: bool = True,
                  vad: Optional[str] = None, mouth_scale: float = 1.0, paint_faceless: bool = False,
-                 faceless_fade: int = DEFAULT_FACELESS_FADE_FRAMES, feather_px: float = 12.0):
+                 faceless_fade: int = DEFAULT_FACELESS_FADE_FRAMES, feather_px: float = DEFAULT_FEATHER_PX):
         self.boxes = boxes
         self.face_found = load_face_found(layout, len(boxes))
         if paint_faceless:
@@ -448,8 +437,6 @@ class MouthControls:
 
     def new_silence_hold(self):
         """A SilenceHold for one audio stream, or None when the hold is off."""
-        from lipsync.render.silence import SilenceHold
-
         return SilenceHold(self.vad) if self.neutral is not None else None
 
     def apply(self, frame: np.ndarray, crop_328: np.ndarray, generated: np.ndarray, recording_frame: int,

@@ -41,15 +41,17 @@ weight needs only LOOK_AHEAD frames of decisions after it. So audio fed in
 pieces of any size gives the same weights as the whole file, and the hold adds
 no latency to the render stream (its own window already looks 8 frames ahead).
 """
+import importlib.util
 import logging
 import warnings
 from collections import deque
 from typing import List, Optional, Tuple
 
 import numpy as np
+import torch
 
-from lipsync.core.errors import UserError
 from data_utils.timebase import FPS, SAMPLE_RATE, SAMPLES_PER_FRAME, frame_count_for_samples
+from lipsync.core.errors import UserError
 
 log = logging.getLogger(__name__)
 
@@ -93,8 +95,6 @@ LOOK_BACK_FRAMES = max(RAMP_FRAMES + HOLD_AFTER_SPEECH_FRAMES, MIN_PAUSE_FRAMES)
 
 def _load_silero():
     """The Silero VAD model (onnxruntime, CPU) from the silero-vad wheel."""
-    import torch
-
     threads = torch.get_num_threads()
     try:
         with warnings.catch_warnings():
@@ -110,8 +110,6 @@ def _load_silero():
 
 
 def silero_available() -> bool:
-    import importlib.util
-
     return importlib.util.find_spec("silero_vad") is not None
 
 
@@ -126,8 +124,6 @@ class SileroDetector:
         self._pending = np.zeros(0, np.float32)
 
     def _run(self, samples: np.ndarray) -> List[float]:
-        import torch
-
         probabilities = []
         with torch.inference_mode():
             for start in range(0, len(samples) - SILERO_CHUNK + 1, SILERO_CHUNK):

@@ -22,10 +22,10 @@ from typing import Optional
 
 import numpy as np
 
-from lipsync.core.atomic import temporary_sibling
-from lipsync.core.errors import UserError
 from data_utils.ffmpeg import ffmpeg_binary
 from data_utils.timebase import FPS, SAMPLE_RATE
+from lipsync.core.atomic import temporary_sibling
+from lipsync.core.errors import UserError
 
 log = logging.getLogger(__name__)
 
