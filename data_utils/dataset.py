@@ -26,10 +26,11 @@ import torch
 from torch.utils.data import Dataset
 
 from data_utils import crop
+from data_utils.features.extract import metadata_path
+from data_utils.layout import DatasetLayout, process_command
+from data_utils.timebase import ASR_CHOICES, FEATURE_SPECS, model_audio_input
 from lipsync.core.atomic import atomic_path, write_json_atomic
 from lipsync.core.errors import UserError
-from data_utils.layout import DatasetLayout
-from data_utils.timebase import ASR_CHOICES, FEATURE_SPECS, model_audio_input
 
 log = logging.getLogger("dataset")
 
@@ -142,16 +143,8 @@ class ColourJitter:
 
 # --------------------------------------------------------------------------- dataset checks
 
-def process_command(layout: DatasetLayout, asr: Optional[str] = None) -> str:
-    command = (f"python data_utils/process.py --input_video {layout.source_video()} "
-               f"--output_dir {layout.root}")
-    return command + (f" --asr {asr}" if asr else "")
-
-
 def feature_metadata_path(layout: DatasetLayout, asr: str) -> Path:
     """aud_<asr>.json next to the features (which encoder made them), from data_utils/features/extract.py."""
-    from data_utils.features.extract import metadata_path
-
     return metadata_path(layout.features(asr))
 
 

@@ -59,10 +59,19 @@ def test_no_import_cycles(graph):
     known, edges = graph
     state, cycles = {}, []
 
-    def visit(node, stack):
-        state[node] = "open"
+    def targets(node):
+        """What importing ``node`` loads: each imported module and, before it, its parent packages."""
         for target, _, _ in edges.get(node, ()):
             target = target if target in known else target.rsplit(".", 1)[0]
+            parts = target.split(".")
+            for depth in range(1, len(parts) + 1):
+                loaded = ".".join(parts[:depth])
+                if loaded in known and loaded != node and not node.startswith(loaded + "."):
+                    yield loaded
+
+    def visit(node, stack):
+        state[node] = "open"
+        for target in targets(node):
             if state.get(target) == "open":
                 cycles.append(" -> ".join(stack[stack.index(target):] + [target]))
             elif target not in state and target in known:

@@ -21,11 +21,13 @@ from typing import Dict, Optional, Tuple, Union
 
 import torch
 
+from data_utils.crop import CROP_SIZE, INNER_SIZE
+from data_utils.layout import CHECKPOINT_ROOT
 from lipsync.core.atomic import save_torch_atomic
 from lipsync.core.commands import train_command
-from data_utils.crop import CROP_SIZE, INNER_SIZE
 from lipsync.core.errors import UserError
-from data_utils.layout import CHECKPOINT_ROOT
+from models.syncnet import SyncNet
+from models.unet_328 import LipSyncUNet
 
 LATEST = "latest.pth"
 BEST = "best.pth"
@@ -184,8 +186,6 @@ def check_config(path, config: Dict, kind: str, asr: Optional[str] = None,
 def load_unet(path, device="cpu", asr: Optional[str] = None,
               model_size: Optional[str] = None) -> Tuple[torch.nn.Module, Dict]:
     """The U-Net of checkpoint ``path`` in eval mode on ``device``, and its config."""
-    from models.unet_328 import LipSyncUNet
-
     state = read_checkpoint(path, device)
     config = state["config"]
     check_config(path, config, UNET_KIND, asr, model_size)
@@ -201,8 +201,6 @@ def load_unet(path, device="cpu", asr: Optional[str] = None,
 def load_syncnet(path, device="cpu", asr: Optional[str] = None,
                  audio_shape=None) -> Tuple[torch.nn.Module, Dict]:
     """A trained SyncNet, frozen, in eval mode on ``device``, and its config."""
-    from models.syncnet import SyncNet
-
     state = read_checkpoint(path, device)
     config = state["config"]
     check_config(path, config, SYNCNET_KIND, asr)
