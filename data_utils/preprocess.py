@@ -26,16 +26,19 @@ import numpy as np
 from data_utils import crop
 from data_utils.audio import fit_to_frames, load_audio
 from data_utils.features import extract as audio_features
-from data_utils.stage_state import StageState
-from data_utils.video import CONVERSION_CRF, FrameReader, convert_to_25fps, inspect_source, needs_conversion
-from lipsync.core.atomic import atomic_directory, atomic_path, save_numpy_atomic, write_json_atomic
-from lipsync.core.errors import UserError
-from lipsync.core.fingerprint import file_fingerprint
-from lipsync.core.progress import progress_bar
 from data_utils.ffmpeg import MediaInfo, audio_start_offset, last_error_line, probe
 from data_utils.landmarks import create_landmarker, format_lms, interpolate_missing, missing_ranges
 from data_utils.layout import DatasetLayout
+from data_utils.output_check import broken_jpeg_frames, frames_problem, npy_problem, wav_problem
+from data_utils.stage_state import StageState
 from data_utils.timebase import ASR_CHOICES, FPS, SAMPLE_RATE, SAMPLES_PER_FRAME
+from data_utils.video import CONVERSION_CRF, FrameReader, convert_to_25fps, inspect_source, needs_conversion
+from lipsync.core.atomic import (atomic_directory, atomic_path, save_numpy_atomic, write_bytes_atomic,
+                                 write_json_atomic, write_text_atomic)
+from lipsync.core.errors import UserError
+from lipsync.core.fingerprint import file_fingerprint
+from lipsync.core.locks import folder_lock
+from lipsync.core.progress import progress_bar
 
 log = logging.getLogger("preprocess")
 
@@ -59,13 +62,36 @@ def _format_time(seconds: float) -> str:
 
 # --------------------------------------------------------------------------- stage 2: frames
 
-def _write_jpeg(path: Path, frame: np.ndarray) -> None:
+def _encode_jpeg(path: Path, frame: np.ndarray) -> bytes:
     import cv2
 
     ok, encoded = cv2.imencode(".jpg", frame, [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY])
     if not ok:
         raise UserError(f"could not encode frame {path.name} as JPEG")
-    path.write_bytes(encoded.tobytes())
+    return encoded.tobytes()
+
+
+def _write_jpeg(path: Path, frame: np.ndarray) -> None:
+    path.write_bytes(_encode_jpeg(path, frame))   # inside the stage's temporary folder: renamed when complete
+
+
+def rewrite_frames(frames_info: MediaInfo, layout: DatasetLayout, indices, show_progress: bool = True) -> int:
+    """Decode the 25 fps video again and rewrite only frames ``indices`` (each atomically); returns how many."""
+    wanted = set(int(index) for index in indices)
+    reader = FrameReader(frames_info)
+    written = 0
+    try:
+        for index, frame in enumerate(progress_bar(reader, total=int(round((frames_info.duration or 0) * FPS)),
+                                                   desc="repair frames", unit="frame", enabled=show_progress)):
+            if index in wanted:
+                path = layout.frame_path(index)
+                write_bytes_atomic(path, _encode_jpeg(path, frame))
+                written += 1
+                if written == len(wanted):
+                    break
+    finally:
+        reader.close()
+    return written
 
 
 def _missing_face_error(video: Path, found: np.ndarray, max_fraction: float,
@@ -234,6 +260,37 @@ def compute_features(layout: DatasetLayout, asr: str, feature_options: Dict, for
     return {"asr": asr, "file": Path(path).name}
 
 
+# --------------------------------------------------------------------------- checking finished stages
+
+def frames_stage_problem(layout: DatasetLayout, frame_count: int):
+    """What is wrong with the frames stage's outputs (JPEGs, .lms files, arrays), or None."""
+    found = frames_problem(layout.frames_dir, frame_count)
+    if found:
+        return found
+    missing_lms = [index for index in range(frame_count) if not layout.landmark_path(index).is_file()]
+    if missing_lms:
+        return f"{layout.landmarks_dir.name}/ lacks {len(missing_lms)} of {frame_count} .lms files"
+    return npy_problem(layout.landmarks_array, (frame_count,)) or npy_problem(layout.face_found, (frame_count,))
+
+
+def repair_frames_stage(frames_info: MediaInfo, layout: DatasetLayout, frame_count: int,
+                        show_progress: bool = True) -> bool:
+    """Rewrite missing or damaged JPEGs and .lms files from the video and landmarks.npy; False if
+    the landmarks arrays themselves are damaged (then the stage must be redone)."""
+    if npy_problem(layout.landmarks_array, (frame_count,)) or npy_problem(layout.face_found, (frame_count,)):
+        return False
+    if not layout.frames_dir.is_dir() or not layout.landmarks_dir.is_dir():
+        return False
+    broken = broken_jpeg_frames(layout.frames_dir, frame_count)
+    if broken and rewrite_frames(frames_info, layout, broken, show_progress) != len(broken):
+        return False
+    landmarks = np.load(layout.landmarks_array)
+    for index in range(frame_count):
+        if not layout.landmark_path(index).is_file():
+            write_text_atomic(layout.landmark_path(index), format_lms(landmarks[index]))
+    return True
+
+
 # --------------------------------------------------------------------------- driver
 
 class Preprocessor:
@@ -248,23 +305,40 @@ class Preprocessor:
         self.video_path = video_path
         self.layout = layout
         self.force = force
-        self.info = inspect_source(video_path)
-        layout.root.mkdir(parents=True, exist_ok=True)
-        self.state = StageState(layout, file_fingerprint(video_path), force)
+        self.info = inspect_source(video_path)      # bad input fails before anything is written
+        self.state: Optional[StageState] = None     # read in run(), under the dataset's lock
         self.redid_earlier_stage = force
 
-    def run_stage(self, stage: str, settings: Dict, outputs, work) -> Dict:
-        summary = None if self.redid_earlier_stage else self.state.summary_if_done(stage, settings, outputs)
-        if summary is not None:
-            log.info("%s: already done, skipping", stage)
-            return summary
-        self.state.forget_from(stage)
-        self.redid_earlier_stage = True
+    def run_stage(self, stage: str, settings: Dict, work, files=lambda summary: (),
+                  problem=lambda summary: None, repair=None) -> Dict:
+        """Run ``work`` unless the stage finished with these settings and its outputs still verify.
+
+        ``files(summary)``: the stage's file outputs (their sha256 is recorded and compared);
+        ``problem(summary)``: a cheap check of the outputs, a phrase or None; ``repair(summary)``
+        fixes what ``problem`` found in place (True when it did) without redoing the stage. A stage
+        redone because its outputs were damaged leaves later stages alone when it gives the same
+        summary: it made the same outputs again.
+        """
+        record = None if self.redid_earlier_stage else self.state.recorded(stage, settings)
+        if record is not None:
+            summary = record["summary"]
+            changed = self.state.changed_outputs(record)
+            damage = ", ".join(f"{name} changed or is missing" for name in changed) or problem(summary)
+            if damage is None:
+                log.info("%s: already done, skipping", stage)
+                return summary
+            if not changed and repair is not None and repair(summary) and problem(summary) is None:
+                log.warning("%s: %s — repaired", stage, damage)
+                return summary
+            log.warning("%s: %s — redoing this stage", stage, damage)
         log.info("%s: running", stage)
         started = time.perf_counter()
-        summary = work()
-        self.state.mark_done(stage, settings, summary, time.perf_counter() - started)
-        return summary
+        new_summary = work()
+        if record is None or new_summary != record["summary"]:
+            self.state.forget_from(stage)
+            self.redid_earlier_stage = True
+        self.state.mark_done(stage, settings, new_summary, time.perf_counter() - started, files(new_summary))
+        return new_summary
 
     def video_stage(self) -> Dict:
         converted = self.layout.video_25fps(self.video_path)
@@ -276,11 +350,12 @@ class Preprocessor:
         return {"video": converted.name, "converted": True}
 
     def run(self, asr: Optional[str], landmarks_backend: str, feature_options: Dict) -> Dict:
+        """Every stage in order; the caller holds the dataset folder's lock."""
         layout, info = self.layout, self.info
+        self.state = StageState(layout, file_fingerprint(self.video_path), self.force)
         video_summary = self.run_stage(
-            "video", {"fps": FPS, "crf": CONVERSION_CRF},
-            lambda summary: [layout.root / summary["video"]] if summary["converted"] else [],
-            self.video_stage)
+            "video", {"fps": FPS, "crf": CONVERSION_CRF}, self.video_stage,
+            files=lambda summary: [layout.root / summary["video"]] if summary["converted"] else [])
         if video_summary["converted"]:
             frames_video = layout.root / video_summary["video"]
             frames_info = probe(frames_video)
@@ -288,24 +363,30 @@ class Preprocessor:
             frames_video, frames_info = self.video_path, info
         frames_summary = self.run_stage(
             "frames", {"backend": landmarks_backend, "jpeg_quality": JPEG_QUALITY, **self.missing_limits},
-            lambda summary: [layout.frames_dir, layout.landmarks_dir, layout.landmarks_array, layout.face_found],
             lambda: extract_frames_and_landmarks(frames_info, layout, landmarks_backend, info,
-                                                 **self.missing_limits, show_progress=self.show_progress))
+                                                 **self.missing_limits, show_progress=self.show_progress),
+            files=lambda summary: [layout.landmarks_array, layout.face_found],
+            problem=lambda summary: frames_stage_problem(layout, summary["frames"]),
+            repair=lambda summary: repair_frames_stage(frames_info, layout, summary["frames"], self.show_progress))
         frame_count = frames_summary["frames"]
         audio_summary = self.run_stage(
             "audio", {"sample_rate": SAMPLE_RATE, "frames": frame_count, "clock": "first video frame"},
-            lambda summary: [layout.audio_wav],
-            lambda: extract_audio(frames_video, layout.audio_wav, frame_count, self.video_path))
+            lambda: extract_audio(frames_video, layout.audio_wav, frame_count, self.video_path),
+            files=lambda summary: [layout.audio_wav],
+            problem=lambda summary: wav_problem(layout.audio_wav, frame_count * SAMPLES_PER_FRAME, SAMPLE_RATE))
         crops_summary = self.run_stage(
             "crops", {"sigma": crop.CROP_SMOOTHING_SIGMA_FRAMES, "crop_size": crop.CROP_SIZE},
-            lambda summary: [layout.crop_boxes], lambda: compute_crop_boxes(layout))
+            lambda: compute_crop_boxes(layout),
+            files=lambda summary: [layout.crop_boxes],
+            problem=lambda summary: npy_problem(layout.crop_boxes, (frame_count, 4)))
         features_summary = None
         if asr:
             features_summary = self.run_stage(
                 "features", {"asr": asr, **{key: str(value) for key, value in feature_options.items()}},
-                lambda summary: [layout.root / summary["file"]],
                 lambda: compute_features(layout, asr, feature_options, self.redid_earlier_stage,
-                                         self.show_progress))
+                                         self.show_progress),
+                files=lambda summary: [layout.root / summary["file"]],
+                problem=lambda summary: npy_problem(layout.root / summary["file"], (frame_count,)))
         report = {
             "name": layout.name,
             "source": {"file": self.video_path.name, "width": info.width, "height": info.height,
@@ -345,4 +426,5 @@ def process_video(video_path, output_dir=None, asr: Optional[str] = None,
     video_path = Path(video_path)
     layout = DatasetLayout.for_video(video_path, output_dir)
     preprocessor = Preprocessor(video_path, layout, force, max_missing_fraction, max_missing_seconds, show_progress)
-    return preprocessor.run(asr, landmarks_backend, feature_options or {})
+    with folder_lock(layout.root, "preprocessing"):
+        return preprocessor.run(asr, landmarks_backend, feature_options or {})

@@ -149,6 +149,15 @@ def test_cli_short_and_long_forms_with_spaces_and_non_ascii(tmp_path, capsys):
 
 # ---------------------------------------------------------------------------- resumable
 
+def recorded_stages(root, video_name=None):
+    """The finished stages .process_state.json records for the folder's recording."""
+    sources = json.loads((root / ".process_state.json").read_text())["sources"]
+    video_name = video_name or f"{root.name}.mp4"
+    matching = [record for record in sources.values() if record["source"]["file"] == video_name]
+    assert len(matching) == 1, sources.keys()
+    return matching[0]["stages"]
+
+
 def test_rerun_skips_finished_stages(processed_copy, monkeypatch):
     def must_not_run(*args, **kwargs):
         raise AssertionError("a finished stage ran again")
@@ -163,12 +172,11 @@ def test_rerun_skips_finished_stages(processed_copy, monkeypatch):
 def test_force_redoes_every_stage(processed_copy):
     wav = processed_copy / "aud.wav"
     before = wav.stat().st_mtime_ns
-    state_before = json.loads((processed_copy / ".process_state.json").read_text())
+    state_before = recorded_stages(processed_copy)
     report = preprocess.process_video(processed_copy / "talker.mp4", force=True, show_progress=False)
     assert wav.stat().st_mtime_ns != before
     assert report["frames"] == CLIP_FRAMES_25FPS
-    assert set(json.loads((processed_copy / ".process_state.json").read_text())["stages"]) == \
-        set(state_before["stages"])
+    assert set(recorded_stages(processed_copy)) == set(state_before)
 
 
 def test_interrupted_stage_is_redone_and_the_result_is_complete(processed_clip, tmp_path, monkeypatch):
@@ -189,8 +197,7 @@ def test_interrupted_stage_is_redone_and_the_result_is_complete(processed_clip, 
         preprocess.process_video(root / "talker.mp4", show_progress=False)
     # Nothing half-made is left under a final name, and the state says frames are not done.
     assert not (root / "full_body_img").exists() and not (root / "landmarks").exists()
-    state = json.loads((root / ".process_state.json").read_text())
-    assert set(state["stages"]) == {"video"}
+    assert set(recorded_stages(root)) == {"video"}
     # A hard kill leaves its temporary folder behind: the re-run must not be confused by it.
     (root / ".full_body_img.partial").mkdir()
     (root / ".full_body_img.partial" / "0.jpg").write_bytes(b"junk")

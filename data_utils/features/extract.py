@@ -29,6 +29,7 @@ from data_utils.features.dataset_audio import frame_aligned_samples, require_aud
 from data_utils.features.hubert import HUBERT_DEFAULT_MODEL, hubert_features, load_hubert
 from data_utils.features.wenet import WenetEncoder, wenet_features
 from data_utils.layout import DatasetLayout, process_command
+from data_utils.output_check import npy_problem
 from data_utils.timebase import ASR_CHOICES, FEATURE_SPECS, FPS, SAMPLE_RATE
 from lipsync.core.atomic import save_numpy_atomic, write_json_atomic
 from lipsync.core.errors import UserError
@@ -142,7 +143,10 @@ def prepare_dataset_features(dataset_dir, asr, *, ave_checkpoint=None, hubert_mo
             previous = json.loads(meta_path.read_text())
         except (OSError, ValueError):
             previous = {}
-        if previous.get("frames") == frames and previous.get("encoder_stamp") == encoder_stamp(source):
+        damage = npy_problem(output, (frames,))
+        if damage:
+            log.warning("%s — computing the features again", damage)
+        elif previous.get("frames") == frames and previous.get("encoder_stamp") == encoder_stamp(source):
             log.info("%s is up to date (%d frames, %s)", output, frames, source)
             return output
     started = time.time()

@@ -1,0 +1,40 @@
+"""One run at a time per folder: a dataset being preprocessed, a checkpoint folder being
+trained into. A second run stops at once with one line instead of corrupting the first's
+files; the lock goes with the process (flock), so a killed run never leaves it stuck."""
+import contextlib
+import fcntl
+import os
+import sys
+import time
+from pathlib import Path
+
+from lipsync.core.errors import UserError
+
+LOCK_NAME = ".lock"
+
+
+@contextlib.contextmanager
+def folder_lock(folder, activity: str):
+    """Hold ``folder``'s lock while ``activity`` ("preprocessing", "training") runs; UserError if taken."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / LOCK_NAME
+    descriptor = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(descriptor, 4096, 0).decode("utf-8", "replace").strip() or "another process"
+            raise UserError(f"{folder} is in use: {holder} — wait for that run to finish (or stop it) and "
+                            "run this again; two at once would corrupt its files") from None
+        started = time.strftime("%Y-%m-%d %H:%M:%S")
+        os.ftruncate(descriptor, 0)
+        os.pwrite(descriptor, f"{activity} by pid {os.getpid()} since {started} "
+                              f"({Path(sys.argv[0]).name})".encode(), 0)
+        try:
+            yield
+        finally:
+            os.ftruncate(descriptor, 0)
+            fcntl.flock(descriptor, fcntl.LOCK_UN)
+    finally:
+        os.close(descriptor)
