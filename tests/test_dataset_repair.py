@@ -135,3 +135,19 @@ def test_truncated_features_are_computed_again(processed_copy, released_ave):
     prepare_dataset_features(processed_copy, "ave", ave_checkpoint=released_ave, progress=False)
     np.testing.assert_allclose(np.load(output), good, atol=1e-6)
 
+
+
+def test_a_second_training_into_the_same_checkpoint_folder_stops_with_one_line(processed_clip, tmp_path, capsys):
+    import train_328
+    from tests.training_helpers import make_small_dataset
+
+    small = make_small_dataset(processed_clip, tmp_path / "talker", 20)
+    run = tmp_path / "run"
+    argv = ["--dataset_dir", str(small), "--save_dir", str(run), "--model_size", "tiny", "--batch_size", "4",
+            "--num_workers", "0", "--device", "cpu", "--perceptual", "off", "--epochs", "1", "--quiet"]
+    with folder_lock(run, "training"):
+        line = cli_error_line(train_328.main, capsys, argv)
+    assert f"{run} is in use: training by pid" in line
+    assert not (run / "latest.pth").exists()
+    train_328.main(argv)
+    assert (run / "latest.pth").is_file()

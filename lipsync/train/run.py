@@ -5,6 +5,7 @@ options and the dataset (rank 0 builds the crop cache, the others wait),
 builds the network and its task, starts fresh / resumes / overwrites as asked,
 trains, and leaves the process group.
 """
+import contextlib
 from pathlib import Path
 from typing import Dict, List
 
@@ -12,7 +13,9 @@ import torch
 
 from data_utils.dataset import PersonData, open_person
 from lipsync.core import checkpoints as ckpt
+from lipsync.core.commands import syncnet_command
 from lipsync.core.errors import UserError
+from lipsync.core.locks import folder_lock
 from lipsync.train.distributed import Distributed, seed_everything, setup_distributed
 from lipsync.train.options import TrainConfig
 from lipsync.train.syncnet_task import SyncNetTask
@@ -49,9 +52,19 @@ def _start(trainer: Trainer, config: TrainConfig) -> None:
             (Path(config.save_dir) / name).unlink(missing_ok=True)
 
 
+def run_lock(config: TrainConfig, dist: Distributed):
+    """Rank 0 holds the checkpoint folder for the whole run: a second training into it stops at once."""
+    return folder_lock(config.save_dir, "training") if dist.is_main else contextlib.nullcontext()
+
+
 def train_unet(config: TrainConfig, callbacks=()) -> List[Dict]:
     """The whole U-Net training of train_328.py."""
     dist = setup_distributed(config.device)
+    with run_lock(config, dist):
+        return _train_unet(config, dist, callbacks)
+
+
+def _train_unet(config: TrainConfig, dist: Distributed, callbacks) -> List[Dict]:
     seed_everything(config.seed + dist.rank)        # each rank its own augmentation draws
     person = prepare_run(config, dist)
     syncnet = None
@@ -59,7 +72,7 @@ def train_unet(config: TrainConfig, callbacks=()) -> List[Dict]:
         path = config.syncnet_checkpoint or ckpt.syncnet_dir(config.save_dir) / ckpt.BEST
         if not Path(path).is_file():
             raise UserError(f"--use_syncnet: no SyncNet checkpoint at {path} — train it first: "
-                            f"python train_syncnet.py --dataset_dir {config.dataset_dir} --asr {config.asr}"
+                            f"{syncnet_command('--dataset_dir', config.dataset_dir, '--asr', config.asr)}"
                             f" (or pass --syncnet_checkpoint)")
         syncnet, _ = ckpt.load_syncnet(path, dist.device, config.asr, person.audio_shape)
     perceptual = build_perceptual_loss(config.perceptual, config.vgg_weights)
@@ -73,6 +86,11 @@ def train_unet(config: TrainConfig, callbacks=()) -> List[Dict]:
 def train_syncnet(config: TrainConfig, callbacks=()) -> List[Dict]:
     """The whole SyncNet training of train_syncnet.py."""
     dist = setup_distributed(config.device)
+    with run_lock(config, dist):
+        return _train_syncnet(config, dist, callbacks)
+
+
+def _train_syncnet(config: TrainConfig, dist: Distributed, callbacks) -> List[Dict]:
     seed_everything(config.seed + dist.rank)        # each rank its own augmentation draws
     person = prepare_run(config, dist)
     model = SyncNet(config.asr, person.audio_shape, config.model_size)
