@@ -426,5 +426,5 @@ def process_video(video_path, output_dir=None, asr: Optional[str] = None,
     video_path = Path(video_path)
     layout = DatasetLayout.for_video(video_path, output_dir)
     preprocessor = Preprocessor(video_path, layout, force, max_missing_fraction, max_missing_seconds, show_progress)
-    with folder_lock(layout.root, "preprocessing"):
+    with folder_lock(layout.root, "preprocessing", "--output_dir"):
         return preprocessor.run(asr, landmarks_backend, feature_options or {})

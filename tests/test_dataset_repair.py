@@ -4,6 +4,7 @@ import shutil
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -13,6 +14,7 @@ from data_utils import preprocess
 from data_utils.features.extract import prepare_dataset_features
 from data_utils.layout import DatasetLayout
 from data_utils.process import main as process_main
+from lipsync.core.errors import UserError
 from lipsync.core.locks import folder_lock
 from models.audio_encoders import AveAudioEncoder
 from tests.conftest import CLIP, CLIP_FRAMES_25FPS, REPO_ROOT, cli_error_line, ffmpeg
@@ -151,3 +153,63 @@ def test_a_second_training_into_the_same_checkpoint_folder_stops_with_one_line(p
     assert not (run / "latest.pth").exists()
     train_328.main(argv)
     assert (run / "latest.pth").is_file()
+
+
+# --------------------------------------------------------------------------- outputs that cannot be written
+
+def test_output_dir_that_is_a_file_blames_the_output(tmp_path, capsys):
+    video = tmp_path / "talker.mp4"
+    shutil.copy(CLIP, video)
+    blocker = tmp_path / "not a folder"
+    blocker.write_text("x")
+    line = cli_error_line(process_main, capsys, [str(video), "--output_dir", str(blocker), "--quiet"])
+    assert f"{blocker} is a file, not a folder — choose another --output_dir" in line
+    inside = cli_error_line(process_main, capsys, [str(video), "--output_dir", str(blocker / "May"), "--quiet"])
+    assert str(blocker) in inside and "--output_dir" in inside and "check that the file plays" not in inside
+
+
+def test_output_dir_without_permission_blames_the_output(tmp_path, capsys):
+    video = tmp_path / "talker.mp4"
+    shutil.copy(CLIP, video)
+    forbidden = Path("/sys/lipsync_test_dataset")          # refused even to root
+    line = cli_error_line(process_main, capsys, [str(video), "--output_dir", str(forbidden), "--quiet"])
+    assert f"cannot write {forbidden}" in line and "--output_dir" in line
+
+
+def test_a_full_disk_during_a_checkpoint_save_is_one_line_and_keeps_the_old_file(tmp_path, monkeypatch):
+    import errno
+    import os as os_module
+
+    from lipsync.core import atomic
+
+    path = tmp_path / "latest.pth"
+    atomic.save_torch_atomic(path, {"epoch": 1})
+    before = path.read_bytes()
+
+    def disk_full(descriptor):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os_module, "fsync", disk_full)
+    with pytest.raises(UserError, match=f"no space left on the disk of {path}") as failed:
+        atomic.save_torch_atomic(path, {"epoch": 2})
+    assert failed.value.__cause__ is None and failed.value.__suppress_context__
+    monkeypatch.undo()
+    assert path.read_bytes() == before
+    assert not list(tmp_path.glob(".*partial*"))
+
+
+def test_torchs_own_write_failure_on_a_full_disk_is_the_same_line(tmp_path, monkeypatch):
+    from collections import namedtuple
+
+    from lipsync.core import atomic
+
+    def failing_save(obj, handle):
+        raise RuntimeError("[enforce fail at inline_container.cc:783] . PytorchStreamWriter failed writing "
+                           "file data/0: file write failed")
+
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.setattr(torch, "save", failing_save)
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: usage(10, 10, 0))
+    with pytest.raises(UserError, match="no space left on the disk"):
+        atomic.save_torch_atomic(tmp_path / "10.pth", {"epoch": 10})
+    assert not (tmp_path / "10.pth").exists()

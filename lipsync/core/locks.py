@@ -8,16 +8,20 @@ import sys
 import time
 from pathlib import Path
 
+from lipsync.core.atomic import ensure_folder
 from lipsync.core.errors import UserError
 
 LOCK_NAME = ".lock"
 
 
 @contextlib.contextmanager
-def folder_lock(folder, activity: str):
-    """Hold ``folder``'s lock while ``activity`` ("preprocessing", "training") runs; UserError if taken."""
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
+def folder_lock(folder, activity: str, option: str = ""):
+    """Hold ``folder``'s lock while ``activity`` ("preprocessing", "training") runs; UserError if taken.
+
+    The folder is created if needed; one that cannot be (a file in the way, no permission, a
+    read-only disk) is a UserError naming ``option``, the command-line option that chose it.
+    """
+    folder = ensure_folder(folder, option)
     path = folder / LOCK_NAME
     descriptor = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
     try:

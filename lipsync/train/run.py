@@ -54,7 +54,7 @@ def _start(trainer: Trainer, config: TrainConfig) -> None:
 
 def run_lock(config: TrainConfig, dist: Distributed):
     """Rank 0 holds the checkpoint folder for the whole run: a second training into it stops at once."""
-    return folder_lock(config.save_dir, "training") if dist.is_main else contextlib.nullcontext()
+    return folder_lock(config.save_dir, "training", "--save_dir") if dist.is_main else contextlib.nullcontext()
 
 
 def train_unet(config: TrainConfig, callbacks=()) -> List[Dict]:
