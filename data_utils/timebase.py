@@ -8,6 +8,7 @@ frames around it (i - 8 .. i + 7), zero-padded past either end, reshaped per
 encoder to the grid in FEATURE_SPECS. Nothing else re-derives any of this.
 """
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Dict, Tuple
 
 import numpy as np
@@ -20,6 +21,9 @@ WINDOW_BEFORE = WINDOW_FRAMES // 2              # frames i-8 .. i-1 come before 
 WINDOW_AFTER = WINDOW_FRAMES - WINDOW_BEFORE    # frames i .. i+7
 
 
+DATASET_AUDIO_STEM = "aud"      # dataset/NAME/aud.wav: its features are aud_<suffix>.npy
+
+
 @dataclass(frozen=True)
 class FeatureSpec:
     """Per-encoder feature layout."""
@@ -27,6 +31,10 @@ class FeatureSpec:
     filename: str               # written next to aud.wav in dataset/NAME/
     per_frame_shape: Tuple[int, ...]   # values per video frame for the released model size
     grid: Tuple[int, int]       # (H, W) of the reshaped window; channels follow from the size
+
+    def filename_for(self, audio_path) -> str:
+        """Features of ``audio_path`` are named after it: aud.wav -> aud_ave.npy, new.wav -> new_ave.npy."""
+        return Path(audio_path).stem + self.filename[len(DATASET_AUDIO_STEM):]
 
     def window_shape(self, per_frame_shape=None) -> Tuple[int, int, int]:
         """(C, H, W) of one frame's model input for features of ``per_frame_shape``."""

@@ -7,6 +7,7 @@ is downloaded.
 """
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -634,10 +635,16 @@ def test_cli_as_a_script_writes_features_next_to_the_wav(tmp_path, released_ave_
     ffmpeg("-i", HELDOUT_WAV, "-ar", 44100, wav)
     result = _run_cli(["--asr", "ave", "--wav", wav, "--ave_checkpoint", released_ave_checkpoint, "--device", "cpu"])
     assert result.returncode == 0, result.stderr
-    features = np.load(tmp_path / "aud_ave.npy")
+    features = np.load(tmp_path / "my voice_ave.npy")          # named after the wav, as upstream does
     assert features.shape == (50, 512)
-    assert json.loads((tmp_path / "aud_ave.json").read_text())["frames"] == 50
-    assert "aud_ave.npy: 50 frames" in result.stdout
+    assert json.loads((tmp_path / "my voice_ave.json").read_text())["frames"] == 50
+    assert "my voice_ave.npy: 50 frames" in result.stdout
+    other = tmp_path / "other.wav"
+    shutil.copy(wav, other)
+    second = _run_cli(["--asr", "ave", "--wav", other, "--ave_checkpoint", released_ave_checkpoint, "--device", "cpu"])
+    assert second.returncode == 0, second.stderr
+    assert (tmp_path / "other_ave.npy").is_file()                # two wavs in one folder keep their own
+    np.testing.assert_array_equal(np.load(tmp_path / "my voice_ave.npy"), features)
 
 
 def test_cli_bad_input_is_one_line_with_exit_code_2(tmp_path, capsys):

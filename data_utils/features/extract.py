@@ -168,9 +168,10 @@ def prepare_dataset_features(dataset_dir, asr, *, ave_checkpoint=None, hubert_mo
 
 
 def write_audio_features(wav, asr, output=None, *, device="cpu", **options) -> Tuple[Path, dict]:
-    """Features of any audio file to ``output`` (default: next to it, e.g. aud_ave.npy) + metadata JSON."""
+    """Features of any audio file to ``output`` (default: next to it, named after it: new.wav -> new_ave.npy)
+    + metadata JSON."""
     wav = Path(wav)
-    output = Path(output) if output else wav.parent / FEATURE_SPECS[asr].filename
+    output = Path(output) if output else wav.parent / FEATURE_SPECS[asr].filename_for(wav)
     samples = as_samples(wav)
     source = resolve_encoder(asr, dataset_dir=wav.parent, **options)
     started = time.time()

@@ -25,11 +25,11 @@ class EncoderOptions(Options):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description="Audio features per 25 fps video frame (aud_<asr>.npy).")
+    parser = argparse.ArgumentParser(description="Audio features per 25 fps video frame (<wav stem>_<asr>.npy).")
     parser.add_argument("--asr", required=True, help=f"audio encoder: {' | '.join(ASR_CHOICES)}")
     parser.add_argument("--wav", required=True, help="audio file (any format ffmpeg reads)")
-    parser.add_argument("--output", help="output .npy (default: next to --wav, named per encoder, "
-                                         "e.g. aud_ave.npy)")
+    parser.add_argument("--output", help="output .npy (default: next to --wav, named after it and the "
+                                         "encoder: new.wav -> new_ave.npy, new_hu.npy, new_wenet.npy)")
     parser.add_argument("--ave_checkpoint", help="pretrained SyncTalk AVE audio encoder (.pth); default: "
                                                  "ave.pth learned from the recording in the --wav folder")
     parser.add_argument("--hubert_model", default=None,
