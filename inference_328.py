@@ -21,7 +21,7 @@ from lipsync.core.errors import UserError, exit_on_user_error
 from lipsync.render import load_renderer, render_to_file
 from lipsync.render.onnx_export import ensure_onnx
 from lipsync.render.options import RenderOptions, build_parser
-from lipsync.render.run_lookup import checkpoint_label, default_output_path, locate_run
+from lipsync.render.run_lookup import checkpoint_label, default_output_path, free_output_path, locate_run
 
 
 def export(name: str, options: RenderOptions) -> Path:
@@ -46,8 +46,11 @@ def main(argv=None):
             return exported
     with load_renderer(args.name, options) as renderer:
         label = checkpoint_label(renderer.checkpoint_path)
-        output = Path(args.output) if args.output else \
+        wanted = Path(args.output) if args.output else \
             default_output_path(args.name, args.audio_path, label, args.result_root)
+        output = wanted if args.overwrite else free_output_path(wanted)
+        if output != wanted:
+            print(f"{wanted} exists: writing {output} instead (--overwrite replaces it)")
         result = render_to_file(renderer, args.audio_path, output, args.start_frame, progress=not args.no_progress,
                                 crf=args.crf, preset=args.x264_preset)
     print(f"wrote {result.path} ({result.frames} frames, {result.frames_per_second:.1f} frames/s)")

@@ -324,6 +324,21 @@ def test_silent_audio_renders_a_video(person, tmp_path, capsys):
     assert f"wrote {output}" in capsys.readouterr().out
 
 
+def test_a_finished_result_is_never_replaced_without_overwrite(person, tmp_path, capsys):
+    silence = write_wav(tmp_path / "pause.wav", np.zeros(SAMPLE_RATE // 5, np.float32))
+    result_root = tmp_path / "result"
+    argv = ["--name", NAME, "--audio_path", str(silence), "--device", "cpu", "--no_progress",
+            "--result_root", str(result_root), *roots(person)]
+    first = inference_main(argv)
+    content = first.read_bytes()
+    second = inference_main(argv)                                   # same audio stem, same default name
+    assert second == first.with_name(f"{first.stem}_2.mp4")
+    assert f"{first} exists: writing {second} instead" in capsys.readouterr().out
+    assert first.read_bytes() == content and second.is_file()
+    assert inference_main(argv + ["--overwrite"]) == first
+    assert sorted(path.name for path in result_root.iterdir()) == [first.name, second.name]
+
+
 # ---------------------------------------------------------------------------- the script and the mp4
 
 def test_script_writes_h264_aac_mp4_exactly_as_long_as_the_audio(person, heldout, pingpong_render, tmp_path, capsys):

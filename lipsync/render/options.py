@@ -85,6 +85,8 @@ def build_parser(description: Optional[str] = None) -> argparse.ArgumentParser:
     parser.add_argument("--batch_size", type=int, default=defaults.batch_size, help="frames per model call")
     parser.add_argument("--device", choices=DEVICES, default=defaults.device)
     parser.add_argument("--output", help="output mp4 (default: result/<NAME>_<audio stem>_<epoch>.mp4)")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace an existing output (default: write <name>_2.mp4, _3, ... beside it)")
     parser.add_argument("--backend", choices=BACKENDS, default=defaults.backend,
                         help="torch, or onnx (onnxruntime; exported next to the checkpoint on first use)")
     parser.add_argument("--export_onnx", action="store_true",

@@ -67,3 +67,14 @@ def checkpoint_label(checkpoint_path) -> str:
 def default_output_path(name: str, audio_path, label: str, result_root=RESULT_ROOT) -> Path:
     """result/<NAME>_<audio stem>_<epoch>.mp4"""
     return Path(result_root) / f"{name}_{Path(audio_path).stem}_{label}.mp4"
+
+
+def free_output_path(path) -> Path:
+    """``path`` if nothing is there yet, else the first free ``<stem>_2<suffix>``, ``_3``, ...: a finished
+    result is never replaced unless the user asks (--overwrite)."""
+    path = Path(path)
+    candidate, number = path, 1
+    while candidate.exists():
+        number += 1
+        candidate = path.with_name(f"{path.stem}_{number}{path.suffix}")
+    return candidate
