@@ -21,6 +21,7 @@ BACKENDS = ("mediapipe", "face_alignment")
 
 MEDIAPIPE_MIN_DETECTION_CONFIDENCE = 0.5
 MEDIAPIPE_MIN_TRACKING_CONFIDENCE = 0.5
+WARM_UP_SIZE = 64
 
 
 @contextlib.contextmanager
@@ -63,7 +64,10 @@ class MediapipeLandmarker:
                 static_image_mode=static_image_mode, max_num_faces=1, refine_landmarks=True,
                 min_detection_confidence=MEDIAPIPE_MIN_DETECTION_CONFIDENCE,
                 min_tracking_confidence=MEDIAPIPE_MIN_TRACKING_CONFIDENCE)
-        self._started = False
+            # The graph finishes starting on its own threads, which print as they go: one blank
+            # frame waits for that while the output is still silenced (and finds no face, so the
+            # tracking state stays empty).
+            self._mesh.process(np.zeros((WARM_UP_SIZE, WARM_UP_SIZE, 3), np.uint8))
 
     def detect(self, frame_bgr: np.ndarray) -> Optional[np.ndarray]:
         """(478, 2) float32 pixel coordinates of the face in ``frame_bgr``, or None."""
@@ -71,12 +75,10 @@ class MediapipeLandmarker:
 
         height, width = frame_bgr.shape[:2]
         rgb = cv2.cvtColor(frame_bgr, cv2.COLOR_BGR2RGB)
-        if self._started:
+        # The graph starts its models lazily (the face mesh only once a face is found), each printing
+        # C++ warnings when it does: every call is run with the native stderr silenced.
+        with quiet_native_stderr():
             result = self._mesh.process(rgb)
-        else:  # the graph's first run prints its start-up warnings
-            with quiet_native_stderr():
-                result = self._mesh.process(rgb)
-            self._started = True
         if not result.multi_face_landmarks:
             return None
         points = result.multi_face_landmarks[0].landmark

@@ -455,3 +455,21 @@ def test_the_fix_command_keeps_a_hostile_name_one_word(tmp_path):
     with pytest.raises(UserError, match="does not exist") as refused:
         DatasetLayout(root).require_processed()
     assert shlex.split(str(refused.value).split("run: ", 1)[1]) == words[:-2]
+
+
+def test_quiet_run_prints_only_the_one_error_line(tmp_path):
+    """mediapipe's C++ start-up lines (TFLite, absl) must not come before the one-line error."""
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO_ROOT, ffmpeg
+
+    faceless = tmp_path / "faceless.mp4"
+    ffmpeg("-f", "lavfi", "-i", "color=c=gray:s=320x240:r=25:d=2", "-f", "lavfi", "-i", "sine=d=2",
+           "-shortest", "-pix_fmt", "yuv420p", faceless)
+    result = subprocess.run([sys.executable, str(REPO_ROOT / "data_utils" / "process.py"), str(faceless), "--quiet"],
+                            capture_output=True, text=True)
+    assert result.returncode == 2
+    assert result.stderr.splitlines() == [result.stderr.strip()] and result.stderr.startswith("error: "), \
+        result.stderr
+    assert "no face found" in result.stderr
