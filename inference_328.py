@@ -16,6 +16,7 @@ if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from lipsync.core.checkpoints import load_unet
+from lipsync.core.commands import render_again
 from lipsync.core.console import configure_console_logging
 from lipsync.core.errors import UserError, exit_on_user_error
 from lipsync.render import load_renderer, render_to_file
@@ -32,7 +33,7 @@ def export(name: str, options: RenderOptions) -> Path:
     return ensure_onnx(checkpoint_path, model, config)
 
 
-@exit_on_user_error
+@exit_on_user_error(how_to_continue=render_again)
 def main(argv=None):
     args = build_parser(__doc__).parse_args(argv)
     configure_console_logging()

@@ -15,13 +15,14 @@ if __package__ in (None, ""):  # run as a file (also under torchrun): make the r
     sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from lipsync.core.checkpoints import SYNCNET_SUBDIR  # noqa: E402
+from lipsync.core.commands import continue_training  # noqa: E402
 from lipsync.core.console import configure_console_logging  # noqa: E402
 from lipsync.core.errors import exit_on_user_error  # noqa: E402
 from lipsync.train.options import TrainConfig, build_syncnet_parser, paths_from_args  # noqa: E402
 from lipsync.train.run import train_syncnet  # noqa: E402
 
 
-@exit_on_user_error
+@exit_on_user_error(how_to_continue=continue_training("train_syncnet.py"))
 def main(argv=None, callbacks=()):
     args = paths_from_args(build_syncnet_parser(__doc__).parse_args(argv), subdir=SYNCNET_SUBDIR)
     configure_console_logging(args.quiet)

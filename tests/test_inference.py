@@ -10,7 +10,10 @@ errors, not how good the mouth looks.
 """
 import os
 import shutil
+import signal
 import subprocess
+import sys
+import time
 import tracemalloc
 from pathlib import Path
 from types import SimpleNamespace
@@ -36,7 +39,7 @@ from data_utils.timebase import SAMPLE_RATE, SAMPLES_PER_FRAME, frame_count_for_
 from lipsync.render.video_writer import write_wav
 from inference_328 import main as inference_main
 from models.unet_328 import WIDTHS, LipSyncUNet
-from tests.conftest import CLIP_FRAMES_25FPS, HELDOUT_WAV, cli_error_line
+from tests.conftest import CLIP_FRAMES_25FPS, HELDOUT_WAV, REPO_ROOT, cli_error_line
 from tests.training_helpers import person_with_ave_features, randomise_batch_norm, save_tiny_unet_checkpoint
 from tests.wenet_helpers import (STREAMING_META, WENET_DIM, TinyFullEncoder, TinyStreamingEncoder,
                                  export_full_encoder, export_streaming)
@@ -360,6 +363,29 @@ def test_script_writes_h264_aac_mp4_exactly_as_long_as_the_audio(person, heldout
     for index in (0, 19, 20, 49):                         # the same frames, in order, as the API gives
         assert np.abs(decoded[index].astype(float) - rendered[index]).mean() < 3
     assert "frames/s" in capsys.readouterr().out
+
+
+def test_sigterm_during_a_render_removes_the_unfinished_video(person, tmp_path):
+    """A render stopped by SIGTERM (a job scheduler, `kill`) cleans up as Ctrl-C does."""
+    long_audio = write_wav(tmp_path / "long.wav", np.tile(load_audio(HELDOUT_WAV), 30))    # a minute
+    result_root = tmp_path / "result"
+    process = subprocess.Popen([sys.executable, str(REPO_ROOT / "inference_328.py"), "--name", NAME,
+                                "--audio_path", str(long_audio), "--device", "cpu", "--no_progress",
+                                "--result_root", str(result_root), *roots(person)],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while process.poll() is None and time.monotonic() < deadline and \
+            not (result_root.is_dir() and any(result_root.iterdir())):
+        time.sleep(0.05)
+    assert process.poll() is None, process.communicate()
+    time.sleep(0.5)                                          # well into writing frames
+    process.send_signal(signal.SIGTERM)
+    _, errors = process.communicate(timeout=60)
+    assert process.returncode == 143, errors
+    assert errors.strip().splitlines()[-1] == ("stopped (SIGTERM): the unfinished video was removed; "
+                                               "run the same command again to render it")
+    assert "Traceback" not in errors
+    assert list(result_root.iterdir()) == []
 
 
 # ---------------------------------------------------------------------------- ONNX

@@ -2,6 +2,7 @@
 down, checkpoint names and intervals, exact resume, SyncNet with real
 negatives, DDP with gloo, and one clear line for every bad input."""
 import os
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -146,11 +147,14 @@ def test_checkpoints_every_interval_and_exact_resume(small, tmp_path, capsys):
     with pytest.raises(SystemExit) as stopped:
         train_328.main(base_args(small, parts, *extra), callbacks=[interrupt])
     assert stopped.value.code == 130
-    capsys.readouterr()
+    said = capsys.readouterr().err.strip().splitlines()[-1]
+    assert said.startswith("interrupted: finished epochs are kept; continue with: python train_328.py ")
+    continue_with = shlex.split(said.split("continue with: ", 1)[1])[2:]  # the printed command continues
+    assert continue_with == [str(word) for word in base_args(small, parts, *extra, "--resume")]
     assert sorted(path.name for path in parts.glob("*.pth")) == ["best.pth", "latest.pth"]
     code, lines = run_main(train_328.main, base_args(small, parts, *extra), capsys)
     assert code == 2 and len(lines) == 1 and "--resume" in lines[0]       # never silently restarted
-    train_328.main(base_args(small, parts, *extra, "--resume"))
+    train_328.main(continue_with)
     assert sorted(path.name for path in parts.glob("*.pth")) == names
     resumed = torch.load(parts / "latest.pth", weights_only=False)
     assert resumed["epoch"] == 4 and len(resumed["history"]) == 4
@@ -295,6 +299,7 @@ def test_batch_size_larger_than_the_dataset(small, tmp_path, capsys):
     ("--sync_weight", "-1", "--sync_weight cannot be negative, got -1.0"),
     ("--lr", "0", "--lr must be positive, got 0.0"),
     ("--epochs", "0", "--epochs must be at least 1, got 0"),
+    ("--max_minutes", "-1", "--max_minutes cannot be negative, got -1"),
 ])
 def test_option_values_out_of_range(small, tmp_path, capsys, option, value, message):
     code, lines = run_main(train_328.main, base_args(small, tmp_path / "ck") + [option, value], capsys)
@@ -393,6 +398,25 @@ def test_patience_stops_when_the_held_out_score_stops_improving(small, tmp_path,
     assert sorted(path.name for path in save.glob("*.pth")) == ["4.pth", "best.pth", "latest.pth"]
     assert torch.load(save / "best.pth", weights_only=False)["epoch"] == 2
     assert "stopping early: val_l1 has not improved for 2 epochs" in (save / "training.log").read_text()
+
+
+def test_max_minutes_stops_after_the_epoch_that_crosses_it_and_resume_continues(small, tmp_path):
+    save = tmp_path / "timed"
+    # 0.0001 min = 6 ms: the first epoch crosses it, so the 50-epoch run stops after epoch 1.
+    train_328.main(base_args(small, save, "--epochs", 50, "--save_interval", 10, "--max_minutes", 0.0001))
+    assert sorted(path.name for path in save.glob("*.pth")) == ["1.pth", "best.pth", "latest.pth"]
+    assert not (save / "summary.json").exists()           # not finished: training_328.sh must not skip it
+    assert "stopping: --max_minutes 0.0001 reached after epoch 1 of 50" in (save / "training.log").read_text()
+    model, config = ckpt.load_unet(save / "1.pth", "cpu", asr="ave", model_size="tiny")
+    assert config["model_size"] == "tiny" and isinstance(model, LipSyncUNet)
+    latest = torch.load(save / "latest.pth", weights_only=False)
+    assert latest["epoch"] == 1 and not latest["finished"] and latest["args"]["max_minutes"] == 0.0001
+    # Resumed without a limit it continues from epoch 1 to the end.
+    train_328.main(base_args(small, save, "--epochs", 3, "--save_interval", 10, "--resume"))
+    resumed = torch.load(save / "latest.pth", weights_only=False)
+    assert resumed["epoch"] == 3 and resumed["finished"] and len(resumed["history"]) == 3
+    assert resumed["history"][0]["train_loss"] == latest["history"][0]["train_loss"]
+    assert (save / "summary.json").is_file()
 
 
 def test_metrics_go_to_tensorboard_when_it_is_installed(small, tmp_path, monkeypatch):
