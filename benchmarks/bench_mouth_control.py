@@ -47,7 +47,7 @@ from data_utils.timebase import SAMPLE_RATE, SAMPLES_PER_FRAME, frame_count_for_
 from lipsync.core.atomic import write_bytes_atomic
 from lipsync.core.checkpoints import resolve_checkpoint
 from lipsync.core.console import configure_console_logging
-from lipsync.evaluate.evaluation import LandmarkTrack
+from lipsync.evaluate.landmark_track import LandmarkTrack
 from lipsync.evaluate.metrics import mouth_opening, offset_correlation
 from lipsync.render import load_renderer
 from lipsync.render.frames import compose_frame, pingpong_index

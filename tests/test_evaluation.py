@@ -9,7 +9,9 @@ the trained one, and write it to best.pth, which inference then loads.
 """
 import itertools
 import json
+import logging
 import shutil
+import sys
 
 import numpy as np
 import pytest
@@ -17,9 +19,14 @@ import torch
 from torch import nn
 
 from lipsync.core import checkpoints as ckpt
-from lipsync.evaluate import evaluation
+from lipsync.evaluate import metrics, pictures
 from data_utils.audio import load_audio
-from lipsync.evaluate.evaluation import CheckpointResult, EvalOptions, choose_best, evaluate
+from lipsync.evaluate.evaluation import evaluate
+from lipsync.evaluate.landmark_track import LANDMARKS_MISSING_CELL
+from lipsync.evaluate.options import EvalOptions
+from lipsync.evaluate.report import format_table
+from lipsync.evaluate.results import CheckpointResult
+from lipsync.evaluate.selection import choose_best
 from data_utils.ffmpeg import probe
 from lipsync.render.video_writer import write_wav
 from evaluate_328 import main as evaluate_main
@@ -131,7 +138,7 @@ def test_every_checkpoint_is_scored_on_the_heldout_tail(run, heldout):
     for entry in heldout["checkpoints"]:
         scores = entry["scores"]
         assert expected <= set(scores), expected - set(scores)
-        assert 0 < scores["ssim"] <= 1 and 0 < scores["psnr"] < evaluation.metrics.MAX_PSNR_DB
+        assert 0 < scores["ssim"] <= 1 and 0 < scores["psnr"] < metrics.MAX_PSNR_DB
         assert 0 <= scores["lse_d"] <= 2                  # distances of unit vectors
         assert scores["face_found"] > 0.5
     # the recording's own row: the ceiling every checkpoint is read against
@@ -193,14 +200,14 @@ def test_outputs_table_json_video_and_strips(run, heldout):
     import cv2
 
     strip = cv2.imread(str(out / f"epoch_{TRAINED_EPOCH}_strip.png"))
-    tile = evaluation.STRIP_TILE_PX
-    assert strip.shape == (2 * tile, evaluation.STRIP_COLUMNS * tile, 3)     # truth row, generated row
+    tile = pictures.STRIP_TILE_PX
+    assert strip.shape == (2 * tile, pictures.STRIP_COLUMNS * tile, 3)     # truth row, generated row
     combined = cv2.imread(str(out / "strip.png"))
-    assert combined.shape == (3 * tile, evaluation.STRIP_COLUMNS * tile, 3)  # truth + both checkpoints
+    assert combined.shape == (3 * tile, pictures.STRIP_COLUMNS * tile, 3)  # truth + both checkpoints
     # the top row is the real recording: its first tile is the held-out tail's first frame's crop
     first = cv2.imread(str(run / "dataset" / "talker" / "full_body_img" / "80.jpg"))
     boxes = np.load(run / "dataset" / "talker" / "crop_boxes.npy")
-    expected = evaluation.strip_tile(first, boxes[80])
+    expected = pictures.strip_tile(first, boxes[80])
     assert np.abs(strip[tile // 2:tile, :tile].astype(int) - expected[tile // 2:].astype(int)).mean() < 2
 
 
@@ -216,6 +223,58 @@ def test_rerun_reuses_scores_and_can_select_by_another_metric(run, heldout):
                              render_options={"silence_hold": False}))
     assert not other["checkpoints"][0]["reused"] and other["render_options"] == {"silence_hold": False}
     assert other["best"] is None                                  # one checkpoint: nothing was chosen
+
+
+def test_table_shows_the_measures_against_the_truth_first(heldout):
+    """Measures against the real frames cannot be pleased without looking like the person:
+    they come first; the SyncNet and loudness scores follow, and their headings say so."""
+    lines = heldout["table"].splitlines()
+    headings = [cell.strip() for cell in lines[0].strip("|").split("|")][1:]
+    without_truth = [heading.endswith("(no truth)") for heading in headings]
+    assert without_truth == sorted(without_truth), headings            # every truth-based column first
+    assert headings[-3:] == ["LSE-D (no truth)", "LSE-C (no truth)", "energy r (no truth)"]
+    assert "change ratio" in headings and "LMD" in headings
+    assert any(line.startswith("against the true frames: PSNR, SSIM") for line in lines)
+    # without a truth the table says so, in one line
+    no_truth = format_table(dict(heldout, mode="audio", truth=None, audio="other.wav"))
+    said = [line for line in no_truth.splitlines() if line.startswith("no true video of this audio")]
+    assert len(said) == 1 and "--truth_video" in said[0]
+    assert "(no truth)" not in no_truth.splitlines()[0]
+
+
+def test_without_mediapipe_the_other_measures_are_still_made(run, heldout, tmp_path, monkeypatch, caplog):
+    """A GPU box without mediapipe: mouth PSNR/SSIM and the SyncNet scores are measured, the
+    landmark measures are null / n/a, one warning says what is missing, best.pth is left alone."""
+    monkeypatch.setitem(sys.modules, "mediapipe", None)          # "import mediapipe" raises ImportError
+    best_before = (run / "checkpoint" / "talker" / "best.pth").read_bytes()
+    out = tmp_path / "no mediapipe"
+    with caplog.at_level(logging.INFO, logger="evaluation"):
+        report = evaluate(options(run, output_dir=out, write_video=False))
+    about = [record for record in caplog.records if "mediapipe" in record.getMessage()]
+    assert len(about) == 1 and about[0].levelno == logging.WARNING
+    assert "mediapipe is not installed" in about[0].getMessage() and "pip install" in about[0].getMessage()
+    assert "--select_by mouth_psnr" in about[0].getMessage()
+    with_landmarks = {entry["epoch"]: entry["scores"] for entry in heldout["checkpoints"]}
+    stored = json.loads((out / "scores.json").read_text())
+    for entry, saved in zip(report["checkpoints"], stored["checkpoints"]):
+        scores, before = entry["scores"], with_landmarks[entry["epoch"]]
+        for key in ("lmd", "opening_correlation", "opening_offset", "opening_ratio", "energy_correlation",
+                    "face_found"):
+            assert np.isnan(scores[key]) and saved["scores"][key] is None, key
+        for key in ("psnr", "ssim", "lse_d", "lse_c"):                    # need no landmarks at all
+            assert scores[key] == pytest.approx(before[key]), key
+        # mouth regions from preprocessing's landmarks instead of a fresh track: nearly the same
+        for key in ("mouth_psnr", "mouth_ssim", "change_ratio"):
+            assert np.isfinite(scores[key]) and scores[key] == pytest.approx(before[key], rel=0.1), key
+    assert np.isnan(report["reference"]["lmd"]) and np.isfinite(report["reference"]["lse_c"])
+    assert report["best"] is None and report["landmarks_missing"].startswith("mediapipe is not installed")
+    assert (run / "checkpoint" / "talker" / "best.pth").read_bytes() == best_before
+    assert f"LMD, open r, offset, open ratio, energy r: {LANDMARKS_MISSING_CELL}" in report["table"]
+    # with mediapipe back, the scores cached without it are not reused
+    monkeypatch.undo()
+    again = evaluate(options(run, output_dir=out, write_video=False, checkpoint=str(TRAINED_EPOCH)))
+    assert not again["checkpoints"][0]["reused"] and np.isfinite(again["checkpoints"][0]["scores"]["lmd"])
+    assert again["landmarks_missing"] is None
 
 
 # ---------------------------------------------------------------------------- new audio, one checkpoint

@@ -13,7 +13,7 @@ import pytest
 from data_utils import crop
 from lipsync.evaluate import metrics
 from data_utils.audio import load_audio
-from lipsync.evaluate.evaluation import detect_landmarks
+from lipsync.evaluate.landmark_track import detect_landmarks
 from data_utils.timebase import SAMPLE_RATE, SAMPLES_PER_FRAME
 from tests.conftest import CLIP_FRAMES_25FPS, CLIP_TRUTH
 

@@ -5,8 +5,9 @@ Frames are (H, W, 3) uint8 BGR, as cv2 and the dataset's full_body_img/ give
 them; generated and real frame k show the same instant. Landmarks are
 (frames, points, 2) float arrays in frame pixels (mediapipe face mesh or
 iBUG-68, data_utils/crop.py names their points) with NaN rows where no face
-was found. Nothing here renders, detects or loads a model:
-lipsync/evaluate/evaluation.py does that and calls these.
+was found. Nothing here renders, detects or loads a model: evaluation.py
+renders, landmark_track.py and sync_embedding.py detect and embed, and
+clip_scorer.py, reference.py and evaluation.py call these.
 
 Conventions shared by every offset in this module: a positive offset k means
 the generated video is k frames *late*, i.e. generated frame t matches
