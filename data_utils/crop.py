@@ -16,6 +16,7 @@ from typing import Dict
 import numpy as np
 
 CROP_SIZE = 328                 # model crop, with a 4 px border around the 320 centre
+CROP_SHAPE = (CROP_SIZE, CROP_SIZE, 3)      # one crop as stored: BGR uint8
 CROP_BORDER = 4
 INNER_SIZE = CROP_SIZE - 2 * CROP_BORDER   # 320: what the U-Net sees and paints
 INNER = slice(CROP_BORDER, CROP_SIZE - CROP_BORDER)

@@ -2,21 +2,12 @@
 
 - ``check_dataset``: is dataset/NAME ready for training with this --asr? One
   clear error per missing piece, naming the command that makes it.
-- The crop cache: every frame's 328 crop (data_utils.crop.cut_crop with the
-  smoothed crop box) cut once into dataset/NAME/crops_328.u8, a raw uint8
-  (N, 328, 328, 3) BGR array that training memory-maps, so the training loop
-  never decodes a JPEG. ``JpegCrops`` is the slow path it replaces (kept for
-  the benchmark and as the reference the cache is checked against).
-- The model input, defined once for training and inference:
-  ``build_model_input`` (numpy, one frame) and ``model_input_batch`` (torch,
-  a batch on the training device) give identical values.
+- ``PersonData`` / ``open_person``: one person's frames (through the crop cache,
+  data_utils/crop_cache.py), audio windows and train/held-out split.
 - ``LipSyncDataset`` / ``SyncPairDataset``: what one training sample is.
 """
-import hashlib
 import json
 import logging
-import os
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, Optional, Sequence, Tuple
@@ -25,120 +16,19 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from data_utils import crop
+from data_utils.crop_cache import JpegCrops, build_crop_cache, crop_cache_is_current, open_crop_cache
 from data_utils.features.extract import metadata_path
 from data_utils.layout import DatasetLayout, process_command
+from data_utils.model_input import choose_reference_index
 from data_utils.timebase import ASR_CHOICES, FEATURE_SPECS, model_audio_input
-from lipsync.core.atomic import atomic_path, write_json_atomic
 from lipsync.core.errors import UserError
 
 log = logging.getLogger("dataset")
 
-CACHE_VERSION = 1
-CROP_SHAPE = (crop.CROP_SIZE, crop.CROP_SIZE, 3)
-CROP_BYTES = int(np.prod(CROP_SHAPE))
-CACHE_WRITER_THREADS = 4           # cv2 decodes and warps outside the GIL
 # An off-sync pair takes its audio at least this far from the face's own frame:
 # 5 frames = 200 ms, beyond the +-2 frame slack SyncNet-style sync scores allow.
 MIN_OFFSYNC_FRAMES = 5
 MIN_PAIR_FRAMES = 2 * MIN_OFFSYNC_FRAMES + 1   # the middle frame of a split still has a far partner
-
-
-# --------------------------------------------------------------------------- the model input
-
-def _inner_rgb01(crop_328_bgr: np.ndarray) -> np.ndarray:
-    """(328, 328, 3) BGR uint8 -> (320, 320, 3) RGB float32 in [0, 1]."""
-    inner = crop_328_bgr[crop.INNER, crop.INNER, ::-1]
-    return inner.astype(np.float32) / 255.0
-
-
-def build_model_input(target_crop_328: np.ndarray, reference_crop_328: np.ndarray) -> np.ndarray:
-    """The U-Net input (6, 320, 320) float32: reference RGB, then masked target RGB.
-
-    Both crops are 328 x 328 BGR uint8 as cut by data_utils.crop.cut_crop; the
-    4 px border is dropped and the target's lower face is blacked out with
-    data_utils.crop.mask_lower_face. See ``choose_reference_index`` for which
-    frame the reference is.
-    """
-    for name, image in (("target", target_crop_328), ("reference", reference_crop_328)):
-        if image.shape != CROP_SHAPE or image.dtype != np.uint8:
-            raise ValueError(f"{name} crop must be {CROP_SHAPE} uint8, got {image.shape} {image.dtype}")
-    masked = crop.mask_lower_face(_inner_rgb01(target_crop_328))
-    reference = _inner_rgb01(reference_crop_328)
-    return np.ascontiguousarray(np.concatenate([reference, masked], axis=2).transpose(2, 0, 1))
-
-
-def _keep_mask(device) -> torch.Tensor:
-    """(320, 320) 1 outside / 0 inside the repainted region: crop.inner_mask, inverted."""
-    return torch.from_numpy(1.0 - crop.inner_mask()).to(device)
-
-
-def model_input_batch(target_u8: torch.Tensor, reference_u8: torch.Tensor,
-                      augment: Optional["ColourJitter"] = None) -> Tuple[torch.Tensor, torch.Tensor]:
-    """Batched ``build_model_input`` on the tensors' device.
-
-    (B, 328, 328, 3) BGR uint8 crops -> image6 (B, 6, 320, 320) and the truth
-    (B, 3, 320, 320), float RGB in [0, 1]. With ``augment`` the same colour
-    change is applied to the target and its reference before masking.
-    """
-    truth, reference = inner_rgb_batch(target_u8), inner_rgb_batch(reference_u8)
-    if augment is not None:
-        truth, reference = augment(truth, reference)
-    masked = truth * _keep_mask(truth.device)
-    return torch.cat([reference, masked], dim=1), truth
-
-
-def inner_rgb_batch(crops_u8: torch.Tensor) -> torch.Tensor:
-    """(B, 328, 328, 3) BGR uint8 -> (B, 3, 320, 320) contiguous RGB float in [0, 1]."""
-    rgb = crops_u8[:, crop.INNER, crop.INNER, :].flip(-1).permute(0, 3, 1, 2)
-    return rgb.contiguous().float() / 255.0
-
-
-def choose_reference_index(frame_index: int, candidates: Optional[Sequence[int]] = None,
-                           rng: Optional[np.random.Generator] = None) -> int:
-    """The frame whose unmasked crop is the model's reference for ``frame_index``.
-
-    Training (``rng`` given): a random *other* frame of the same person from
-    ``candidates``, so the model cannot copy the mouth and must draw it from the
-    audio; the reference only tells it what the person looks like.
-    Inference (no ``rng``): the frame itself, its crop before masking, which
-    matches the target's pose and lighting exactly.
-    """
-    if rng is None:
-        return int(frame_index)
-    candidates = np.asarray(candidates)
-    others = candidates[candidates != frame_index]
-    if len(others) == 0:
-        return int(frame_index)
-    return int(others[rng.integers(len(others))])
-
-
-@dataclass
-class ColourJitter:
-    """Brightness, contrast and per-channel colour jitter (the guide's augmentation).
-
-    Parameters are drawn from torch's global generator (saved in checkpoints, so
-    a resumed run draws the same ones) and applied identically to every image
-    passed in one call.
-    """
-    brightness: float = 0.1
-    contrast: float = 0.1
-    colour: float = 0.05
-
-    def __call__(self, *images: torch.Tensor):
-        batch = images[0].shape[0]
-
-        def uniform(spread, *shape):
-            return ((torch.rand(batch, *shape) * 2 - 1) * spread).to(images[0].device)
-
-        shift = uniform(self.brightness, 1, 1, 1)
-        gain = 1 + uniform(self.contrast, 1, 1, 1)
-        tint = 1 + uniform(self.colour, 3, 1, 1)
-        out = []
-        for image in images:
-            mean = image.mean(dim=(1, 2, 3), keepdim=True)
-            out.append(((image - mean) * gain + mean + shift).mul(tint).clamp(0, 1))
-        return tuple(out)
 
 
 # --------------------------------------------------------------------------- dataset checks
@@ -220,82 +110,6 @@ def load_crop_boxes(layout: DatasetLayout) -> np.ndarray:
         raise UserError(f"{layout.crop_boxes} has shape {boxes.shape}, expected (frames, 4) — "
                         f"run again: {process_command(layout)}")
     return boxes
-
-
-# --------------------------------------------------------------------------- crop sources
-
-class JpegCrops:
-    """Crops cut on demand from full_body_img/i.jpg (decodes a JPEG per access)."""
-
-    def __init__(self, layout: DatasetLayout, boxes: np.ndarray):
-        self.layout, self.boxes = layout, boxes
-
-    def __len__(self):
-        return len(self.boxes)
-
-    def __getitem__(self, index: int) -> np.ndarray:
-        import cv2
-
-        path = self.layout.frame_path(index)
-        frame = cv2.imread(str(path), cv2.IMREAD_COLOR)
-        if frame is None:
-            raise UserError(f"{path} is missing or unreadable — run again: {process_command(self.layout)}")
-        return crop.cut_crop(frame, self.boxes[index])
-
-
-def cache_info_path(layout: DatasetLayout) -> Path:
-    return layout.crop_cache.with_suffix(".json")
-
-
-def _cache_key(boxes: np.ndarray) -> Dict:
-    return {"version": CACHE_VERSION, "frames": int(len(boxes)), "shape": list(CROP_SHAPE),
-            "crop_boxes_sha256": hashlib.sha256(np.ascontiguousarray(boxes).tobytes()).hexdigest()}
-
-
-def crop_cache_is_current(layout: DatasetLayout, boxes: np.ndarray) -> bool:
-    info = cache_info_path(layout)
-    if not (info.is_file() and layout.crop_cache.is_file()):
-        return False
-    try:
-        recorded = json.loads(info.read_text())
-    except (OSError, ValueError):
-        return False
-    return (recorded == _cache_key(boxes)
-            and layout.crop_cache.stat().st_size == len(boxes) * CROP_BYTES)
-
-
-def build_crop_cache(layout: DatasetLayout, boxes: np.ndarray, show_progress: bool = True) -> Path:
-    """Cut every frame's 328 crop into crops_328.u8 (atomically); skip if already current."""
-    if crop_cache_is_current(layout, boxes):
-        return layout.crop_cache
-    from tqdm import tqdm
-
-    info = cache_info_path(layout)
-    if info.exists():
-        info.unlink()                       # the old cache no longer matches: never trust it again
-    source = JpegCrops(layout, boxes)
-    log.info("cutting %d crops into %s (once; later runs reuse it)", len(boxes), layout.crop_cache)
-    with atomic_path(layout.crop_cache) as temporary:
-        array = np.memmap(temporary, dtype=np.uint8, mode="w+", shape=(len(boxes),) + CROP_SHAPE)
-
-        def cut(index):
-            array[index] = source[index]
-
-        with ThreadPoolExecutor(CACHE_WRITER_THREADS) as pool:
-            for _ in tqdm(pool.map(cut, range(len(boxes))), total=len(boxes), desc="crop cache",
-                          disable=not show_progress, dynamic_ncols=True):
-                pass
-        array.flush()
-        del array
-        with open(temporary, "rb+") as handle:
-            os.fsync(handle.fileno())
-    write_json_atomic(info, _cache_key(boxes))
-    return layout.crop_cache
-
-
-def open_crop_cache(layout: DatasetLayout, frame_count: int) -> np.memmap:
-    """The cache as a read-only (N, 328, 328, 3) uint8 memory map."""
-    return np.memmap(layout.crop_cache, dtype=np.uint8, mode="r", shape=(frame_count,) + CROP_SHAPE)
 
 
 # --------------------------------------------------------------------------- the data of one person

@@ -5,8 +5,8 @@ import pytest
 import torch
 
 from data_utils import crop
-from data_utils.dataset import (CROP_SHAPE, ColourJitter, build_model_input, choose_reference_index,
-                                model_input_batch)
+from data_utils.crop import CROP_SHAPE
+from data_utils.model_input import ColourJitter, build_model_input, choose_reference_index, model_input_batch
 from lipsync.core.errors import UserError
 from data_utils.timebase import FEATURE_SPECS
 from models.perceptual import VGG19_LAYERS, build_perceptual_loss

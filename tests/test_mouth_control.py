@@ -22,9 +22,10 @@ import torch
 from data_utils import crop
 from lipsync.render import silence
 from data_utils.audio import load_audio
-from data_utils.dataset import model_input_batch, open_person
+from data_utils.dataset import open_person
+from data_utils.model_input import model_input_batch
 from lipsync.core.errors import UserError
-from lipsync.evaluate.evaluation import detect_landmarks
+from lipsync.evaluate.landmark_track import detect_landmarks
 from data_utils.ffmpeg import video_packet_times
 from data_utils.layout import DatasetLayout
 from lipsync.evaluate.metrics import mouth_opening, offset_correlation

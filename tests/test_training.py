@@ -14,8 +14,8 @@ import torch
 import train_328
 import train_syncnet
 from lipsync.core import checkpoints as ckpt
-from data_utils.dataset import (MIN_OFFSYNC_FRAMES, JpegCrops, SyncPairDataset, build_crop_cache,
-                                cache_info_path, load_crop_boxes, open_person)
+from data_utils.crop_cache import JpegCrops, build_crop_cache, cache_info_path
+from data_utils.dataset import MIN_OFFSYNC_FRAMES, SyncPairDataset, load_crop_boxes, open_person
 from lipsync.core.errors import UserError
 from data_utils.layout import DatasetLayout
 from data_utils.timebase import FEATURE_SPECS

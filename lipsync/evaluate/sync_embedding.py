@@ -12,7 +12,7 @@ import numpy as np
 import torch
 
 from data_utils import crop
-from data_utils.dataset import inner_rgb_batch
+from data_utils.model_input import inner_rgb_batch
 from data_utils.timebase import model_audio_input
 from lipsync.core.checkpoints import load_syncnet, read_checkpoint
 from lipsync.core.errors import UserError

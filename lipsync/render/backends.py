@@ -5,7 +5,7 @@ from typing import Optional
 import numpy as np
 import torch
 
-from data_utils.dataset import model_input_batch
+from data_utils.model_input import model_input_batch
 from lipsync.render.onnx_export import OnnxUNet
 
 

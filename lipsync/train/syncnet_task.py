@@ -12,7 +12,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from data_utils.dataset import ColourJitter, PersonData, SyncPairDataset, inner_rgb_batch
+from data_utils.dataset import PersonData, SyncPairDataset
+from data_utils.model_input import ColourJitter, inner_rgb_batch
 from lipsync.core import checkpoints as ckpt
 from lipsync.train.options import TrainConfig
 from models.syncnet import SYNC_WIDTHS

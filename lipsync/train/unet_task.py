@@ -17,7 +17,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from data_utils import crop
-from data_utils.dataset import ColourJitter, LipSyncDataset, PersonData, model_input_batch
+from data_utils.dataset import LipSyncDataset, PersonData
+from data_utils.model_input import ColourJitter, model_input_batch
 from lipsync.core import checkpoints as ckpt
 from lipsync.train.options import TrainConfig
 from lipsync.train.pictures import sample_grid
