@@ -24,8 +24,9 @@ a window at both ends), i.e. at time m / 80 s.
 """
 import logging
 import subprocess
+import wave
 from pathlib import Path
-from typing import List
+from typing import List, Optional
 
 import numpy as np
 
@@ -93,8 +94,22 @@ def load_audio(path, clock: str = "audio") -> np.ndarray:
         raise UserError(f"{path} contains no audio samples — record or export the audio again")
     if not np.all(np.isfinite(samples)):
         raise UserError(f"{path} decodes to invalid (NaN/inf) samples — re-export it as a normal wav")
+    declared = declared_wav_seconds(path)
+    if declared is not None and samples.size / SAMPLE_RATE < declared - 1 / FPS:
+        log.warning("%s is cut short: its header says %.2f s but only %.2f s could be decoded — "
+                    "the video ends there; copy or export the audio again", path, declared,
+                    samples.size / SAMPLE_RATE)
     log.debug("loaded %s: %d samples (%.2f s)", path, samples.size, samples.size / SAMPLE_RATE)
     return samples
+
+
+def declared_wav_seconds(path: Path) -> Optional[float]:
+    """The duration a PCM wav's header promises (None for other files or headers it cannot read)."""
+    try:
+        with wave.open(str(path), "rb") as reader:
+            return reader.getnframes() / reader.getframerate()
+    except (wave.Error, EOFError, OSError, ZeroDivisionError):
+        return None
 
 
 def _clock_filter(path: Path, clock: str) -> List[str]:
@@ -144,12 +159,52 @@ def fit_to_frames(samples: np.ndarray, frames: int, source=None) -> np.ndarray:
     return fitted
 
 
-def _mel_basis() -> np.ndarray:
-    """(MEL_BANDS, MEL_N_FFT // 2 + 1) Slaney-normalised triangular filters."""
-    import librosa.filters
+# The Slaney mel scale (Auditory Toolbox; librosa's default, htk=False): linear
+# below 1 kHz at 200/3 Hz per mel, logarithmic above with 27 mels per factor 6.4.
+SLANEY_HZ_PER_MEL = 200.0 / 3
+SLANEY_LOG_START_HZ = 1000.0
+SLANEY_LOG_START_MEL = SLANEY_LOG_START_HZ / SLANEY_HZ_PER_MEL     # 15
+SLANEY_LOG_STEP = np.log(6.4) / 27.0
 
-    return librosa.filters.mel(sr=SAMPLE_RATE, n_fft=MEL_N_FFT, n_mels=MEL_BANDS,
-                               fmin=MEL_FMIN, fmax=MEL_FMAX).astype(np.float32)
+
+def hz_to_slaney_mel(hz) -> np.ndarray:
+    hz = np.asarray(hz, dtype=np.float64)
+    linear = hz / SLANEY_HZ_PER_MEL
+    logarithmic = SLANEY_LOG_START_MEL + np.log(np.maximum(hz, SLANEY_LOG_START_HZ) / SLANEY_LOG_START_HZ) \
+        / SLANEY_LOG_STEP
+    return np.where(hz >= SLANEY_LOG_START_HZ, logarithmic, linear)
+
+
+def slaney_mel_to_hz(mel) -> np.ndarray:
+    mel = np.asarray(mel, dtype=np.float64)
+    linear = mel * SLANEY_HZ_PER_MEL
+    logarithmic = SLANEY_LOG_START_HZ * np.exp(SLANEY_LOG_STEP * (np.maximum(mel, SLANEY_LOG_START_MEL)
+                                                                    - SLANEY_LOG_START_MEL))
+    return np.where(mel >= SLANEY_LOG_START_MEL, logarithmic, linear)
+
+
+def slaney_mel_filterbank(sample_rate: int, n_fft: int, n_mels: int, fmin: float, fmax: float) -> np.ndarray:
+    """(n_mels, n_fft // 2 + 1) float32 triangular mel filters, Slaney scale and area normalisation.
+
+    The same matrix as ``librosa.filters.mel(sr, n_fft, n_mels, fmin, fmax)`` with its
+    defaults (htk=False, norm="slaney"), in numpy alone so that feature extraction
+    and inference need no librosa: filter i rises from mel point i to i + 1 and
+    falls to i + 2, scaled by 2 / its width in Hz so every filter has the same area.
+    """
+    fft_hz = np.fft.rfftfreq(n_fft, d=1.0 / sample_rate)
+    points_hz = slaney_mel_to_hz(np.linspace(hz_to_slaney_mel(fmin), hz_to_slaney_mel(fmax), n_mels + 2))
+    widths = np.diff(points_hz)
+    distance = points_hz[:, None] - fft_hz[None, :]          # (n_mels + 2, bins): point minus bin
+    rising = -distance[:-2] / widths[:-1, None]
+    falling = distance[2:] / widths[1:, None]
+    filters = np.maximum(0.0, np.minimum(rising, falling))
+    filters *= (2.0 / (points_hz[2:] - points_hz[:-2]))[:, None]
+    return filters.astype(np.float32)
+
+
+def _mel_basis() -> np.ndarray:
+    """(MEL_BANDS, MEL_N_FFT // 2 + 1) Slaney-normalised triangular filters of the AVE mel spectrogram."""
+    return slaney_mel_filterbank(SAMPLE_RATE, MEL_N_FFT, MEL_BANDS, MEL_FMIN, MEL_FMAX)
 
 
 def mel_frame_count(num_samples: int) -> int:

@@ -396,7 +396,7 @@ def test_onnx_export_agrees_with_torch_and_renders(person, renderer, heldout, ca
     assert f"exported {exported}" in capsys.readouterr().out
 
     from lipsync.core.checkpoints import load_unet
-    from data_utils.dataset import model_input_batch
+    from data_utils.model_input import model_input_batch
 
     model, config = load_unet(person.checkpoint, "cpu")
     crops = np.stack([renderer.load_background(index)[1] for index in (0, 33, 99)])
@@ -453,6 +453,18 @@ def test_bad_audio_files_give_one_line_each(person, tmp_path, capsys):
                                    "--device", "cpu", *roots(person)])
         assert str(path) in line and expected in line, line
     assert not (tmp_path / "o.mp4").exists()
+
+
+def test_a_truncated_wav_renders_with_a_warning(person, tmp_path, caplog):
+    whole = write_wav(tmp_path / "whole.wav", load_audio(HELDOUT_WAV))
+    cut = tmp_path / "cut.wav"
+    cut.write_bytes(whole.read_bytes()[:whole.stat().st_size // 2])     # header still says 2 s
+    with caplog.at_level("WARNING"):
+        path = inference_main(["--name", NAME, "--audio_path", str(cut), "--output", str(tmp_path / "cut.mp4"),
+                               "--device", "cpu", "--no_progress", *roots(person)])
+    warnings = [record.getMessage() for record in caplog.records if record.levelname == "WARNING"]
+    assert any(f"{cut} is cut short: its header says 2.00 s but only 1.00 s" in text for text in warnings), warnings
+    assert len(video_packet_times(path)) == 25
 
 
 def test_output_folder_that_cannot_be_written(person, tmp_path, capsys):
