@@ -23,6 +23,7 @@ Mel frame m is centred on sample m * MEL_HOP (the signal is zero-padded by half
 a window at both ends), i.e. at time m / 80 s.
 """
 import logging
+import math
 import subprocess
 import wave
 from pathlib import Path
@@ -31,10 +32,13 @@ from typing import List, Optional
 import numpy as np
 
 from lipsync.core.errors import UserError
-from data_utils.ffmpeg import ffmpeg_binary, first_decoded_time, last_error_line
+from data_utils.ffmpeg import ffmpeg_available, ffmpeg_binary, first_decoded_time, last_error_line
 from data_utils.timebase import FPS, SAMPLE_RATE, SAMPLES_PER_FRAME
 
 log = logging.getLogger(__name__)
+
+# sample width (bytes) -> (dtype, full scale, zero offset) of PCM wav data
+PCM_SCALES = {1: ("u1", 128.0, 128.0), 2: ("<i2", 32768.0, 0.0), 4: ("<i4", 2147483648.0, 0.0)}
 
 DOWNMIX_MAX_GAIN = 1           # rematrix gains normalised to sum to 1: the mono mix is an average
 AUDIO_CLOCKS = ("audio", "video", "file")   # what sample 0 of a loaded array is (see load_audio)
@@ -77,6 +81,22 @@ def load_audio(path, clock: str = "audio") -> np.ndarray:
         raise UserError(f"{path} is a folder, not an audio file — give the path of a .wav/.mp3/.m4a/.flac file")
     if path.stat().st_size == 0:
         raise UserError(f"{path} is empty (0 bytes) — record or copy the audio again")
+    samples = _decode(path, clock) if ffmpeg_available() else _load_wav_without_ffmpeg(path)
+    if samples.size == 0:
+        raise UserError(f"{path} contains no audio samples — record or export the audio again")
+    if not np.all(np.isfinite(samples)):
+        raise UserError(f"{path} decodes to invalid (NaN/inf) samples — re-export it as a normal wav")
+    declared = declared_wav_seconds(path)
+    if declared is not None and samples.size / SAMPLE_RATE < declared - 1 / FPS:
+        log.warning("%s is cut short: its header says %.2f s but only %.2f s could be decoded — "
+                    "the video ends there; copy or export the audio again", path, declared,
+                    samples.size / SAMPLE_RATE)
+    log.debug("loaded %s: %d samples (%.2f s)", path, samples.size, samples.size / SAMPLE_RATE)
+    return samples
+
+
+def _decode(path: Path, clock: str) -> np.ndarray:
+    """FFmpeg decodes, downmixes and resamples ``path`` in one pass (see the module docstring)."""
     command = [ffmpeg_binary(), "-hide_banner", "-nostdin", "-loglevel", "error",
                "-i", str(path), "-map", "0:a:0", "-vn", "-ac", "1", "-rematrix_maxval", str(DOWNMIX_MAX_GAIN),
                "-ar", str(SAMPLE_RATE),
@@ -89,18 +109,31 @@ def load_audio(path, clock: str = "audio") -> np.ndarray:
             raise UserError(f"{path} has no audio track — give a file that contains speech")
         raise UserError(f"{path} is not a readable audio file ({last_error_line(stderr)}) — "
                         "check that it is a real wav/mp3/m4a/flac file")
-    samples = np.frombuffer(result.stdout, dtype="<f4").astype(np.float32)
-    if samples.size == 0:
-        raise UserError(f"{path} contains no audio samples — record or export the audio again")
-    if not np.all(np.isfinite(samples)):
-        raise UserError(f"{path} decodes to invalid (NaN/inf) samples — re-export it as a normal wav")
-    declared = declared_wav_seconds(path)
-    if declared is not None and samples.size / SAMPLE_RATE < declared - 1 / FPS:
-        log.warning("%s is cut short: its header says %.2f s but only %.2f s could be decoded — "
-                    "the video ends there; copy or export the audio again", path, declared,
-                    samples.size / SAMPLE_RATE)
-    log.debug("loaded %s: %d samples (%.2f s)", path, samples.size, samples.size / SAMPLE_RATE)
-    return samples
+    return np.frombuffer(result.stdout, dtype="<f4").astype(np.float32)
+
+
+def _load_wav_without_ffmpeg(path: Path) -> np.ndarray:
+    """A PCM wav read with the standard library, channels averaged, resampled to 16 kHz: what a
+    machine without ffmpeg can decode. Other formats need ffmpeg."""
+    from scipy.signal import resample_poly  # only this fallback resamples in Python
+
+    try:
+        with wave.open(str(path), "rb") as reader:
+            channels, width, rate = reader.getnchannels(), reader.getsampwidth(), reader.getframerate()
+            data = reader.readframes(reader.getnframes())
+    except (wave.Error, EOFError) as error:
+        raise UserError(f"{path} needs ffmpeg to be decoded ({error}) and there is no ffmpeg here — "
+                        "convert it to a PCM .wav, or install ffmpeg") from None
+    if width not in PCM_SCALES:
+        raise UserError(f"{path} is a {8 * width}-bit wav; without ffmpeg only 8/16/32-bit PCM is read — "
+                        "convert it to 16-bit PCM, or install ffmpeg")
+    kind, scale, offset = PCM_SCALES[width]
+    samples = (np.frombuffer(data, dtype=kind).astype(np.float32) - offset) / scale
+    samples = samples[:len(samples) // channels * channels].reshape(-1, channels).mean(axis=1)
+    if rate != SAMPLE_RATE:
+        divisor = math.gcd(rate, SAMPLE_RATE)
+        samples = resample_poly(samples, SAMPLE_RATE // divisor, rate // divisor).astype(np.float32)
+    return np.ascontiguousarray(samples, dtype=np.float32)
 
 
 def declared_wav_seconds(path: Path) -> Optional[float]:

@@ -38,6 +38,15 @@ def ffmpeg_binary() -> str:
     return imageio_ffmpeg.get_ffmpeg_exe()
 
 
+def ffmpeg_available() -> bool:
+    """Whether an ffmpeg executable can be found (a GPU server may have none; see the fallbacks)."""
+    try:
+        ffmpeg_binary()
+    except UserError:
+        return False
+    return True
+
+
 def run_ffmpeg(arguments: List[str], what: str, path=None) -> subprocess.CompletedProcess:
     """Run ffmpeg with ``arguments``; a failure becomes a one-line UserError about ``path``."""
     command = [ffmpeg_binary(), "-hide_banner", "-nostdin", "-loglevel", "error", "-y", *arguments]
@@ -94,6 +103,8 @@ def probe(path) -> MediaInfo:
         raise UserError(f"{path} is a folder, not a video file")
     if path.stat().st_size == 0:
         raise UserError(f"{path} is empty (0 bytes) — copy the recording again")
+    if not ffmpeg_available():
+        return _probe_without_ffmpeg(path)
     command = [ffmpeg_binary(), "-hide_banner", "-nostdin", "-i", str(path)]
     result = subprocess.run(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     banner = result.stderr.decode("utf-8", "replace")
@@ -225,3 +236,30 @@ def is_constant_frame_rate(path, fps: int) -> bool:
     tolerance = Fraction(1, 1000)
     return all(abs((time - start) - Fraction(index, fps)) <= tolerance
                for index, time in enumerate(times))
+
+
+def _probe_without_ffmpeg(path: Path) -> MediaInfo:
+    """What a machine without ffmpeg can tell: a PCM wav from its header, a video from OpenCV's
+    own decoder (size, frame rate, frame count; its sound is not seen)."""
+    import wave
+
+    try:
+        with wave.open(str(path), "rb") as reader:
+            return MediaInfo(path=path, duration=reader.getnframes() / reader.getframerate(), has_video=False,
+                             has_audio=True, audio_sample_rate=reader.getframerate())
+    except (wave.Error, EOFError, OSError):
+        pass
+    import cv2
+
+    capture = cv2.VideoCapture(str(path))
+    try:
+        if not capture.isOpened():
+            raise UserError(f"{path}: there is no ffmpeg here and OpenCV cannot read it — install ffmpeg, "
+                            "or give a .wav / an mp4 OpenCV reads")
+        fps = capture.get(cv2.CAP_PROP_FPS) or None
+        frames = capture.get(cv2.CAP_PROP_FRAME_COUNT)
+        return MediaInfo(path=path, duration=frames / fps if fps and frames else None, has_video=True,
+                         has_audio=False, width=int(capture.get(cv2.CAP_PROP_FRAME_WIDTH)),
+                         height=int(capture.get(cv2.CAP_PROP_FRAME_HEIGHT)), average_fps=fps)
+    finally:
+        capture.release()

@@ -22,7 +22,8 @@ from data_utils.dataset import load_crop_boxes
 from data_utils.ffmpeg import probe, video_packet_times
 from data_utils.layout import DatasetLayout
 from lipsync.core.errors import UserError
-from tests.conftest import CLIP_FRAMES_25FPS, cli_error_line, ffmpeg
+from data_utils.timebase import frame_count_for_samples
+from tests.conftest import CLIP_FRAMES_25FPS, HELDOUT_WAV, cli_error_line, ffmpeg
 from tests.training_helpers import make_small_dataset, person_with_ave_features
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -442,6 +443,40 @@ def test_unpack_and_train_without_optional_packages_or_ffmpeg(small, tmp_path):
                               env=env, capture_output=True, text=True, cwd=tmp_path)
     assert training.returncode == 0, training.stderr[-3000:]
     assert (tmp_path / "checkpoint" / "latest.pth").is_file()
+
+
+def test_inference_and_evaluation_without_optional_packages_or_ffmpeg(person, tmp_path):
+    """The GPU server's setup: mp4 by OpenCV with the sound beside it, energy gate, no landmark scores."""
+    import cv2
+    import torch
+
+    from models.unet_328 import WIDTHS, LipSyncUNet
+    from tests.training_helpers import save_tiny_unet_checkpoint
+
+    env = blocked_environment(tmp_path)
+    torch.manual_seed(0)
+    save_tiny_unet_checkpoint(LipSyncUNet("ave", (32, 16, 16), WIDTHS["tiny"]), (32, 16, 16), person, "talker", 1)
+    roots = ["--dataset_root", str(person.dataset_root), "--checkpoint_root", str(person.checkpoint_root)]
+    output = tmp_path / "result" / "spoken.mp4"
+    inference = subprocess.run([sys.executable, str(REPO_ROOT / "inference_328.py"), "--name", "talker",
+                                "--audio_path", str(HELDOUT_WAV), "--device", "cpu", "--no_progress",
+                                "--output", str(output), *roots], env=env, capture_output=True, text=True, cwd=tmp_path)
+    assert inference.returncode == 0, inference.stderr[-3000:]
+    assert "no ffmpeg here" in inference.stderr and "energy gate" in inference.stderr
+    capture = cv2.VideoCapture(str(output))
+    frames = int(capture.get(cv2.CAP_PROP_FRAME_COUNT))
+    capture.release()
+    assert frames == frame_count_for_samples(len(audio.load_audio(HELDOUT_WAV)))
+    np.testing.assert_allclose(audio.load_audio(output.with_suffix(".wav")), audio.load_audio(HELDOUT_WAV),
+                               atol=1 / 32768)
+    evaluation = subprocess.run([sys.executable, str(REPO_ROOT / "evaluate_328.py"), "--name", "talker",
+                                 "--device", "cpu", "--checkpoint", "1", "--val_fraction", "0.2",
+                                 "--dataset_dir", str(person.root),
+                                 "--checkpoint_dir", str(person.checkpoint_root / "talker")],
+                                env=env, capture_output=True, text=True, cwd=tmp_path)
+    assert evaluation.returncode == 0, evaluation.stderr[-3000:]
+    assert "mediapipe is not installed" in evaluation.stderr + evaluation.stdout
+    assert "mouth" in evaluation.stdout.lower()
 
 
 # --------------------------------------------------------------------------- the wheels for the server

@@ -72,7 +72,7 @@ from lipsync.evaluate.sync_embedding import (MIN_INFORMATIVE_LSE_C, SYNCNET_METR
 from lipsync.render.api import load_renderer, render
 from lipsync.render.featurizer import FEATURE_CONTEXT_FRAMES
 from lipsync.render.options import RenderOptions
-from lipsync.render.video_writer import VideoWriter, write_wav
+from lipsync.render.video_writer import open_video_writer, write_wav
 
 log = logging.getLogger("evaluation")
 
@@ -226,7 +226,7 @@ class Evaluation:
         if self.options.write_video:
             write_wav(audio_file, reference.samples)
             width, height = side_by_side_size(*renderer.frame_size)
-            writer = VideoWriter(video_path, width, height, audio=audio_file)
+            writer = open_video_writer(video_path, width, height, audio=audio_file)
         scorer = ClipScorer(reference.crop_boxes, reference.mouth_boxes, embedder, reference.feature_rows,
                             writer, labels, strip_picks(count), track_landmarks=not self.landmarks_missing)
         frames = progress_bar(self._generated_frames(renderer), enabled=self.options.show_progress, total=count,

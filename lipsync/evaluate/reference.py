@@ -17,11 +17,11 @@ import numpy as np
 
 from data_utils.audio import fit_to_frames, load_audio
 from data_utils.dataset import split_frames
+from data_utils.frame_decoder import video_frames as decoded_frames
 from data_utils.ffmpeg import probe
 from data_utils.landmarks import interpolate_missing
 from data_utils.layout import DatasetLayout, process_command
 from data_utils.timebase import FPS, SAMPLES_PER_FRAME, frame_count_for_samples
-from data_utils.video import FrameReader
 from lipsync.core.errors import UserError
 from lipsync.core.progress import progress_bar
 from lipsync.evaluate import metrics
@@ -71,16 +71,16 @@ def read_frame(layout: DatasetLayout, index: int) -> np.ndarray:
 
 def video_frames(path: Path, count: int) -> Iterator[np.ndarray]:
     """The first ``count`` decoded BGR frames of ``path``; fewer is a UserError."""
-    reader = FrameReader(probe(path))
+    _, frames = decoded_frames(path)      # FFmpeg, or OpenCV's decoder where there is no ffmpeg
     produced = 0
     try:
-        for frame in reader:
+        for frame in frames:
             if produced == count:
                 break
             produced += 1
             yield frame
     finally:
-        reader.close()
+        frames.close()
     if produced < count:
         raise UserError(f"--truth_video {path} has {produced} frames but the audio needs {count} — "
                         "give the video of exactly this audio (25 fps)")

@@ -39,7 +39,8 @@ from lipsync.render.options import RenderOptions
 from lipsync.render.renderer import LipSyncRenderer
 from lipsync.render.run_lookup import locate_run
 from lipsync.render.stream import RenderStream
-from lipsync.render.video_writer import DEFAULT_CRF, DEFAULT_PRESET, VideoWriter, check_output_writable, write_wav
+from lipsync.render.video_writer import (DEFAULT_CRF, DEFAULT_PRESET, check_output_writable, open_video_writer,
+                                         write_wav)
 
 log = logging.getLogger(__name__)
 
@@ -146,8 +147,8 @@ def render_to_file(renderer: LipSyncRenderer, audio, output, start_frame: int = 
         temporary_wav = audio_file = write_wav(temporary_sibling(output).with_suffix(".wav"), samples)
     started = time.perf_counter()
     try:
-        with VideoWriter(output, renderer.width, renderer.height, audio=audio_file,
-                         crf=DEFAULT_CRF if crf is None else crf, preset=preset or DEFAULT_PRESET) as writer, \
+        with open_video_writer(output, renderer.width, renderer.height, audio=audio_file,
+                               crf=DEFAULT_CRF if crf is None else crf, preset=preset or DEFAULT_PRESET) as writer, \
                 tqdm(total=total, unit="frame", desc=f"rendering {output.name}", disable=not progress,
                      dynamic_ncols=True) as bar:
             for frame in renderer.render(samples, start_frame):

@@ -22,7 +22,8 @@ from typing import Optional
 
 import numpy as np
 
-from data_utils.ffmpeg import ffmpeg_binary
+from data_utils.audio import load_audio
+from data_utils.ffmpeg import ffmpeg_available, ffmpeg_binary
 from data_utils.timebase import FPS, SAMPLE_RATE
 from lipsync.core.atomic import temporary_sibling
 from lipsync.core.errors import UserError
@@ -213,3 +214,83 @@ class VideoWriter:
             self.close()
         else:
             self.abort()
+
+
+OPENCV_FOURCC = "mp4v"     # what opencv-python's own FFmpeg may encode (its wheels carry no H.264 encoder)
+
+
+class OpenCVVideoWriter:
+    """VideoWriter's stand-in where there is no ffmpeg (an offline GPU server): OpenCV encodes
+    MPEG-4 Part 2 video without sound, and the sound is written beside it as ``<name>.wav``.
+
+    Same interface and the same promise: an unfinished file never appears under ``path``.
+    """
+
+    def __init__(self, path, width: int, height: int, audio=None, fps: int = FPS, **unused_encoder_options):
+        import cv2
+
+        self.path = Path(path)
+        self.width, self.height = int(width), int(height)
+        self.audio = audio
+        self.frames_written = 0
+        self._temporary = temporary_sibling(self.path).with_suffix(".mp4")
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._writer = cv2.VideoWriter(str(self._temporary), cv2.VideoWriter_fourcc(*OPENCV_FOURCC), fps,
+                                       (self.width, self.height))
+        if not self._writer.isOpened():
+            raise UserError(f"{self.path}: there is no ffmpeg here and OpenCV cannot write mp4 video — "
+                            "install ffmpeg (or the imageio-ffmpeg wheel)")
+        self._closed = False
+
+    def write(self, frame: np.ndarray) -> None:
+        if self._closed:
+            raise RuntimeError("write() after close()")
+        if frame.shape != (self.height, self.width, 3) or frame.dtype != np.uint8:
+            raise ValueError(f"frame must be ({self.height}, {self.width}, 3) uint8, "
+                             f"got {frame.shape} {frame.dtype}")
+        self._writer.write(np.ascontiguousarray(frame))
+        self.frames_written += 1
+
+    def sound_path(self) -> Path:
+        return self.path.with_suffix(".wav")
+
+    def close(self) -> Path:
+        if self._closed:
+            return self.path
+        self._closed = True
+        self._writer.release()
+        if self.frames_written == 0:
+            self._remove_temporary()
+            raise UserError(f"{self.path}: no frames were rendered, so no video was written")
+        if self.audio is not None:
+            write_wav(self.sound_path(), load_audio(self.audio))
+            log.warning("no ffmpeg here: %s has no sound (MPEG-4 video by OpenCV); its sound is %s — "
+                        "mux them where ffmpeg exists: ffmpeg -i %s -i %s -c:v libx264 -c:a aac out.mp4",
+                        self.path, self.sound_path(), self.path, self.sound_path())
+        os.replace(self._temporary, self.path)
+        return self.path
+
+    def abort(self) -> None:
+        if not self._closed:
+            self._closed = True
+            self._writer.release()
+        self._remove_temporary()
+
+    def _remove_temporary(self) -> None:
+        self._temporary.unlink(missing_ok=True)
+
+    def __enter__(self) -> "OpenCVVideoWriter":
+        return self
+
+    def __exit__(self, exc_type, exc, traceback) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            self.abort()
+
+
+def open_video_writer(path, width: int, height: int, audio=None, **options):
+    """The mp4 writer this machine can run: FFmpeg's H.264 + AAC, else OpenCV's (see OpenCVVideoWriter)."""
+    if ffmpeg_available():
+        return VideoWriter(path, width, height, audio=audio, **options)
+    return OpenCVVideoWriter(path, width, height, audio=audio, **options)
