@@ -34,8 +34,8 @@ from data_utils.ffmpeg import probe, run_ffmpeg, video_packet_times
 from data_utils.frame_decoder import video_frames
 from data_utils.landmarks import format_lms
 from data_utils.layout import DATASET_ROOT, DatasetLayout, process_command
-from data_utils.preprocess import JPEG_QUALITY, _write_jpeg
 from data_utils.timebase import ASR_CHOICES, FPS
+from data_utils.video import JPEG_QUALITY, write_frame_jpeg
 from lipsync.core.atomic import atomic_directory, write_json_atomic
 from lipsync.core.errors import UserError
 from lipsync.core.progress import progress_bar
@@ -169,7 +169,7 @@ def write_frames(video: Path, frames_dir: Path, expected: int, show_progress: bo
         try:
             for frame in progress_bar(frames, total=expected, desc="frames", unit="frame", enabled=show_progress):
                 if count < expected:
-                    pending.append(writers.submit(_write_jpeg, frames_dir / f"{count}.jpg", frame))
+                    pending.append(writers.submit(write_frame_jpeg, frames_dir / f"{count}.jpg", frame))
                 count += 1
                 while len(pending) > MAX_PENDING_FRAME_WRITES or (pending and pending[0].done()):
                     pending.popleft().result()

@@ -32,7 +32,8 @@ from data_utils.layout import DatasetLayout
 from data_utils.output_check import broken_jpeg_frames, frames_problem, npy_problem, wav_problem
 from data_utils.stage_state import StageState
 from data_utils.timebase import ASR_CHOICES, FPS, SAMPLE_RATE, SAMPLES_PER_FRAME
-from data_utils.video import CONVERSION_CRF, FrameReader, convert_to_25fps, inspect_source, needs_conversion
+from data_utils.video import (CONVERSION_CRF, JPEG_QUALITY, FrameReader, convert_to_25fps, encode_frame_jpeg,
+                              inspect_source, needs_conversion, write_frame_jpeg)
 from lipsync.core.atomic import (atomic_directory, atomic_path, save_numpy_atomic, write_bytes_atomic,
                                  write_json_atomic, write_text_atomic)
 from lipsync.core.errors import UserError
@@ -49,7 +50,6 @@ MAX_MISSING_FACE_SECONDS = 2.0
 # Decide "face too small" from the first detections instead of after the whole video.
 FACE_SIZE_CHECK_AFTER_FRAMES = 25
 
-JPEG_QUALITY = 95
 JPEG_WRITER_THREADS = 2
 MAX_PENDING_JPEG_WRITES = 32   # bounds memory while writer threads catch up
 FRAME_COUNT_TOLERANCE = 1      # decoded frames may differ from duration x 25 by this
@@ -62,19 +62,6 @@ def _format_time(seconds: float) -> str:
 
 # --------------------------------------------------------------------------- stage 2: frames
 
-def _encode_jpeg(path: Path, frame: np.ndarray) -> bytes:
-    import cv2
-
-    ok, encoded = cv2.imencode(".jpg", frame, [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY])
-    if not ok:
-        raise UserError(f"could not encode frame {path.name} as JPEG")
-    return encoded.tobytes()
-
-
-def _write_jpeg(path: Path, frame: np.ndarray) -> None:
-    path.write_bytes(_encode_jpeg(path, frame))   # inside the stage's temporary folder: renamed when complete
-
-
 def rewrite_frames(frames_info: MediaInfo, layout: DatasetLayout, indices, show_progress: bool = True) -> int:
     """Decode the 25 fps video again and rewrite only frames ``indices`` (each atomically); returns how many."""
     wanted = set(int(index) for index in indices)
@@ -85,7 +72,7 @@ def rewrite_frames(frames_info: MediaInfo, layout: DatasetLayout, indices, show_
                                                    desc="repair frames", unit="frame", enabled=show_progress)):
             if index in wanted:
                 path = layout.frame_path(index)
-                write_bytes_atomic(path, _encode_jpeg(path, frame))
+                write_bytes_atomic(path, encode_frame_jpeg(path, frame))
                 written += 1
                 if written == len(wanted):
                     break
@@ -158,7 +145,7 @@ def extract_frames_and_landmarks(frames_info: MediaInfo, layout: DatasetLayout, 
                 concurrent.futures.ThreadPoolExecutor(JPEG_WRITER_THREADS) as writers:
             for index, frame in enumerate(progress_bar(reader, total=expected, desc="frames + landmarks",
                                                        unit="frame", enabled=show_progress)):
-                pending.append(writers.submit(_write_jpeg, frames_dir / f"{index}.jpg", frame))
+                pending.append(writers.submit(write_frame_jpeg, frames_dir / f"{index}.jpg", frame))
                 points = landmarker.detect(frame)
                 detections.append(points)
                 if points is not None:

@@ -1,5 +1,6 @@
 """The recording as video: probing what can become a dataset, the constant-25-fps
-conversion and streaming decoded frames out of FFmpeg (each frame decoded once)."""
+conversion, streaming decoded frames out of FFmpeg (each frame decoded once) and
+storing a frame as the dataset's JPEG."""
 import subprocess
 import tempfile
 from pathlib import Path
@@ -16,6 +17,7 @@ from lipsync.core.progress import progress_bar
 CONVERSION_CRF = 17            # visually lossless: frames are training targets
 CONVERSION_PRESET = "veryfast"
 CONVERSION_AUDIO_BITRATE = "192k"
+JPEG_QUALITY = 95              # dataset frames: full_body_img/i.jpg
 
 
 def inspect_source(video_path: Path) -> MediaInfo:
@@ -127,3 +129,18 @@ class FrameReader:
             self._errors = self._stderr.read().decode("utf-8", "replace")
             self._stderr.close()
         return self._errors
+
+
+def encode_frame_jpeg(path: Path, frame: np.ndarray) -> bytes:
+    """A dataset frame as JPEG bytes, as preprocessing stores it (``path`` names it in errors)."""
+    import cv2
+
+    ok, encoded = cv2.imencode(".jpg", frame, [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY])
+    if not ok:
+        raise UserError(f"could not encode frame {path.name} as JPEG")
+    return encoded.tobytes()
+
+
+def write_frame_jpeg(path: Path, frame: np.ndarray) -> None:
+    """Write a dataset frame (inside a stage's temporary folder, which is renamed when complete)."""
+    path.write_bytes(encode_frame_jpeg(path, frame))

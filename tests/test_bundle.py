@@ -198,7 +198,7 @@ def test_re_unpack_skips_and_an_other_folder_is_not_overwritten(person, packed, 
 
 def test_an_interrupted_unpack_leaves_no_dataset(packed, tmp_path, monkeypatch):
     destination = tmp_path / "talker"
-    real_write = bundling._write_jpeg
+    real_write = bundling.write_frame_jpeg
     written = []
 
     def write_then_stop(path, frame):
@@ -207,11 +207,11 @@ def test_an_interrupted_unpack_leaves_no_dataset(packed, tmp_path, monkeypatch):
         written.append(path)
         real_write(path, frame)
 
-    monkeypatch.setattr(bundling, "_write_jpeg", write_then_stop)
+    monkeypatch.setattr(bundling, "write_frame_jpeg", write_then_stop)
     with pytest.raises(KeyboardInterrupt):
         bundling.unpack(packed, destination, show_progress=False)
     assert not destination.exists() and written           # nothing that looks like a dataset
-    monkeypatch.setattr(bundling, "_write_jpeg", real_write)
+    monkeypatch.setattr(bundling, "write_frame_jpeg", real_write)
     result = bundling.unpack(packed, destination, show_progress=False)
     assert not result.skipped and len(os.listdir(destination / "full_body_img")) == CLIP_FRAMES_25FPS
 
