@@ -2,6 +2,7 @@
 
     python benchmarks/bench_train.py --dataset_dir dataset/May --asr ave
     python benchmarks/bench_train.py                       # the bundled 4 s clip, processed into a temp dir
+    python benchmarks/bench_train.py --dataset_dir dataset/May --devices cuda --perceptual --json out.json
 
 Prints, per line, what was measured and on which device:
 - data loader samples/s with one process (num_workers 0 = per worker), from
@@ -9,7 +10,8 @@ Prints, per line, what was measured and on which device:
   (target: cache >= 10x);
 - seconds per U-Net training step (forward, losses, backward, Adam) and peak
   memory per model size, on CPU and, when CUDA is present, on the GPU with and
-  without --amp, with the time 200 epochs of a 5-minute recording would take.
+  without --amp (on CPU too with --cpu_amp: bfloat16), with the time 200 epochs
+  of a 5-minute recording would take. --devices picks cpu, cuda or both.
 The perceptual loss is timed with randomly initialised VGG19 layers when the
 torchvision weights are not cached: same cost, no download.
 """
@@ -28,7 +30,8 @@ if __package__ in (None, ""):
 import numpy as np
 import torch
 
-from data_utils.dataset import JpegCrops, LipSyncDataset, load_crop_boxes, open_person
+from data_utils.crop_cache import JpegCrops
+from data_utils.dataset import LipSyncDataset, load_crop_boxes, open_person
 from data_utils.preprocess import process_video
 from data_utils.timebase import FPS
 from lipsync.train.distributed import peak_memory_mb
@@ -122,6 +125,9 @@ def main(argv=None):
     parser.add_argument("--gpu_batch_size", type=int, default=8)
     parser.add_argument("--steps", type=int, default=3, help="timed steps per configuration (after 2 warm-up)")
     parser.add_argument("--gpu_steps", type=int, default=20)
+    parser.add_argument("--devices", choices=("auto", "cpu", "cuda"), default="auto",
+                        help="auto: the CPU sizes, and the GPU sizes when CUDA is present (default)")
+    parser.add_argument("--cpu_amp", action="store_true", help="also time the CPU sizes with --amp (bfloat16)")
     parser.add_argument("--perceptual", action="store_true", help="include the VGG19 perceptual loss")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     parser.add_argument("--json", help="also write the figures to this file")
@@ -145,21 +151,24 @@ def main(argv=None):
 
     perceptual, perceptual_name = perceptual_for_timing(args.perceptual)
     frames_5min = RECORDING_MINUTES * 60 * FPS
-    runs = [("cpu", size, False, args.cpu_batch_size, args.steps) for size in args.cpu_sizes]
-    if torch.cuda.is_available():
+    runs = []
+    if args.devices in ("auto", "cpu"):
+        runs += [("cpu", size, amp, args.cpu_batch_size, args.steps) for size in args.cpu_sizes
+                 for amp in ((False, True) if args.cpu_amp else (False,))]
+    if args.devices == "cuda" or (args.devices == "auto" and torch.cuda.is_available()):
         runs += [("cuda", size, amp, args.gpu_batch_size, args.gpu_steps)
                  for size in args.gpu_sizes for amp in (False, True)]
     else:
-        print("no CUDA device: GPU figures skipped")
+        print("no CUDA device: GPU figures skipped" if args.devices == "auto" else "--devices cpu: GPU figures skipped")
     figures["steps"] = []
     for device, size, amp, batch_size, steps in runs:
         seconds, memory = bench_steps(person, dataset_dir, size, batch_size, steps, device, amp, perceptual)
         hours = frames_5min * EPOCHS / batch_size * seconds / 3600
-        figures["steps"].append({"device": device, "model_size": size, "amp": amp, "batch_size": batch_size,
-                                 "seconds_per_step": seconds, "peak_memory_mb": memory,
+        name = torch.cuda.get_device_name() if device == "cuda" else "CPU"
+        figures["steps"].append({"device": device, "device_name": name, "model_size": size, "amp": amp,
+                                 "batch_size": batch_size, "seconds_per_step": seconds, "peak_memory_mb": memory,
                                  "samples_per_s": batch_size / seconds, "hours_5min_200_epochs": hours,
                                  "perceptual": perceptual_name})
-        name = torch.cuda.get_device_name() if device == "cuda" else "CPU"
         print(f"{name}: {size:6s} batch {batch_size} amp {'on ' if amp else 'off'} perceptual {perceptual_name}: "
               f"{seconds:.3f} s/step, {batch_size / seconds:.1f} samples/s, peak memory {memory:.0f} MB "
               f"-> 200 epochs of a 5-min recording: {hours:.1f} h")

@@ -2,6 +2,7 @@
 
     python3 scripts/download_wheels.py                        # -> wheels/*.whl, prints the total size
     python3 scripts/download_wheels.py --with_ffmpeg          # + an ffmpeg binary (imageio-ffmpeg)
+    python3 scripts/download_wheels.py --with_landmarks       # + mediapipe: evaluation's LMD and opening scores
     python3 scripts/download_wheels.py --bundle dataset/May.bundle.tar   # count the bundle in the budget
     python3 scripts/download_wheels.py --dry_run              # print the pip command, download nothing
 On the server:  python -m pip install --no-index --no-deps wheels/*.whl
@@ -14,8 +15,13 @@ of the rest only:
                            is used, with a warning); needs torch and packaging, both there
   imageio-ffmpeg  29.5 MB  (--with_ffmpeg) an ffmpeg binary, where the server has none:
                            mp4 output with sound, and audio that is not a wav
-Not needed there: mediapipe (the landmarks travel in the bundle; 0.10.21 also wants
-numpy < 2 and opencv-contrib), librosa (data_utils/audio.py has the mel filterbank in
+  mediapipe       35.6 MB  (--with_landmarks) the face mesh evaluation measures generated
+                           frames with (LMD, mouth opening r/offset/ratio); without it those
+                           are n/a. 0.10.21 declares numpy<2 but ran here with numpy 2.2.6;
+  protobuf 4.25    0.3 MB  it does need protobuf<5 (with protobuf 5.29 its graph config fails to
+                           parse), so this one travels with it and shadows the server's copy
+                           (onnx, tensorboard and transformers accept 4.25)
+Not needed there: the landmarks of the recording itself (they travel in the bundle), librosa (data_utils/audio.py has the mel filterbank in
 numpy), soundfile (only preprocessing writes wav files), onnxruntime-gpu (~300 MB; the
 CPU build serves the audio encoders, the U-Net runs in torch on the GPU).
 Dependencies are not downloaded (--no-deps): the server has them.
@@ -32,6 +38,7 @@ TARGET = ["--python-version", "3.12", "--implementation", "cp",
           "--platform", "manylinux2014_x86_64"]
 NEEDED = ["silero-vad==6.2.3"]
 FFMPEG = ["imageio-ffmpeg==0.6.0"]       # ffmpeg 7.1; later releases ship a larger binary
+LANDMARKS = ["mediapipe==0.10.21", "protobuf==4.25.8"]   # the last mediapipe wheel with the face mesh
 CARRY_LIMIT_BYTES = 64 * 2 ** 20         # what can be brought to the server, project files included
 
 
@@ -39,6 +46,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--dest", type=Path, default=DEFAULT_DEST, help="folder for the wheels (default: wheels/)")
     parser.add_argument("--with_ffmpeg", action="store_true", help="also imageio-ffmpeg (an ffmpeg binary)")
+    parser.add_argument("--with_landmarks", action="store_true",
+                        help="also mediapipe (+ protobuf 4.25): landmark scores in evaluation")
     parser.add_argument("--bundle", type=Path, action="append", default=[],
                         help="a bundle (or any file) that travels too: counted in the total")
     parser.add_argument("--dry_run", action="store_true", help="print what would be downloaded, download nothing")
@@ -61,7 +70,7 @@ def project_bytes() -> int:
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
-    packages = NEEDED + (FFMPEG if args.with_ffmpeg else [])
+    packages = NEEDED + (FFMPEG if args.with_ffmpeg else []) + (LANDMARKS if args.with_landmarks else [])
     command = pip_command(packages, args.dest)
     print("would download: " + " ".join(packages) if args.dry_run else "downloading: " + " ".join(packages))
     print(" ".join(command))

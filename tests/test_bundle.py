@@ -492,3 +492,11 @@ def test_download_wheels_names_what_the_server_lacks_without_downloading(tmp_pat
     for not_needed in ("mediapipe", "librosa", "soundfile"):
         assert not_needed not in command.split("would download:")[-1]
     assert not (tmp_path / "wheels").exists()
+
+
+def test_landmark_wheels_bring_the_protobuf_mediapipe_needs(tmp_path):
+    result = subprocess.run([sys.executable, str(REPO_ROOT / "scripts" / "download_wheels.py"), "--dry_run",
+                             "--with_landmarks", "--dest", str(tmp_path / "wheels")], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    wanted = result.stdout.split("would download:")[-1].splitlines()[0].split()
+    assert "mediapipe==0.10.21" in wanted and "protobuf==4.25.8" in wanted and "silero-vad==6.2.3" in wanted

@@ -53,6 +53,7 @@ class TrainConfig(Options):
     augment: bool = False
     val_fraction: float = DEFAULT_VAL_FRACTION
     patience: int = 0                       # 0: never stop early
+    max_minutes: float = 0.0                # 0: no time limit; else stop after the epoch that crosses it
     see_res: bool = False
     resume: bool = False
     overwrite: bool = False
@@ -86,6 +87,8 @@ class TrainConfig(Options):
             raise UserError(f"--sync_weight cannot be negative, got {self.sync_weight}")
         if self.num_workers < 0 or self.patience < 0:
             raise UserError("--num_workers and --patience cannot be negative")
+        if self.max_minutes < 0:
+            raise UserError(f"--max_minutes cannot be negative, got {self.max_minutes:g}")
         if self.lr_schedule not in LR_SCHEDULES:
             raise UserError(f"--lr_schedule must be one of {', '.join(LR_SCHEDULES)}")
         if self.device not in DEVICES:
@@ -121,6 +124,10 @@ def build_parser(description: str, *, batch_size: int, lr: float, epochs: int,
     run.add_argument("--patience", type=int, default=TrainConfig.patience,
                      help=f"stop when the held-out score has not improved for N epochs "
                           f"(default {TrainConfig.patience}: never)")
+    run.add_argument("--max_minutes", type=float, default=TrainConfig.max_minutes,
+                     help="stop after the epoch that crosses M minutes of training (counted from this "
+                          "invocation's first epoch); its checkpoint and latest.pth are written, so --resume "
+                          "continues (default 0: no limit)")
     run.add_argument("--seed", type=int, default=TrainConfig.seed)
     speed = parser.add_argument_group("speed")
     speed.add_argument("--device", choices=DEVICES, default=TrainConfig.device,

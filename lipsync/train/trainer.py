@@ -5,7 +5,8 @@ uint8 crops from the memory-mapped cache, turned into model inputs on the
 training device), DistributedDataParallel under torchrun, mixed precision,
 gradient accumulation, LR schedules, validation on the held-out tail,
 training.log / TensorBoard / loss curve, checkpoints every --save_interval
-epochs, best.pth, latest.pth and exact resume. A task says what one step
+epochs, best.pth, latest.pth and exact resume, and the two early stops
+(--patience on the held-out score, --max_minutes on the clock). A task says what one step
 computes and how the held-out part is scored:
 
     UNetTask     (unet_task.py)     the 328 U-Net's L1 + perceptual + sync loss
@@ -56,6 +57,7 @@ class Trainer:
         self.best_score = math.inf
         self.epochs_without_improvement = 0
         self.start_epoch = 0
+        self._training_started = None       # time.monotonic() at this invocation's first epoch (--max_minutes)
         self._other_ranks_rng: List[Dict] = []
 
         model = task.model.to(self.device)
@@ -120,10 +122,12 @@ class Trainer:
         return {"model_state": self.model.state_dict(), "config": self.task.model_config(),
                 "epoch": epoch}
 
-    def save_epoch_files(self, epoch: int, metrics: Dict, improved: bool, final: bool) -> None:
+    def save_epoch_files(self, epoch: int, metrics: Dict, improved: bool, final: bool,
+                         numbered: bool = False) -> None:
+        """EPOCH.pth (every --save_interval, at the end, or when ``numbered``), best.pth, latest.pth."""
         base = self._state(epoch)
         model_state, config = base["model_state"], base["config"]
-        if epoch % self.config.save_interval == 0 or final:
+        if epoch % self.config.save_interval == 0 or final or numbered:
             ckpt.save_checkpoint(ckpt.epoch_path(self.save_dir, epoch), model_state, config, epoch,
                                  metrics=metrics)
         if improved and not self._best_was_chosen_by_evaluation():
@@ -292,6 +296,7 @@ class Trainer:
             return self.history
         if self.start_epoch and dist.is_main:
             log.info("resuming after epoch %d from %s", self.start_epoch, self.save_dir / ckpt.LATEST)
+        self._training_started = time.monotonic()
         for epoch in range(self.start_epoch, config.epochs):
             started = time.time()
             if self.device.type == "cuda":
@@ -316,8 +321,13 @@ class Trainer:
                 break
         return self.history
 
+    def _time_is_up(self) -> bool:
+        """Whether --max_minutes of training have passed in this invocation (never without a limit)."""
+        limit = self.config.max_minutes
+        return bool(limit) and (time.monotonic() - self._training_started) / 60 >= limit
+
     def _end_epoch_main(self, epoch: int, entry: Dict) -> bool:
-        """Validate, log, plot and checkpoint (rank 0); True when --patience says stop."""
+        """Validate, log, plot and checkpoint (rank 0); True when --patience or --max_minutes says stop."""
         config = self.config
         self.model.eval()
         if self.val_loader is not None:
@@ -329,6 +339,8 @@ class Trainer:
         else:
             self.epochs_without_improvement += 1
         stop = bool(config.patience) and self.epochs_without_improvement >= config.patience
+        # Rank 0's clock decides for every rank (broadcast with the patience decision).
+        out_of_time = not stop and epoch < config.epochs and self._time_is_up()
         self.history.append(entry)
         self._log_epoch(entry)
         if config.see_res:
@@ -338,13 +350,19 @@ class Trainer:
         plot_history(self.history, self.save_dir / "loss_curve.png",
                      f"{self.task.kind} — {Path(config.dataset_dir).name}")
         final = stop or epoch == config.epochs
+        # A run stopped by the clock is not finished: its epoch gets a numbered checkpoint and --resume continues.
         self.save_epoch_files(epoch, {key: value for key, value in entry.items() if key != "epoch"},
-                              improved, final)
+                              improved, final, numbered=out_of_time)
         if stop:
             log.info("stopping early: %s has not improved for %d epochs (best %.5f)",
                      self.task.score_name, config.patience, self.best_score)
-        if final:
+        if out_of_time:
+            minutes = (time.monotonic() - self._training_started) / 60
+            log.info("stopping: --max_minutes %g reached after epoch %d of %d (%.1f min of training); "
+                     "%s and %s are written — add --resume to continue", config.max_minutes, epoch,
+                     config.epochs, minutes, ckpt.epoch_path(self.save_dir, epoch).name, ckpt.LATEST)
+        if final:           # summary.json says "finished" (training_328.sh skips the stage): not after a time stop
             write_json_atomic(self.save_dir / "summary.json",
                               {"epochs": epoch, "best": {self.task.score_name: self.best_score},
                                "last": entry})
-        return stop
+        return stop or out_of_time

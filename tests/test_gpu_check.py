@@ -1,0 +1,120 @@
+"""benchmarks/gpu_check.sh in its CPU smoke mode, end to end, so the GPU check cannot rot
+on machines without a GPU: every part runs (tiny width, seconds each), the CUDA tests
+are reported as skipped, fp16 as not applicable, and results.json has every section
+with numbers. The person is the bundled clip with a small random AVE encoder; its
+"held-out" speech is the recording's first 0.48 s with those frames as the true video
+(the only speech of the clip that has a true video), passed the way a user passes
+heldout_a.wav and heldout_a_truth.mp4. The clip is cut to 24 frames, half held out:
+SyncNet needs 11+ frames per split, and every training step counts on 2 cores.
+Paths have spaces."""
+import json
+import math
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from benchmarks.gpu_check import PARTS_IN_ISSUE_ORDER, find_heldout
+from data_utils.audio import load_audio
+from data_utils.timebase import SAMPLES_PER_FRAME
+from lipsync.core.errors import UserError
+from lipsync.render.video_writer import write_wav
+from tests.conftest import ffmpeg
+from tests.training_helpers import person_with_ave_features
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+FRAMES = 24                      # of the clip's 100
+VAL_FRACTION = 0.5               # 12 train and 12 held-out frames
+HELDOUT_FRAMES = 12              # 0.48 s of speech and its true video (evaluation needs 10+)
+AVE_WIDTH = 0.25                 # a small random AVE encoder: fast features
+SMOKE_TIMEOUT_S = 300
+EVALUATION_METRICS = ("mouth_psnr", "lmd", "opening_correlation", "opening_offset", "opening_ratio")
+
+
+@pytest.fixture(scope="module")
+def smoke(processed_clip, tmp_path_factory):
+    base = tmp_path_factory.mktemp("gpu check") / "a folder"
+    person = person_with_ave_features(processed_clip, base, "talker", AVE_WIDTH)
+    cut_to_frames(person.layout, FRAMES)
+    audio = write_wav(base / "held out.wav",
+                      load_audio(person.layout.audio_wav)[:HELDOUT_FRAMES * SAMPLES_PER_FRAME])
+    truth = base / "held out_truth.mp4"
+    ffmpeg("-framerate", 25, "-start_number", 0, "-i", person.layout.frames_dir / "%d.jpg",
+           "-frames:v", HELDOUT_FRAMES, "-c:v", "libx264", "-crf", 12, "-pix_fmt", "yuv420p", truth)
+    output = base / "check out"
+    command = ["bash", REPO_ROOT / "benchmarks" / "gpu_check.sh", "talker", "--smoke",
+               "--dataset_dir", person.root, "--heldout_audio", audio, "--truth_video", truth,
+               "--val_fraction", VAL_FRACTION, "--output_dir", output]
+    finished = subprocess.run([str(part) for part in command], cwd=base, capture_output=True, text=True,
+                              timeout=SMOKE_TIMEOUT_S)
+    assert (output / "results.json").is_file(), finished.stdout[-3000:] + finished.stderr[-3000:]
+    return finished, json.loads((output / "results.json").read_text()), output
+
+
+def cut_to_frames(layout, frames: int) -> None:
+    """Keep a processed dataset's first ``frames`` frames: every per-frame array, the frames, the audio."""
+    for per_frame_array in (layout.crop_boxes, layout.face_found, layout.landmarks_array, layout.features("ave")):
+        np.save(per_frame_array, np.load(per_frame_array)[:frames])
+    for path in layout.frames_dir.glob("*.jpg"):
+        if int(path.stem) >= frames:
+            path.unlink()
+    write_wav(layout.audio_wav, load_audio(layout.audio_wav)[:frames * SAMPLES_PER_FRAME])
+
+
+def is_number(value) -> bool:
+    return isinstance(value, (int, float)) and math.isfinite(value)
+
+
+def test_smoke_check_runs_every_part_and_reports_numbers(smoke):
+    finished, results, output = smoke
+    parts = results["parts"]
+    transcript = finished.stdout[-4000:] + finished.stderr[-2000:]
+    assert tuple(parts) == PARTS_IN_ISSUE_ORDER and results["mode"] == "smoke"
+    for name in ("cuda_tests", "throughput", "training", "inference"):
+        assert parts[name]["status"] != "failed", (name, parts[name]["reason"], transcript)
+    assert finished.returncode == (0 if results["all_passed"] else 1), transcript
+
+    tests = parts["cuda_tests"]["figures"]["tests"]
+    assert parts["cuda_tests"]["status"] == "skipped" and len(tests) >= 6
+    assert all(test["outcome"] == "skipped" and "no CUDA device" in test["reason"] for test in tests.values())
+
+    rows = parts["throughput"]["figures"]["rows"]
+    assert sorted((row["model_size"], row["amp"]) for row in rows) == [("tiny", False), ("tiny", True)]
+    assert all(is_number(row["samples_per_s"]) and row["hours_5min_200_epochs"] > 0 for row in rows)
+
+    trained = parts["training"]["figures"]
+    for stage in ("syncnet", "unet"):
+        # the smoke limit (0.001 min) ends both 2-epoch runs after their first epoch
+        assert trained[stage]["epochs"] == 1 and trained[stage]["stopped_by"] == "max_minutes", trained[stage]
+        assert is_number(trained[stage]["samples_per_s"]) and Path(trained[stage]["checkpoint"]).is_file()
+    assert trained["unet"]["use_syncnet"]
+    evaluation = trained["evaluation"]
+    assert evaluation["frames"] == HELDOUT_FRAMES and "against held out_truth.mp4" in evaluation["against"]
+    assert all(is_number(evaluation["scores"][name]) for name in EVALUATION_METRICS), evaluation["scores"]
+
+    served = parts["inference"]["figures"]
+    end_to_end = served["end_to_end"]
+    assert is_number(end_to_end["torch fp32"]["frames_per_second"])
+    assert is_number(end_to_end["onnxruntime"]["frames_per_second"])
+    assert end_to_end["torch fp16"]["frames_per_second"] is None and "not applicable" in end_to_end["torch fp16"]["note"]
+    assert sorted(served["model_only"], key=int) == ["1", "4"]
+    assert all(is_number(row["frames_per_second"]) for backends in served["model_only"].values()
+               for row in backends.values())
+
+    # bench_serve.py, when present, is only started (--help) in the smoke check
+    serve_present = (REPO_ROOT / "benchmarks" / "bench_serve.py").is_file()
+    assert parts["serve"]["status"] == ("skipped" if serve_present else "not present"), parts["serve"]
+    table = (output / "results.md").read_text()
+    assert "| part | status | seconds | note |" in table and "| cuda_tests | skipped |" in table
+    assert "| part | status | seconds | note |" in finished.stdout
+    assert (output / "logs" / "train_unet.log").is_file()
+
+
+def test_heldout_audio_and_its_truth_video_are_found_beside_the_dataset(tmp_path):
+    (tmp_path / "heldout_a.wav").write_bytes(b"RIFF")
+    assert find_heldout(tmp_path, None, None) == (tmp_path / "heldout_a.wav", None)
+    (tmp_path / "heldout_a_truth.mp4").write_bytes(b"mp4")
+    assert find_heldout(tmp_path, None, None) == (tmp_path / "heldout_a.wav", tmp_path / "heldout_a_truth.mp4")
+    with pytest.raises(UserError, match="does not exist"):
+        find_heldout(tmp_path, str(tmp_path / "other.wav"), None)
