@@ -1,6 +1,7 @@
 """Training on the bundled clip, CPU, tiny widths: the crop cache, loss going
 down, checkpoint names and intervals, exact resume, SyncNet with real
 negatives, DDP with gloo, and one clear line for every bad input."""
+import math
 import os
 import shlex
 import subprocess
@@ -474,3 +475,49 @@ def test_training_keeps_a_best_pth_chosen_by_evaluation(small, tmp_path, caplog)
     latest = torch.load(save / "latest.pth", weights_only=False)
     assert latest["epoch"] == 3 and latest["best_score"] < latest["history"][0]["val_l1"], \
         "held-out L1 must have improved after epoch 1, or this test shows nothing"
+
+
+# --------------------------------------------------------------------------- honest resume
+
+def test_a_damaged_latest_pth_points_to_resume_from_which_continues(small, tmp_path, capsys):
+    run = tmp_path / "run"
+    train_328.main(base_args(small, run, "--epochs", 2, "--save_interval", 1))
+    latest = run / "latest.pth"
+    latest.write_bytes(latest.read_bytes()[:2000])                        # cut off mid-write by a crash
+    code, lines = run_main(train_328.main, base_args(small, run, "--epochs", 3, "--resume"), capsys)
+    assert code == 2 and len(lines) == 1
+    assert "is damaged" in lines[0] and "--resume_from 2 instead of --resume (epochs saved: 1, 2)" in lines[0]
+    train_328.main(base_args(small, run, "--epochs", 3, "--save_interval", 1, "--resume_from", 2))
+    resumed = ckpt.read_checkpoint(latest)
+    assert resumed["epoch"] == 3 and (run / "3.pth").is_file()
+    assert [entry["epoch"] for entry in resumed["history"]] == [3]       # the damaged history is gone
+    weights_2 = ckpt.read_checkpoint(run / "2.pth")["model"]
+    assert any(not torch.equal(weights_2[key], value) for key, value in resumed["model"].items())
+
+
+def test_resume_refuses_a_changed_hyperparameter_unless_accepted(small, tmp_path, capsys):
+    run = tmp_path / "run"
+    extra = ("--lr_schedule", "cosine", "--lr", "1e-3")
+    train_328.main(base_args(small, run, "--epochs", 2, *extra))
+    changed = base_args(small, run, "--epochs", 4, "--resume", "--lr_schedule", "cosine", "--lr", "5e-4")
+    code, lines = run_main(train_328.main, changed, capsys)
+    assert code == 2 and len(lines) == 1
+    assert "--lr 0.001 (now 0.0005)" in lines[0] and "--epochs 2 (now 4)" in lines[0]
+    assert "--accept_changed_options" in lines[0]
+    assert ckpt.read_checkpoint(run / "latest.pth")["epoch"] == 2           # nothing was trained
+    train_328.main(changed + ["--accept_changed_options"])
+    latest = ckpt.read_checkpoint(run / "latest.pth")
+    assert latest["epoch"] == 4 and latest["args"]["lr"] == 5e-4
+    # After epochs 3 and 4 the rate follows the new cosine schedule over 4 epochs from 5e-4, as if it had
+    # been used throughout (each history entry holds the rate after its epoch's schedule step).
+    rates = {entry["epoch"]: entry["lr"] for entry in latest["history"]}
+    for epoch in (3, 4):
+        assert rates[epoch] == pytest.approx(5e-4 * (1 + math.cos(math.pi * epoch / 4)) / 2, abs=1e-12)
+    assert rates[1] == pytest.approx(1e-3 * (1 + math.cos(math.pi * 1 / 2)) / 2)   # the old run's record stays
+
+
+def test_resume_may_train_longer_without_a_cosine_schedule(small, tmp_path):
+    run = tmp_path / "run"
+    train_328.main(base_args(small, run, "--epochs", 1))
+    train_328.main(base_args(small, run, "--epochs", 2, "--resume"))
+    assert ckpt.read_checkpoint(run / "latest.pth")["epoch"] == 2

@@ -9,7 +9,7 @@ latest.pth stores ``config.as_dict()`` so a resumed run knows what it was.
 import argparse
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, Optional
+from typing import Any, Dict, List, Optional
 
 from data_utils.dataset import DEFAULT_VAL_FRACTION
 from data_utils.layout import DATASET_ROOT, checkpoint_dir
@@ -26,6 +26,9 @@ SYNC_WEIGHT = 10.0
 STEP_LR_EPOCHS = 50
 STEP_LR_GAMMA = 0.5
 LR_SCHEDULES = ("none", "step", "cosine")
+# What a resumed run must keep: changing one mid-run silently mixes two trainings.
+RESUME_FIXED_OPTIONS = ("asr", "model_size", "batch_size", "lr", "lr_schedule", "grad_accum", "augment",
+                        "val_fraction", "seed", "use_syncnet", "sync_weight", "perceptual")
 # SyncNet sees one small mouth band per sample: bigger batches, more epochs than the U-Net.
 SYNCNET_BATCH_SIZE = 32
 SYNCNET_LR = 1e-4
@@ -56,6 +59,8 @@ class TrainConfig(Options):
     max_minutes: float = 0.0                # 0: no time limit; else stop after the epoch that crosses it
     see_res: bool = False
     resume: bool = False
+    resume_from: Optional[str] = None       # an epoch number or a .pth: its weights and epoch counter
+    accept_changed_options: bool = False    # --resume with other values of RESUME_FIXED_OPTIONS
     overwrite: bool = False
     seed: int = 0
     # U-Net only
@@ -93,6 +98,18 @@ class TrainConfig(Options):
             raise UserError(f"--lr_schedule must be one of {', '.join(LR_SCHEDULES)}")
         if self.device not in DEVICES:
             raise UserError(f"--device must be one of {', '.join(DEVICES)}, not {self.device!r}")
+        if self.resume_from is not None and (self.resume or self.overwrite):
+            raise UserError("--resume_from continues from a numbered checkpoint: give it without --resume "
+                            "or --overwrite")
+
+    def changed_since(self, stored: Dict) -> List[str]:
+        """The options whose value differs from ``stored`` (a resumed run's saved as_dict()) and must not.
+
+        --epochs may grow (train longer) unless the cosine schedule spreads itself over them.
+        """
+        fixed = RESUME_FIXED_OPTIONS + (("epochs",) if self.lr_schedule == "cosine" else ())
+        current = self.as_dict()
+        return [name for name in fixed if name in stored and stored[name] != current[name]]
 
 
 # --------------------------------------------------------------------------- command lines
@@ -140,6 +157,13 @@ def build_parser(description: str, *, batch_size: int, lr: float, epochs: int,
     state = parser.add_argument_group("resume")
     state.add_argument("--resume", action="store_true",
                        help="continue from latest.pth in the checkpoint folder (starts fresh if there is none)")
+    state.add_argument("--resume_from", metavar="EPOCH_OR_PTH",
+                       help="continue from a numbered checkpoint (e.g. 120, or a .pth): its weights and epoch; "
+                            "the optimizer starts afresh, the LR schedule continues at that epoch")
+    state.add_argument("--accept_changed_options", action="store_true",
+                       help="--resume with other values of options the run was trained with (lr, batch size, "
+                            "schedule, ...): they apply from the resumed epoch on, the LR schedule recomputed "
+                            "for them as if the run had used them from the start")
     state.add_argument("--overwrite", action="store_true",
                        help="discard an existing run in the checkpoint folder and start again")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")

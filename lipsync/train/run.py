@@ -31,7 +31,7 @@ def prepare_run(config: TrainConfig, dist: Distributed) -> PersonData:
     config.check()
     if dist.is_main:
         latest = Path(config.save_dir) / ckpt.LATEST
-        if latest.is_file() and not (config.resume or config.overwrite):
+        if latest.is_file() and not (config.resume or config.overwrite or config.resume_from is not None):
             raise UserError(f"{config.save_dir} already holds a training run ({latest.name}) — "
                             "add --resume to continue it, or --overwrite to start again from scratch")
         person = open_person(config.dataset_dir, config.asr, show_progress=config.show_progress)
@@ -42,7 +42,9 @@ def prepare_run(config: TrainConfig, dist: Distributed) -> PersonData:
 
 
 def _start(trainer: Trainer, config: TrainConfig) -> None:
-    if config.resume:
+    if config.resume_from is not None:
+        trainer.restore_from_epoch(config.resume_from)
+    elif config.resume:
         if not trainer.restore() and trainer.dist.is_main:
             log.warning("--resume: no %s in %s yet, starting from epoch 0", ckpt.LATEST, config.save_dir)
     elif config.overwrite and trainer.dist.is_main:
