@@ -27,6 +27,7 @@ from data_utils import crop
 from data_utils.audio import load_audio
 from data_utils.features.extract import extract_features, prepare_dataset_features
 from lipsync.core.checkpoints import UNET_KIND, model_config, save_checkpoint
+from lipsync.render.silence import silence_hold_weights
 from data_utils.dataset import read_feature_metadata
 from lipsync.core.errors import UserError
 from data_utils.ffmpeg import ffmpeg_binary, probe, video_packet_times
@@ -235,8 +236,27 @@ def test_each_frame_gets_the_audio_window_of_the_whole_file(person, short_render
     count = frame_count_for_samples(len(short_render.samples))
     assert len(short_render.frames) == count == 38
     whole = extract_features(short_render.samples, "ave", ave_checkpoint=person.ave)
-    expected = np.stack([model_audio_input(whole, index, "ave") for index in range(count)])
+    # Frames fully inside a pause show the person's own closed mouth: the model is not run for them.
+    drawn = np.flatnonzero(silence_hold_weights(short_render.samples) < 1)
+    assert len(drawn) > 0
+    expected = np.stack([model_audio_input(whole, index, "ave") for index in drawn])
     np.testing.assert_allclose(short_render.audio, expected, atol=1e-5)
+
+
+def test_the_model_does_not_run_in_pauses(renderer):
+    speech = load_audio(HELDOUT_WAV)[:SAMPLE_RATE]
+    samples = np.concatenate([speech, np.zeros(SAMPLE_RATE, np.float32), speech])     # a 1 s pause
+    weights = silence_hold_weights(samples)
+    held = int(np.count_nonzero(weights >= 1))
+    assert held > 10
+    original = renderer.unet
+    renderer.unet = recorder = RecordingUNet(original)
+    try:
+        frames = list(renderer.render(samples))
+    finally:
+        renderer.unet = original
+    assert len(frames) == len(weights)
+    assert sum(len(window) for window in recorder.audio) == len(weights) - held
 
 
 def test_streaming_pieces_give_the_same_frames_with_bounded_latency(renderer, short_render):

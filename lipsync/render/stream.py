@@ -14,6 +14,7 @@ from typing import Deque, Dict, Iterator, List, Optional, Tuple
 
 import numpy as np
 
+from data_utils import crop as crop_geometry
 from data_utils.timebase import (SAMPLES_PER_FRAME, WINDOW_AFTER, WINDOW_BEFORE, frame_count_for_samples,
                                  model_audio_input)
 from lipsync.core.errors import UserError
@@ -49,6 +50,7 @@ class RenderStream:
         self._composing: Deque[Tuple[int, List[Future]]] = deque()
         self._hold = renderer.controls.new_silence_hold()   # None when the silence hold is off
         self.held_frames = 0                      # output frames with some of the closed mouth in them
+        self.model_frames = 0                     # frames the model drew (fully held ones skip it)
 
     @property
     def latency_frames(self) -> int:
@@ -154,9 +156,15 @@ class RenderStream:
         crops = np.stack([crop_328 for _, crop_328 in backgrounds])
         audio = np.stack([model_audio_input(self._features, index - self._features_start, renderer.asr)
                           for index in indices])
-        generated = renderer.unet(crops, audio)
         holds = self._hold.weights(indices.start, indices.stop) if self._hold is not None else np.zeros(count)
         self.held_frames += int(np.count_nonzero(holds))
+        # A fully held frame shows the person's own closed mouth whatever the model draws: in pauses
+        # the model does not run (the frame's own inner crop stands in for its output).
+        drawn = np.flatnonzero(holds < 1)
+        generated = np.ascontiguousarray(crops[:, crop_geometry.INNER, crop_geometry.INNER])
+        if len(drawn):
+            generated[drawn] = renderer.unet(crops[drawn], audio[drawn])
+        self.model_frames += len(drawn)
         jobs = []
         for (frame, crop_328), image, index, hold in zip(backgrounds, generated, indices, holds):
             recording_frame = pingpong_index(self.start_frame + index, renderer.frame_count)
