@@ -18,6 +18,7 @@ if __package__ in (None, ""):  # run as a file: make the repository importable
 
 from data_utils.bundling import pack, unpack  # noqa: E402
 from data_utils.timebase import ASR_CHOICES  # noqa: E402
+from lipsync.core.commands import shell_command  # noqa: E402
 from lipsync.core.console import configure_console_logging  # noqa: E402
 from lipsync.core.errors import exit_on_user_error  # noqa: E402
 
@@ -50,7 +51,7 @@ def main(argv=None):
         bundle = pack(args.dataset_dir, args.output, crops_only=args.crops_only, asr=args.asr,
                       show_progress=not args.quiet)
         print(f"bundle ready: {bundle} ({bundle.stat().st_size / 1e6:.1f} MB) — on the training machine run: "
-              f"python data_utils/bundle.py unpack {bundle.name}")
+              f"{shell_command('python', 'data_utils/bundle.py', 'unpack', bundle.name)}")
         return bundle
     result = unpack(args.bundle, args.output_dir, force=args.force, show_progress=not args.quiet)
     if result.skipped:

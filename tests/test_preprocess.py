@@ -473,3 +473,20 @@ def test_quiet_run_prints_only_the_one_error_line(tmp_path):
     assert result.stderr.splitlines() == [result.stderr.strip()] and result.stderr.startswith("error: "), \
         result.stderr
     assert "no face found" in result.stderr
+
+
+def test_every_suggested_command_keeps_a_hostile_name_one_word():
+    import shlex
+
+    from lipsync.core.commands import continue_training, syncnet_command, train_command
+    from lipsync.render.run_lookup import _train_command
+
+    name = "May; rm -rf ~ $(reboot)"
+    assert shlex.split(train_command(name, "--asr", "ave")) == ["python", "train_328.py", "--name", name,
+                                                                 "--asr", "ave"]
+    assert shlex.split(syncnet_command("--name", name)) == ["python", "train_syncnet.py", "--name", name]
+    suggested = _train_command(name)
+    first, whole = suggested.split(" (or the whole path: ")
+    assert shlex.split(first)[3] == name and shlex.split(whole.rstrip(")"))[2] == name
+    advice = continue_training("train_328.py")(["--name", name, "--overwrite"])
+    assert shlex.split(advice.split("continue with: ")[1]) == ["python", "train_328.py", "--name", name, "--resume"]

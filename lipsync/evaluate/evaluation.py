@@ -53,6 +53,7 @@ import numpy as np
 
 from data_utils.timebase import FEATURE_SPECS, SAMPLES_PER_FRAME, WINDOW_BEFORE
 from lipsync.core.atomic import write_json_atomic, write_text_atomic
+from lipsync.core.commands import syncnet_command
 from lipsync.core.devices import device_name
 from lipsync.core.errors import UserError
 from lipsync.core.progress import progress_bar
@@ -160,7 +161,7 @@ class Evaluation:
         if self.options.select_by in SYNCNET_METRICS and self.syncnet is None and self.complete \
                 and self.options.select:
             raise UserError(f"--select_by {self.options.select_by} needs a trained SyncNet at {self.syncnet_path} — "
-                            f"train it (python train_syncnet.py --name {self.layout.name}) or choose --select_by lmd")
+                            f"train it ({syncnet_command('--name', self.layout.name)}) or choose --select_by lmd")
         if self.has_truth:
             self.reference = measure_recording(self.layout, self.reference, self.syncnet, asr, self.device,
                                                self.options.show_progress,

@@ -6,6 +6,7 @@ from typing import List, Optional, Tuple
 
 from data_utils.dataset import DEFAULT_VAL_FRACTION
 from lipsync.core.checkpoints import LATEST, numbered_epochs, read_checkpoint, resolve_checkpoint
+from lipsync.core.commands import train_command
 from lipsync.core.errors import UserError
 from lipsync.evaluate.options import EvalOptions
 
@@ -24,7 +25,7 @@ def checkpoints_to_score(options: EvalOptions) -> Tuple[List[Path], bool]:
     if not epochs:
         name = options.name or options.layout.name
         where = f"{run_dir} does not exist" if not run_dir.is_dir() else f"{run_dir} holds no 10.pth, 20.pth, ..."
-        raise UserError(f"nothing to evaluate: {where} — train first: python train_328.py --name {name}, "
+        raise UserError(f"nothing to evaluate: {where} — train first: {train_command(name)}, "
                         "or pick a file with --checkpoint PATH")
     return list(epochs.values()), True
 

@@ -13,6 +13,7 @@ from data_utils.features.hubert import hubert_features, load_hubert
 from data_utils.features.wenet import WenetEncoder, wenet_features
 from data_utils.layout import DatasetLayout
 from data_utils.timebase import ASR_CHOICES, SAMPLES_PER_FRAME
+from lipsync.core.commands import train_command
 from lipsync.core.errors import UserError
 from lipsync.core.fingerprint import file_fingerprint
 
@@ -54,7 +55,7 @@ def feature_encoder_source(config: Dict, layout: DatasetLayout, ave_checkpoint=N
         fingerprint = file_fingerprint(source)
         if not stamp.endswith(f"|{fingerprint['bytes']}|{fingerprint['mtime_ns']}"):
             log.warning("%s changed after the U-Net was trained on its features; the mouth may not follow "
-                        "the audio — retrain the U-Net (python train_328.py --name %s)", source, layout.name)
+                        "the audio — retrain the U-Net (%s)", source, train_command(layout.name))
     return source
 
 

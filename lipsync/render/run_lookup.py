@@ -5,6 +5,7 @@ from typing import List, Optional, Tuple
 
 from data_utils.layout import CHECKPOINT_ROOT, DATASET_ROOT, RESULT_ROOT, DatasetLayout, checkpoint_dir
 from lipsync.core.checkpoints import read_checkpoint, resolve_checkpoint
+from lipsync.core.commands import shell_command, train_command
 from lipsync.core.errors import UserError
 
 NAMED_CHECKPOINTS = ("best", "latest")      # besides epoch numbers and .pth paths
@@ -19,7 +20,8 @@ def trained_names(checkpoint_root=CHECKPOINT_ROOT) -> List[str]:
 
 
 def _train_command(name: str) -> str:
-    return f"python train_328.py --name {name} --asr ave (or the whole path: bash training_328.sh {name} 0)"
+    return (f"{train_command(name, '--asr', 'ave')} (or the whole path: "
+            f"{shell_command('bash', 'training_328.sh', name, 0)})")
 
 
 def locate_run(name: Optional[str], dataset_dir=None, checkpoint=None, dataset_root=DATASET_ROOT,
