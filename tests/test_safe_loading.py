@@ -135,3 +135,20 @@ def test_vgg_weights_for_the_perceptual_loss(small, tmp_path, marker, capsys):
     line = cli_error_line(train_328.main, capsys,
                           train_args(small, tmp_path / "run", "--perceptual", "on", "--vgg_weights", evil))
     assert not marker.exists() and str(evil) in line, line
+
+
+def test_hubert_folder_with_a_malicious_bin(tmp_path, marker, capsys):
+    from transformers import HubertConfig
+
+    from data_utils import audio_features
+
+    folder = tmp_path / "hubert"
+    HubertConfig(hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32,
+                 conv_dim=(8, 8), conv_stride=(5, 2), conv_kernel=(10, 3), num_conv_pos_embeddings=4,
+                 num_conv_pos_embedding_groups=2).save_pretrained(folder)
+    torch.save({"weight": _RunsCommand(f"touch '{marker}'")}, folder / "pytorch_model.bin")
+    wav = tmp_path / "voice.wav"
+    shutil.copy(HELDOUT_WAV, wav)
+    line = cli_error_line(audio_features.main, capsys,
+                          ["--asr", "hubert", "--wav", str(wav), "--hubert_model", str(folder), "--device", "cpu"])
+    assert not marker.exists() and "ask to run code" in line and str(folder) in line, line

@@ -5,6 +5,7 @@ the audio is shifted so that states 2i and 2i+1 are centred 10 ms before and
 after frame i's instant (sample i * 640) -> (2, hidden) per frame. Long audio
 runs in 20 s chunks with 1 s of context each side (segments.py).
 """
+import pickle
 from pathlib import Path
 from typing import Optional, Tuple
 
@@ -55,6 +56,9 @@ def load_hubert(model_name, device="cpu"):
                         "give a HuBERT model with --hubert_model")
     try:
         model = HubertModel.from_pretrained(name)
+    except pickle.UnpicklingError:       # transformers loads .bin weights weights-only: this one asks for code
+        raise UserError(f"the HuBERT weights in {name!r} ask to run code when loaded, which this project never "
+                        "does with a file — use a folder with model.safetensors (save_pretrained writes one)") from None
     except (OSError, ValueError, RuntimeError) as error:
         detail = str(error).strip().splitlines()[0][:160]
         raise UserError(f"could not load the HuBERT weights of {name!r} ({detail})") from None
