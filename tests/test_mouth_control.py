@@ -29,8 +29,9 @@ from lipsync.evaluate.landmark_track import detect_landmarks
 from data_utils.ffmpeg import video_packet_times
 from data_utils.layout import DatasetLayout
 from lipsync.evaluate.metrics import mouth_opening, offset_correlation
-from lipsync.render.mouth_control import (MOUTH_SCALE_LIMITS, choose_neutral_frame, load_face_found,
-                                      opening_warp_maps, presence_weights)
+from lipsync.render.faceless import load_face_found, presence_weights
+from lipsync.render.mouth_scale import MOUTH_SCALE_LIMITS, opening_warp_maps
+from lipsync.render.neutral_mouth import choose_neutral_frame
 from lipsync.render import load_renderer
 from lipsync.render.frames import pingpong_indices
 from lipsync.render.silence import (HOLD_AFTER_SPEECH_FRAMES, LOOK_AHEAD_FRAMES, LOOK_BACK_FRAMES, RAMP_FRAMES,

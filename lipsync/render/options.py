@@ -17,8 +17,9 @@ from data_utils.timebase import ASR_CHOICES
 from lipsync.core.devices import DEVICES
 from lipsync.core.errors import UserError
 from lipsync.core.options import Options
+from lipsync.render.faceless import DEFAULT_FACELESS_FADE_FRAMES
 from lipsync.render.frames import DEFAULT_FEATHER_PX
-from lipsync.render.mouth_control import DEFAULT_FACELESS_FADE_FRAMES, MOUTH_SCALE_LIMITS, check_mouth_scale
+from lipsync.render.mouth_scale import MOUTH_SCALE_LIMITS, check_mouth_scale
 from lipsync.render.silence import VAD_CHOICES
 from lipsync.render.video_writer import DEFAULT_CRF, DEFAULT_PRESET, X264_PRESETS
 
