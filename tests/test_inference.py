@@ -223,13 +223,18 @@ def test_colour_matching_removes_a_colour_cast(person):
 def short_render(renderer):
     """render() of 1.5 s of speech, with the audio windows the model was given."""
     samples = load_audio(HELDOUT_WAV)[:int(1.5 * SAMPLE_RATE)]
+    frames, recorder = render_recording_the_model(renderer, samples)
+    return SimpleNamespace(samples=samples, frames=frames, audio=np.concatenate(recorder.audio))
+
+
+def render_recording_the_model(renderer, samples):
+    """(frames, RecordingUNet): render() with every model call recorded."""
     original = renderer.unet
     renderer.unet = recorder = RecordingUNet(original)
     try:
-        frames = list(renderer.render(samples))
+        return list(renderer.render(samples)), recorder
     finally:
         renderer.unet = original
-    return SimpleNamespace(samples=samples, frames=frames, audio=np.concatenate(recorder.audio))
 
 
 def test_each_frame_gets_the_audio_window_of_the_whole_file(person, short_render):
@@ -249,12 +254,7 @@ def test_the_model_does_not_run_in_pauses(renderer):
     weights = silence_hold_weights(samples)
     held = int(np.count_nonzero(weights >= 1))
     assert held > 10
-    original = renderer.unet
-    renderer.unet = recorder = RecordingUNet(original)
-    try:
-        frames = list(renderer.render(samples))
-    finally:
-        renderer.unet = original
+    frames, recorder = render_recording_the_model(renderer, samples)
     assert len(frames) == len(weights)
     assert sum(len(window) for window in recorder.audio) == len(weights) - held
 

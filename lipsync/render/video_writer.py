@@ -75,7 +75,24 @@ def write_wav(path, samples: np.ndarray, sample_rate: int = SAMPLE_RATE) -> Path
     return Path(path)
 
 
-class VideoWriter:
+class _FinishedOrDiscarded:
+    """Both writers' promise: leaving the block normally finishes the file, an exception discards it
+    (the unfinished file, written under a temporary name, never appears under the final one)."""
+
+    def _remove_temporary(self) -> None:
+        self._temporary.unlink(missing_ok=True)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, exc_type, exc, traceback) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            self.abort()
+
+
+class VideoWriter(_FinishedOrDiscarded):
     """Write (H, W, 3) BGR uint8 frames at ``fps`` to an mp4, with ``audio`` muxed in.
 
     ``audio``: a file FFmpeg reads (its first audio track is encoded as AAC, as
@@ -200,26 +217,12 @@ class VideoWriter:
             self._process.wait()
         self._remove_temporary()
 
-    def _remove_temporary(self) -> None:
-        try:
-            self._temporary.unlink()
-        except FileNotFoundError:
-            pass
-
-    def __enter__(self) -> "VideoWriter":
-        return self
-
-    def __exit__(self, exc_type, exc, traceback) -> None:
-        if exc_type is None:
-            self.close()
-        else:
-            self.abort()
 
 
 OPENCV_FOURCC = "mp4v"     # what opencv-python's own FFmpeg may encode (its wheels carry no H.264 encoder)
 
 
-class OpenCVVideoWriter:
+class OpenCVVideoWriter(_FinishedOrDiscarded):
     """VideoWriter's stand-in where there is no ffmpeg (an offline GPU server): OpenCV encodes
     MPEG-4 Part 2 video without sound, and the sound is written beside it as ``<name>.wav``.
 
@@ -276,17 +279,6 @@ class OpenCVVideoWriter:
             self._writer.release()
         self._remove_temporary()
 
-    def _remove_temporary(self) -> None:
-        self._temporary.unlink(missing_ok=True)
-
-    def __enter__(self) -> "OpenCVVideoWriter":
-        return self
-
-    def __exit__(self, exc_type, exc, traceback) -> None:
-        if exc_type is None:
-            self.close()
-        else:
-            self.abort()
 
 
 def open_video_writer(path, width: int, height: int, audio=None, **options):
