@@ -25,8 +25,9 @@ IMAGE_CHANNELS = 3
 INPUT_CHANNELS = 2 * IMAGE_CHANNELS     # reference + masked target
 
 # Channel widths of the stem and the five encoder stages' first four outputs
-# (stage 5 keeps the last width). "full" is the SyncTalk_2D size; "mobile"
-# halves every width (about 4x fewer multiply-adds); "tiny" is for tests.
+# (stage 5 keeps the last width). "full" has SyncTalk_2D's channel widths but not its
+# design: 24.3 GFLOP per frame against unet_328's 9.8 (benchmarks/model_cost.py); "mobile"
+# halves every width (6.3 GFLOP); "tiny" is for tests.
 WIDTHS: Dict[str, Tuple[int, ...]] = {
     "full": (32, 64, 128, 256, 512),
     "mobile": (16, 32, 64, 128, 256),

@@ -189,3 +189,18 @@ def test_perceptual_loss_without_weights_warns_unless_requested(tmp_path, monkey
     garbage.write_bytes(b"not a checkpoint")
     with pytest.raises(UserError, match="not a readable VGG19 weights file"):
         build_perceptual_loss("on", garbage)
+
+
+def test_model_cost_prints_one_line_per_size_and_marks_the_default(capsys):
+    from benchmarks import model_cost
+    from lipsync.train.options import TrainConfig
+
+    rows = model_cost.main([])
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.split()[0] for line in lines] == list(WIDTHS)
+    assert [line for line in lines if line.endswith(" *")] == [
+        line for line in lines if line.startswith(TrainConfig.model_size + " ")]
+    costs = {size: (parameters, gflop) for size, parameters, gflop in rows}
+    assert costs["full"][0] == pytest.approx(20.2, abs=0.05)        # the figures issue 11 measured
+    assert costs["full"][1] == pytest.approx(24.2, abs=0.1)
+    assert costs["tiny"][1] < costs["mobile"][1] < costs["full"][1]
