@@ -61,3 +61,15 @@ def cli_error_line(main, capsys, argv) -> str:
     errors = [line for line in lines if line.startswith("error: ")]
     assert len(errors) == 1 and not any("Traceback" in line for line in lines), lines
     return errors[0]
+
+
+@pytest.fixture
+def one_cpu_thread():
+    """Tiny models gain nothing from threads: on a shared machine OpenMP threads spinning against
+    other processes slow them 5-10x. Files use it with pytest.mark.usefixtures."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -48,15 +48,7 @@ def person(processed_clip, tmp_path_factory):
     return person_with_ave_features(processed_clip, tmp_path_factory.mktemp("bundle"), "talker", AVE_TEST_WIDTH)
 
 
-@pytest.fixture(autouse=True)
-def one_cpu_thread():
-    """Tiny models gain nothing from threads; threads spinning against other processes slow them."""
-    import torch
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_cpu_thread")
 
 
 @pytest.fixture(scope="module")

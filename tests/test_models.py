@@ -16,13 +16,7 @@ from models.unet_328 import WIDTHS, LipSyncUNet, width_name
 TINY_AUDIO = (4, 16, 16)          # 16 frames x 64 values, the test features' window
 
 
-@pytest.fixture(autouse=True)
-def one_cpu_thread():
-    """On a shared machine OpenMP threads spinning against other processes slow small models 5-10x."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_cpu_thread")
 
 
 def seeded(seed=0):
