@@ -73,23 +73,43 @@ class RenderOptions(Options):
         return self
 
 
+def add_person_arguments(parser, defaults: Optional["RenderOptions"] = None) -> None:
+    """The options of every script that renders a trained person (inference_328.py, serve_328.py):
+    which person and checkpoint, and how the model runs; ``parser`` may be an argument group."""
+    defaults = defaults or RenderOptions()
+    parser.add_argument("--name", required=True, help="the person: dataset/NAME and checkpoint/NAME")
+    parser.add_argument("--checkpoint", help="an epoch number, best, latest, or a .pth path (default: the newest epoch)")
+    parser.add_argument("--device", choices=DEVICES, default=defaults.device)
+    parser.add_argument("--backend", choices=BACKENDS, default=defaults.backend,
+                        help="torch, or onnx (onnxruntime; exported next to the checkpoint on first use)")
+    parser.add_argument("--batch_size", type=int, default=defaults.batch_size, help="frames per model call")
+    parser.add_argument("--fp16", dest="half", action="store_true", help="half precision on CUDA (torch backend)")
+    parser.add_argument("--no_silence_hold", dest="silence_hold", action="store_false",
+                        help="keep the model's mouth in pauses (default: pauses show the person's own closed mouth)")
+    parser.add_argument("--vad", choices=VAD_CHOICES,
+                        help="pause detector: silero (default) or energy (a speech-band energy gate, for clean audio)")
+    parser.add_argument("--mouth_scale", type=float, default=defaults.mouth_scale,
+                        help="how wide the mouth opens: 1.2 = 20%% wider, 0.8 = 20%% less "
+                             f"({MOUTH_SCALE_LIMITS[0]:g}-{MOUTH_SCALE_LIMITS[1]:g})")
+    parser.add_argument("--dataset_dir", help="processed recording (default: dataset/NAME)")
+    parser.add_argument("--onnx_threads", type=int, help="onnxruntime CPU threads (default: all usable cores)")
+    parser.add_argument("--workers", type=int, help="threads for frame decoding and paste-back")
+    parser.add_argument("--dataset_root", type=Path, default=defaults.dataset_root, help=argparse.SUPPRESS)
+    parser.add_argument("--checkpoint_root", type=Path, default=defaults.checkpoint_root, help=argparse.SUPPRESS)
+
+
 def build_parser(description: Optional[str] = None) -> argparse.ArgumentParser:
     """inference_328.py's options: RenderOptions fields (by ``dest``) plus the script's own."""
     defaults = RenderOptions()
     parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--name", required=True, help="the person: dataset/NAME and checkpoint/NAME")
+    add_person_arguments(parser, defaults)
     parser.add_argument("--audio_path", help="new audio (wav, mp3, m4a, flac, or a video with sound)")
     parser.add_argument("--asr", choices=ASR_CHOICES,
                         help="audio encoder; default: the one the checkpoint was trained with (a different one is an error)")
-    parser.add_argument("--checkpoint", help="an epoch number, best, latest, or a .pth path (default: the newest epoch)")
     parser.add_argument("--start_frame", type=int, default=0, help="recording frame the video starts from")
-    parser.add_argument("--batch_size", type=int, default=defaults.batch_size, help="frames per model call")
-    parser.add_argument("--device", choices=DEVICES, default=defaults.device)
     parser.add_argument("--output", help="output mp4 (default: result/<NAME>_<audio stem>_<epoch>.mp4)")
     parser.add_argument("--overwrite", action="store_true",
                         help="replace an existing output (default: write <name>_2.mp4, _3, ... beside it)")
-    parser.add_argument("--backend", choices=BACKENDS, default=defaults.backend,
-                        help="torch, or onnx (onnxruntime; exported next to the checkpoint on first use)")
     parser.add_argument("--export_onnx", action="store_true",
                         help="export the checkpoint to <epoch>.onnx (and render too when --audio_path is given)")
     parser.add_argument("--colour_match", "--color_match", dest="colour_match", action="store_true",
@@ -100,26 +120,13 @@ def build_parser(description: Optional[str] = None) -> argparse.ArgumentParser:
     parser.add_argument("--crf", type=int, default=DEFAULT_CRF, help="H.264 quality: lower is better and larger")
     parser.add_argument("--x264_preset", default=DEFAULT_PRESET, choices=X264_PRESETS,
                         help="x264 speed preset; faster presets give larger files")
-    parser.add_argument("--fp16", dest="half", action="store_true", help="half precision on CUDA (torch backend)")
-    parser.add_argument("--no_silence_hold", dest="silence_hold", action="store_false",
-                        help="keep the model's mouth in pauses (default: pauses show the person's own closed mouth)")
-    parser.add_argument("--vad", choices=VAD_CHOICES,
-                        help="pause detector: silero (default) or energy (a speech-band energy gate, for clean audio)")
-    parser.add_argument("--mouth_scale", type=float, default=defaults.mouth_scale,
-                        help="how wide the mouth opens: 1.2 = 20%% wider, 0.8 = 20%% less "
-                             f"({MOUTH_SCALE_LIMITS[0]:g}-{MOUTH_SCALE_LIMITS[1]:g})")
     parser.add_argument("--paint_faceless", action="store_true",
                         help="paint the mouth on frames where preprocessing found no face (default: leave them untouched)")
     parser.add_argument("--faceless_fade", type=int, default=defaults.faceless_fade,
                         help="frames over which the mouth fades out before a frame without a face (0: cut)")
-    parser.add_argument("--dataset_dir", help="processed recording (default: dataset/NAME)")
     parser.add_argument("--ave_checkpoint", help="AVE encoder for --asr ave (default: the one training used)")
     parser.add_argument("--hubert_model", help="HuBERT folder or hub id for --asr hubert (default: the one training used)")
     parser.add_argument("--wenet_model", help="WeNet encoder ONNX for --asr wenet (default: the one training used)")
-    parser.add_argument("--onnx_threads", type=int, help="onnxruntime CPU threads (default: all usable cores)")
-    parser.add_argument("--workers", type=int, help="threads for frame decoding and paste-back")
-    parser.add_argument("--dataset_root", type=Path, default=defaults.dataset_root, help=argparse.SUPPRESS)
-    parser.add_argument("--checkpoint_root", type=Path, default=defaults.checkpoint_root, help=argparse.SUPPRESS)
     parser.add_argument("--result_root", type=Path, default=RESULT_ROOT, help=argparse.SUPPRESS)
     parser.add_argument("--no_progress", action="store_true", help="no progress bar")
     return parser

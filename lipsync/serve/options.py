@@ -15,11 +15,9 @@ from pathlib import Path
 from typing import Optional, Tuple
 
 from data_utils.layout import RESULT_ROOT
-from lipsync.core.devices import DEVICES
 from lipsync.core.errors import UserError
 from lipsync.core.options import Options
-from lipsync.render.options import BACKENDS, RenderOptions
-from lipsync.render.silence import VAD_CHOICES
+from lipsync.render.options import RenderOptions, add_person_arguments
 
 DEFAULT_HOST = "127.0.0.1"            # only this machine can connect unless told otherwise
 DEFAULT_PORT = 8328
@@ -81,22 +79,7 @@ def build_parser(description: Optional[str] = None) -> argparse.ArgumentParser:
     render, serve = RenderOptions(), ServeOptions()
     parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
     person = parser.add_argument_group("the person (as inference_328.py)")
-    person.add_argument("--name", required=True, help="the person: dataset/NAME and checkpoint/NAME")
-    person.add_argument("--checkpoint", help="an epoch number, best, latest, or a .pth path (default: the newest epoch)")
-    person.add_argument("--device", choices=DEVICES, default=render.device)
-    person.add_argument("--backend", choices=BACKENDS, default=render.backend,
-                        help="torch, or onnx (onnxruntime; exported next to the checkpoint on first use)")
-    person.add_argument("--batch_size", type=int, default=render.batch_size, help="frames per model call")
-    person.add_argument("--fp16", dest="half", action="store_true", help="half precision on CUDA (torch backend)")
-    person.add_argument("--no_silence_hold", dest="silence_hold", action="store_false",
-                        help="keep the model's mouth in pauses (the idle face is then the recording's own)")
-    person.add_argument("--vad", choices=VAD_CHOICES, help="pause detector: silero (default) or energy")
-    person.add_argument("--mouth_scale", type=float, default=render.mouth_scale, help="how wide the mouth opens")
-    person.add_argument("--dataset_dir", help="processed recording (default: dataset/NAME)")
-    person.add_argument("--onnx_threads", type=int, help="onnxruntime CPU threads (default: all usable cores)")
-    person.add_argument("--workers", type=int, help="threads for frame decoding and paste-back")
-    person.add_argument("--dataset_root", type=Path, default=render.dataset_root, help=argparse.SUPPRESS)
-    person.add_argument("--checkpoint_root", type=Path, default=render.checkpoint_root, help=argparse.SUPPRESS)
+    add_person_arguments(person, render)
     server = parser.add_argument_group("serving")
     server.add_argument("--host", default=serve.host,
                         help="address to listen on (default: this machine only; 0.0.0.0 for the network)")
