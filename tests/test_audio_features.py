@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from data_utils import audio_features
-from data_utils.features import ave, extract as af, hubert, wenet
+from data_utils.features import ave, ave_training, extract as af, hubert, wenet
 from data_utils.audio import MEL_BANDS, MEL_FMAX, MEL_FMIN, SILENCE_MEL_VALUE, load_audio, melspectrogram
 from data_utils.features.ave_training import AveTrainConfig, train_ave_encoder
 from data_utils.features.fbank import FBANK_FRAME_LENGTH, FBANK_FRAME_SHIFT, kaldi_fbank
@@ -581,9 +581,14 @@ def one_torch_thread():
     torch.set_num_threads(threads)
 
 
-def test_ave_training_saves_a_loadable_encoder_and_its_report(processed_copy, one_torch_thread):
+def test_ave_training_saves_a_loadable_encoder_and_its_report(processed_copy, one_torch_thread, caplog):
     config = AveTrainConfig(batch_size=48, seed=3)
-    report = train_ave_encoder(processed_copy, config, steps=40, progress=False)
+    with caplog.at_level("WARNING"):
+        report = train_ave_encoder(processed_copy, config, steps=40, progress=False)
+    # 4 s of speech teaches a weak encoder: preprocessing says so, with what to do, in one line
+    weak = [record.getMessage() for record in caplog.records if "tells in-sync from off-sync" in record.getMessage()]
+    assert report["heldout_sync_accuracy"] < ave_training.WEAK_AVE_ACCURACY and len(weak) == 1
+    assert "record a longer video" in weak[0] and "--asr hubert" in weak[0] and "--ave_checkpoint" in weak[0]
     assert report["steps"] == 40 and report["frames"] == 100
     assert report["train_frames"] + af_gap() + report["heldout_frames"] == 100
     assert report["loss_last"] < report["loss_first"] * 0.8                 # it fits the training frames
