@@ -79,6 +79,14 @@ class _FinishedOrDiscarded:
     """Both writers' promise: leaving the block normally finishes the file, an exception discards it
     (the unfinished file, written under a temporary name, never appears under the final one)."""
 
+    def _check_frame(self, frame: np.ndarray) -> None:
+        """A frame may be written: the writer is open and the frame is (height, width, 3) uint8."""
+        if self._closed:
+            raise RuntimeError("write() after close()")
+        if frame.shape != (self.height, self.width, 3) or frame.dtype != np.uint8:
+            raise ValueError(f"frame must be ({self.height}, {self.width}, 3) uint8, "
+                             f"got {frame.shape} {frame.dtype}")
+
     def _remove_temporary(self) -> None:
         self._temporary.unlink(missing_ok=True)
 
@@ -169,11 +177,7 @@ class VideoWriter(_FinishedOrDiscarded):
 
     def write(self, frame: np.ndarray) -> None:
         """Queue one (height, width, 3) BGR uint8 frame for encoding."""
-        if self._closed:
-            raise RuntimeError("write() after close()")
-        if frame.shape != (self.height, self.width, 3) or frame.dtype != np.uint8:
-            raise ValueError(f"frame must be ({self.height}, {self.width}, 3) uint8, "
-                             f"got {frame.shape} {frame.dtype}")
+        self._check_frame(frame)
         if self._feed_error is not None:
             self._fail()
         self._queue.put(np.ascontiguousarray(frame))
@@ -246,11 +250,7 @@ class OpenCVVideoWriter(_FinishedOrDiscarded):
         self._closed = False
 
     def write(self, frame: np.ndarray) -> None:
-        if self._closed:
-            raise RuntimeError("write() after close()")
-        if frame.shape != (self.height, self.width, 3) or frame.dtype != np.uint8:
-            raise ValueError(f"frame must be ({self.height}, {self.width}, 3) uint8, "
-                             f"got {frame.shape} {frame.dtype}")
+        self._check_frame(frame)
         self._writer.write(np.ascontiguousarray(frame))
         self.frames_written += 1
 
