@@ -51,7 +51,7 @@ from lipsync.render import load_renderer, render_to_file
 from lipsync.render.onnx_export import OnnxUNet, ensure_onnx
 from lipsync.render.video_writer import write_wav
 from models.audio_encoders import AVE_FEATURES, AveAudioEncoder
-from models.unet_328 import WIDTHS, LipSyncUNet
+from models.unet_328 import MODEL_SIZES, WIDTHS, LipSyncUNet
 
 BUNDLED = REPO_ROOT / "tests" / "data" / "talker_a_4s.mp4"
 SPEECH = REPO_ROOT / "tests" / "data" / "heldout_2s.wav"
@@ -181,7 +181,7 @@ def write_figures(path, figures) -> None:
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model_size", default="full", choices=("full", "mobile", "tiny"))
+    parser.add_argument("--model_size", default="full", choices=MODEL_SIZES)
     parser.add_argument("--batch_size", type=int, default=8)
     parser.add_argument("--model_batch_sizes", type=int, nargs="+",
                         help="batch sizes of the model-only figures (default: --batch_size)")

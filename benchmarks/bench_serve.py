@@ -50,6 +50,7 @@ from bench_inference import BUNDLED, NAME, SPEECH, build_person, cpu_description
 from lipsync.serve import measure
 from lipsync.serve.client import PAUSE_BETWEEN_UTTERANCES_SECONDS, Viewer, soak
 from lipsync.serve.ice import LOOPBACK, use_addresses
+from models.unet_328 import MODEL_SIZES
 
 SERVER_START_TIMEOUT_SECONDS = 600
 INTERRUPT_AFTER_SECONDS = 0.5
@@ -201,7 +202,7 @@ async def benchmark(args, dataset_root: Path, checkpoint_root: Path, figures: di
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model_size", default="tiny", choices=("full", "mobile", "tiny"))
+    parser.add_argument("--model_size", default="tiny", choices=MODEL_SIZES)
     parser.add_argument("--device", default="cpu", choices=("auto", "cpu", "cuda"))
     parser.add_argument("--backend", default="onnx", choices=("torch", "onnx"))
     parser.add_argument("--batch_size", type=int, default=8)

@@ -120,7 +120,7 @@ def main(argv=None):
     parser.add_argument("--asr", default="ave")
     parser.add_argument("--loader_samples", type=int, default=200)
     parser.add_argument("--cpu_sizes", nargs="+", default=["tiny", "mobile"], choices=list(WIDTHS))
-    parser.add_argument("--gpu_sizes", nargs="+", default=["full", "mobile"], choices=list(WIDTHS))
+    parser.add_argument("--gpu_sizes", nargs="+", default=["full", "base", "mobile"], choices=list(WIDTHS))
     parser.add_argument("--cpu_batch_size", type=int, default=4)
     parser.add_argument("--gpu_batch_size", type=int, default=8)
     parser.add_argument("--steps", type=int, default=3, help="timed steps per configuration (after 2 warm-up)")

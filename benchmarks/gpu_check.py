@@ -9,7 +9,7 @@ a part that fails is recorded with a one-line reason and the check goes on:
 
     cuda_tests  pytest -m cuda tests/test_cuda.py (AMP + GradScaler + accumulation,
                 channels_last, fp16 against fp32, DDP + SyncBatchNorm on NCCL, resume)
-    throughput  benchmarks/bench_train.py: training samples/s at full and mobile width,
+    throughput  benchmarks/bench_train.py: training samples/s at full, base and mobile width,
                 AMP off and on, and the hours 200 epochs of a 5-minute recording take
     inference   benchmarks/bench_inference.py: end to end frames/s for torch fp32,
                 torch fp16 and onnxruntime; model-only frames/s at batch 1/8/32

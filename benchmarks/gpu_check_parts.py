@@ -56,7 +56,7 @@ class Mode:
 
 GPU = Mode("gpu", "cuda", "full",
            {"cuda_tests": 150, "throughput": 100, "inference": 100, "serve": 90},
-           ("--devices", "cuda", "--gpu_sizes", "full", "mobile", "--gpu_steps", "20", "--perceptual",
+           ("--devices", "cuda", "--gpu_sizes", "full", "base", "mobile", "--gpu_steps", "20", "--perceptual",
             "--loader_samples", "100"),
            ("--devices", "cuda", "--model_size", "full", "--model_batch_sizes", "1", "8", "32", "--seconds", "4"),
            ("--amp",), None,

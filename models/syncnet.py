@@ -7,7 +7,7 @@ Trained on real pairs and on off-sync pairs (the same face with the audio of a
 frame elsewhere in the recording, lipsync.train.trainer.SyncNetTask); frozen, it
 gives the U-Net a sync loss on the mouths it draws.
 """
-from typing import Dict, Tuple
+from typing import Dict, List, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -24,11 +24,13 @@ FACE_DOWNSAMPLE = 2            # 160 x 320 band seen at 80 x 160: lip shape, not
 
 SYNC_WIDTHS: Dict[str, Tuple[int, ...]] = {
     "full": (32, 64, 128, 256, 512),
+    "base": (24, 48, 96, 192, 384),
     "mobile": (16, 32, 64, 128, 256),
     "tiny": (8, 16, 16, 32, 32),
 }
-EMBEDDING_SIZE = {"full": 256, "mobile": 128, "tiny": 32}
-INITIAL_LOGIT_SCALE = 5.0      # cosine in [-1, 1] -> logits in [-5, 5] at the start
+EMBEDDING_SIZE = {"full": 256, "base": 192, "mobile": 128, "tiny": 32}
+INITIAL_LOGIT_SCALE = 5.0
+LAYERS_PER_STAGE = 6           # conv, BN, ReLU, conv, BN, ReLU      # cosine in [-1, 1] -> logits in [-5, 5] at the start
 
 
 def face_band(image_rgb_320: torch.Tensor) -> torch.Tensor:
@@ -54,6 +56,16 @@ class FaceEncoder(nn.Module):
         band = F.avg_pool2d(band, FACE_DOWNSAMPLE)
         return self.head(self.features(band).mean(dim=(2, 3)))
 
+    def stage_outputs(self, band) -> List[torch.Tensor]:
+        """The activation after each of the five stages: lip shape at five scales (a perceptual loss's features)."""
+        x = F.avg_pool2d(band, FACE_DOWNSAMPLE)
+        outputs = []
+        for index, layer in enumerate(self.features):
+            x = layer(x)
+            if (index + 1) % LAYERS_PER_STAGE == 0:
+                outputs.append(x)
+        return outputs
+
 
 class SyncNet(nn.Module):
     """``forward(image_rgb_320, audio)`` -> (B,) logits of "mouth and audio are in sync"."""
@@ -74,6 +86,10 @@ class SyncNet(nn.Module):
         face = F.normalize(self.face(face_band(image_rgb_320)), dim=1)
         voice = F.normalize(self.audio(audio), dim=1)
         return face, voice
+
+    def face_features(self, image_rgb_320: torch.Tensor) -> List[torch.Tensor]:
+        """The face encoder's five stage activations on the mouth band of ``image_rgb_320``."""
+        return self.face.stage_outputs(face_band(image_rgb_320))
 
     def forward(self, image_rgb_320: torch.Tensor, audio: torch.Tensor) -> torch.Tensor:
         face, voice = self.embeddings(image_rgb_320, audio)

@@ -25,15 +25,18 @@ IMAGE_CHANNELS = 3
 INPUT_CHANNELS = 2 * IMAGE_CHANNELS     # reference + masked target
 
 # Channel widths of the stem and the five encoder stages' first four outputs
-# (stage 5 keeps the last width). "full" has SyncTalk_2D's channel widths but not its
-# design: 24.3 GFLOP per frame against unet_328's 9.8 (benchmarks/model_cost.py); "mobile"
-# halves every width (6.3 GFLOP); "tiny" is for tests.
+# (stage 5 keeps the last width). "base", the default, is the widest that costs no more
+# than SyncTalk_2D's unet_328 (9.7 GFLOP per 320x320 frame against its 9.8,
+# benchmarks/model_cost.py). "full" has unet_328's channel widths but not its design, and
+# costs 2.5x as much (24.3 GFLOP); "mobile" halves full's widths (6.3 GFLOP); "tiny" is for tests.
 WIDTHS: Dict[str, Tuple[int, ...]] = {
     "full": (32, 64, 128, 256, 512),
+    "base": (20, 40, 80, 160, 320),
     "mobile": (16, 32, 64, 128, 256),
     "tiny": (4, 8, 8, 16, 16),
 }
 MODEL_SIZES = tuple(WIDTHS)
+DEFAULT_MODEL_SIZE = "base"
 
 # Inverted-residual expansion: small at the two highest resolutions, where the
 # expanded tensors dominate memory traffic; 4 further down (MobileNetV2 uses 6:
@@ -112,7 +115,7 @@ class LipSyncUNet(nn.Module):
     is one of WIDTHS (or any 5 increasing channel counts).
     """
 
-    def __init__(self, asr: str, audio_shape: tuple, widths=WIDTHS["full"]):
+    def __init__(self, asr: str, audio_shape: tuple, widths=WIDTHS[DEFAULT_MODEL_SIZE]):
         super().__init__()
         widths = tuple(int(value) for value in widths)
         if len(widths) != DOWNSAMPLINGS:

@@ -21,7 +21,7 @@ from data_utils.timebase import SAMPLES_PER_FRAME
 from lipsync.core.errors import UserError
 from lipsync.render.video_writer import write_wav
 from tests.conftest import ffmpeg
-from tests.training_helpers import person_with_ave_features
+from tests.training_helpers import cut_to_frames, person_with_ave_features
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 FRAMES = 24                      # of the clip's 100
@@ -50,16 +50,6 @@ def smoke(processed_clip, tmp_path_factory):
                               timeout=SMOKE_TIMEOUT_S)
     assert (output / "results.json").is_file(), finished.stdout[-3000:] + finished.stderr[-3000:]
     return finished, json.loads((output / "results.json").read_text()), output
-
-
-def cut_to_frames(layout, frames: int) -> None:
-    """Keep a processed dataset's first ``frames`` frames: every per-frame array, the frames, the audio."""
-    for per_frame_array in (layout.crop_boxes, layout.face_found, layout.landmarks_array, layout.features("ave")):
-        np.save(per_frame_array, np.load(per_frame_array)[:frames])
-    for path in layout.frames_dir.glob("*.jpg"):
-        if int(path.stem) >= frames:
-            path.unlink()
-    write_wav(layout.audio_wav, load_audio(layout.audio_wav)[:frames * SAMPLES_PER_FRAME])
 
 
 def is_number(value) -> bool:

@@ -191,15 +191,25 @@ def test_syncnet_training_then_unet_with_sync_loss(processed_clip, tmp_path, cap
     assert "val_accuracy" in log_text and "val_pair_accuracy" in log_text
     accuracy = torch.load(save / "syncnet" / "latest.pth", weights_only=False)["history"][-1]["val_accuracy"]
     assert 0.0 <= accuracy <= 1.0
-    train_328.main(base_args(data, save, "--epochs", 1, "--use_syncnet", "--val_fraction", "0.3"))
+    fixed = ("--sync_balance", "fixed", "--sync_warmup_epochs", "0")
+    train_328.main(base_args(data, save, "--epochs", 1, "--use_syncnet", "--val_fraction", "0.3", *fixed))
     entry = torch.load(save / "latest.pth", weights_only=False)["history"][0]
     assert entry["train_sync"] > 0 and "val_sync_accuracy" in entry
     assert entry["train_loss"] == pytest.approx(entry["train_l1"] + 10 * entry["train_sync"], rel=1e-4)
     lighter = tmp_path / "ck_light"
-    train_328.main(base_args(data, lighter, "--epochs", 1, "--use_syncnet", "--val_fraction", "0.3",
+    train_328.main(base_args(data, lighter, "--epochs", 1, "--use_syncnet", "--val_fraction", "0.3", *fixed,
                              "--syncnet_checkpoint", str(save / "syncnet" / "best.pth"), "--sync_weight", "0.5"))
     entry = torch.load(lighter / "latest.pth", weights_only=False)["history"][0]
     assert entry["train_loss"] == pytest.approx(entry["train_l1"] + 0.5 * entry["train_sync"], rel=1e-4)
+    # The default objective: reconstruction alone for the warm-up epochs, then the balanced sync term.
+    default = tmp_path / "ck_default"
+    train_328.main(base_args(data, default, "--epochs", 3, "--use_syncnet", "--val_fraction", "0.3",
+                             "--syncnet_checkpoint", str(save / "syncnet" / "best.pth"),
+                             "--lip_weight", "3", "--face_feature_weight", "0.1"))
+    history = torch.load(default / "latest.pth", weights_only=False)["history"]
+    assert "train_sync" not in history[0] and "train_sync" not in history[1]
+    assert history[2]["train_sync"] > 0 and 0 < history[2]["train_sync_weight"] <= 10
+    assert all(entry["train_face_features"] > 0 for entry in history)
 
 
 # --------------------------------------------------------------------------- torchrun
@@ -266,6 +276,24 @@ def test_features_for_another_asr(small, tmp_path, capsys):
     argv[argv.index("hubert")] = "wenet"
     code, lines = run_main(train_328.main, argv, capsys)
     assert len(lines) == 1 and "holds features for --asr ave" in lines[0]
+
+
+def test_a_checkpoint_of_the_old_default_width_still_loads_and_resuming_it_says_what_to_type(small, tmp_path,
+                                                                                             capsys):
+    # Before "base" became the default, runs were "full" width: their checkpoints keep loading as full.
+    person = open_person(small, "ave", show_progress=False)
+    model = LipSyncUNet("ave", person.audio_shape, WIDTHS["full"])
+    config = ckpt.model_config(ckpt.UNET_KIND, "ave", "full", WIDTHS["full"], person.audio_shape,
+                               person.describe_features())
+    run = tmp_path / "old run"
+    ckpt.save_checkpoint(run / "latest.pth", model.state_dict(), config, 1, optimizer={}, args={"model_size": "full"})
+    loaded, loaded_config = ckpt.load_unet(run / "latest.pth", "cpu")
+    assert loaded.widths == WIDTHS["full"] and loaded_config["model_size"] == "full"
+    argv = [arg for arg in base_args(small, run, "--epochs", 2, "--resume")]
+    at = argv.index("--model_size")
+    del argv[at:at + 2]                                        # the new default: base
+    code, lines = run_main(train_328.main, argv, capsys)
+    assert code == 2 and len(lines) == 1 and "use --model_size full" in lines[0]
 
 
 def test_checkpoint_from_another_asr_or_width(small, tmp_path, capsys):
@@ -514,6 +542,23 @@ def test_resume_refuses_a_changed_hyperparameter_unless_accepted(small, tmp_path
     for epoch in (3, 4):
         assert rates[epoch] == pytest.approx(5e-4 * (1 + math.cos(math.pi * epoch / 4)) / 2, abs=1e-12)
     assert rates[1] == pytest.approx(1e-3 * (1 + math.cos(math.pi * 1 / 2)) / 2)   # the old run's record stays
+
+
+def test_resume_says_what_to_type_to_keep_a_value_the_defaults_no_longer_give(small, tmp_path, capsys):
+    run = tmp_path / "run"
+    train_328.main(base_args(small, run, "--epochs", 1, "--lip_weight", "2"))
+    code, lines = run_main(train_328.main, base_args(small, run, "--epochs", 2, "--resume"), capsys)
+    assert code == 2 and len(lines) == 1
+    assert f"--lip_weight 2.0 (now {TrainConfig.lip_weight})" in lines[0] and "use --lip_weight 2.0" in lines[0]
+    # A run saved before --lip_weight existed trained every pixel alike: it resumes as such.
+    state = torch.load(run / "latest.pth", weights_only=False)
+    del state["args"]["lip_weight"]
+    torch.save(state, run / "latest.pth")
+    if TrainConfig.lip_weight != 1.0:
+        code, lines = run_main(train_328.main, base_args(small, run, "--epochs", 2, "--resume"), capsys)
+        assert code == 2 and "--lip_weight 1.0" in lines[0]
+    train_328.main(base_args(small, run, "--epochs", 2, "--resume", "--lip_weight", "1"))
+    assert ckpt.read_checkpoint(run / "latest.pth")["epoch"] == 2
 
 
 def test_resume_may_train_longer_without_a_cosine_schedule(small, tmp_path):

@@ -20,6 +20,7 @@ from data_utils.features.extract import prepare_dataset_features
 from data_utils.layout import DatasetLayout
 from data_utils.timebase import FEATURE_SPECS, SAMPLES_PER_FRAME
 from lipsync.core.checkpoints import UNET_KIND, model_config, save_checkpoint
+from lipsync.render.video_writer import write_wav
 from models.audio_encoders import AveAudioEncoder
 from models.unet_328 import WIDTHS
 
@@ -100,3 +101,13 @@ def save_tiny_unet_checkpoint(model, audio_shape, person, name: str, epoch: int)
     config = model_config(UNET_KIND, "ave", "tiny", WIDTHS["tiny"], audio_shape,
                           read_feature_metadata(person.layout, "ave"))
     return save_checkpoint(person.checkpoint_root / name / f"{epoch}.pth", model.state_dict(), config, epoch)
+
+
+def cut_to_frames(layout, frames: int) -> None:
+    """Keep a processed dataset's first ``frames`` frames: every per-frame array, the frames, the audio."""
+    for per_frame_array in (layout.crop_boxes, layout.face_found, layout.landmarks_array, layout.features("ave")):
+        np.save(per_frame_array, np.load(per_frame_array)[:frames])
+    for path in layout.frames_dir.glob("*.jpg"):
+        if int(path.stem) >= frames:
+            path.unlink()
+    write_wav(layout.audio_wav, load_audio(layout.audio_wav)[:frames * SAMPLES_PER_FRAME])

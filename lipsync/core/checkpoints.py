@@ -26,7 +26,7 @@ from data_utils.layout import CHECKPOINT_ROOT
 from lipsync.core.atomic import save_torch_atomic
 from lipsync.core.commands import train_command
 from lipsync.core.errors import UserError
-from models.syncnet import SyncNet
+from models.syncnet import SYNC_WIDTHS, SyncNet
 from models.unet_328 import LipSyncUNet
 
 LATEST = "latest.pth"
@@ -208,6 +208,9 @@ def load_syncnet(path, device="cpu", asr: Optional[str] = None,
         raise UserError(f"{path} expects audio windows of shape {tuple(config['audio_shape'])} but the "
                         f"dataset's features give {tuple(audio_shape)} — train SyncNet on these features: "
                         "python train_syncnet.py --name NAME")
+    if config.get("model_size") not in SYNC_WIDTHS:
+        raise UserError(f"{path} has a SyncNet size this version does not know ({config.get('model_size')!r}) — "
+                        "train it again: python train_syncnet.py --name NAME")
     model = SyncNet(config["asr"], tuple(config["audio_shape"]), config["model_size"])
     try:
         model.load_state_dict(state["model"])

@@ -17,18 +17,31 @@ from data_utils.timebase import ASR_CHOICES
 from lipsync.core.devices import DEVICES
 from lipsync.core.errors import UserError
 from lipsync.core.options import Options
+from lipsync.train.objective import SYNC_BALANCES
 from models.perceptual import PERCEPTUAL_MODES
-from models.unet_328 import MODEL_SIZES
+from models.unet_328 import DEFAULT_MODEL_SIZE, MODEL_SIZES
 
-# Weight of the SyncNet loss against L1 in the U-Net objective (SyncTalk_2D's recipe; see unet_task.py).
-SYNC_WEIGHT = 10.0
+# The U-Net objective's defaults (lipsync/train/objective.py), chosen by the ablation in
+# benchmarks/RESULTS.md ("The training objective").
+SYNC_WEIGHT = 10.0              # SyncTalk_2D's fixed weight; with adaptive balance, the cap
+SYNC_BALANCE = "adaptive"
+SYNC_RATIO = 1.0                # sync gradient on the picture / reconstruction gradient
+SYNC_WARMUP_EPOCHS = 2
+LIP_WEIGHT = 1.0
+FACE_FEATURE_WEIGHT = 0.0
 # --lr_schedule step: halve the LR every 50 epochs (the user guide's StepLR).
 STEP_LR_EPOCHS = 50
 STEP_LR_GAMMA = 0.5
 LR_SCHEDULES = ("none", "step", "cosine")
 # What a resumed run must keep: changing one mid-run silently mixes two trainings.
 RESUME_FIXED_OPTIONS = ("asr", "model_size", "batch_size", "lr", "lr_schedule", "grad_accum", "augment",
-                        "val_fraction", "seed", "use_syncnet", "sync_weight", "perceptual")
+                        "val_fraction", "seed", "use_syncnet", "sync_weight", "sync_balance", "sync_ratio",
+                        "sync_warmup_epochs", "lip_weight", "face_feature_weight", "perceptual")
+# Options of the sync loss: compared on --resume only when both runs use it.
+SYNC_LOSS_OPTIONS = ("sync_weight", "sync_balance", "sync_ratio", "sync_warmup_epochs", "face_feature_weight")
+# What a run saved before these options existed trained with (the objective was L1 + 10 x sync).
+OPTION_VALUES_BEFORE_THEY_EXISTED = {"sync_balance": "fixed", "sync_warmup_epochs": 0, "lip_weight": 1.0,
+                                     "face_feature_weight": 0.0}
 # SyncNet sees one small mouth band per sample: bigger batches, more epochs than the U-Net.
 SYNCNET_BATCH_SIZE = 32
 SYNCNET_LR = 1e-4
@@ -43,7 +56,7 @@ class TrainConfig(Options):
     dataset_dir: Path
     save_dir: Path
     asr: str = "ave"
-    model_size: str = "full"
+    model_size: str = DEFAULT_MODEL_SIZE
     batch_size: int = 8
     lr: float = 1e-4
     epochs: int = 200
@@ -67,6 +80,11 @@ class TrainConfig(Options):
     use_syncnet: bool = False
     syncnet_checkpoint: Optional[Path] = None
     sync_weight: float = SYNC_WEIGHT
+    sync_balance: str = SYNC_BALANCE
+    sync_ratio: float = SYNC_RATIO
+    sync_warmup_epochs: int = SYNC_WARMUP_EPOCHS
+    lip_weight: float = LIP_WEIGHT
+    face_feature_weight: float = FACE_FEATURE_WEIGHT
     perceptual: str = "auto"                # auto | on | off
     vgg_weights: Optional[Path] = None
     show_progress: bool = True
@@ -88,8 +106,14 @@ class TrainConfig(Options):
                 raise UserError(f"--{name} must be at least 1, got {getattr(self, name)}")
         if self.lr <= 0:
             raise UserError(f"--lr must be positive, got {self.lr}")
-        if self.sync_weight < 0:
-            raise UserError(f"--sync_weight cannot be negative, got {self.sync_weight}")
+        for name in ("sync_weight", "sync_ratio", "sync_warmup_epochs", "face_feature_weight"):
+            if getattr(self, name) < 0:
+                raise UserError(f"--{name} cannot be negative, got {getattr(self, name):g}")
+        if self.lip_weight < 1:
+            raise UserError(f"--lip_weight counts the lips' pixels that many times; it must be at least 1, "
+                            f"got {self.lip_weight:g}")
+        if self.sync_balance not in SYNC_BALANCES:
+            raise UserError(f"--sync_balance must be one of {', '.join(SYNC_BALANCES)}")
         if self.num_workers < 0 or self.patience < 0:
             raise UserError("--num_workers and --patience cannot be negative")
         if self.max_minutes < 0:
@@ -106,10 +130,29 @@ class TrainConfig(Options):
         """The options whose value differs from ``stored`` (a resumed run's saved as_dict()) and must not.
 
         --epochs may grow (train longer) unless the cosine schedule spreads itself over them.
+        A run saved before an option existed trained with OPTION_VALUES_BEFORE_THEY_EXISTED;
+        the sync loss's own options count only when both runs use it.
         """
         fixed = RESUME_FIXED_OPTIONS + (("epochs",) if self.lr_schedule == "cosine" else ())
         current = self.as_dict()
-        return [name for name in fixed if name in stored and stored[name] != current[name]]
+        both_sync = self.use_syncnet and stored.get("use_syncnet", False)
+        changed = []
+        for name in fixed:
+            if name in SYNC_LOSS_OPTIONS and not both_sync:
+                continue
+            before = stored.get(name, OPTION_VALUES_BEFORE_THEY_EXISTED.get(name, current[name]))
+            if before != current[name]:
+                changed.append(name)
+        return changed
+
+    def how_to_keep(self, name: str, stored: Dict) -> str:
+        """What to type so that --resume keeps the stored value of ``name``."""
+        before = stored.get(name, OPTION_VALUES_BEFORE_THEY_EXISTED.get(name))
+        if isinstance(before, bool):
+            return f"add --{name}" if before else f"drop --{name}"
+        if before == type(self).__dataclass_fields__[name].default:
+            return f"drop --{name} {getattr(self, name)}"
+        return f"use --{name} {before}"
 
 
 # --------------------------------------------------------------------------- command lines
@@ -176,10 +219,26 @@ def build_unet_parser(description: str) -> argparse.ArgumentParser:
                           epochs=TrainConfig.epochs, save_interval=TrainConfig.save_interval)
     losses = parser.add_argument_group("losses and outputs")
     losses.add_argument("--use_syncnet", action="store_true",
-                        help="add the SyncNet sync loss (x --sync_weight)")
+                        help="add the frozen SyncNet's sync loss (weighted by --sync_balance)")
+    losses.add_argument("--sync_balance", choices=SYNC_BALANCES, default=SYNC_BALANCE,
+                        help=f"adaptive: each batch, weight the sync loss so that its gradient on the drawn "
+                             f"picture is --sync_ratio times the reconstruction's (at most --sync_weight); "
+                             f"fixed: weight it --sync_weight (default {SYNC_BALANCE})")
+    losses.add_argument("--sync_ratio", type=float, default=SYNC_RATIO,
+                        help=f"adaptive balance: sync gradient / reconstruction gradient (default {SYNC_RATIO:g}; "
+                             "lower it if the mouth smudges, raise it if it moves too little)")
     losses.add_argument("--sync_weight", type=float, default=SYNC_WEIGHT,
-                        help=f"weight of the sync loss against L1 (default {SYNC_WEIGHT:g}, as in SyncTalk_2D; "
-                             "lower it if the mouth region gets smudged)")
+                        help=f"fixed balance: the sync loss's weight against L1; adaptive: its cap "
+                             f"(default {SYNC_WEIGHT:g}, SyncTalk_2D's)")
+    losses.add_argument("--sync_warmup_epochs", type=int, default=SYNC_WARMUP_EPOCHS,
+                        help=f"train this many epochs on reconstruction alone before the sync loss joins "
+                             f"(default {SYNC_WARMUP_EPOCHS})")
+    losses.add_argument("--lip_weight", type=float, default=LIP_WEIGHT,
+                        help=f"count the lips' box this many times in the L1 loss (default {LIP_WEIGHT:g}: "
+                             "every pixel alike)")
+    losses.add_argument("--face_feature_weight", type=float, default=FACE_FEATURE_WEIGHT,
+                        help=f"with --use_syncnet: weight of a perceptual loss on the SyncNet face encoder's "
+                             f"activations, prediction vs truth (default {FACE_FEATURE_WEIGHT:g}: off)")
     losses.add_argument("--syncnet_checkpoint",
                         help="SyncNet .pth (default: checkpoint/NAME/syncnet/best.pth)")
     losses.add_argument("--perceptual", choices=PERCEPTUAL_MODES, default=TrainConfig.perceptual,

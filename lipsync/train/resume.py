@@ -11,6 +11,7 @@ from typing import Dict, List
 from lipsync.core import checkpoints as ckpt
 from lipsync.core.errors import UserError
 from lipsync.train.distributed import seed_everything, set_rng_state
+from lipsync.train.options import OPTION_VALUES_BEFORE_THEY_EXISTED
 
 log = logging.getLogger("training")
 
@@ -34,9 +35,12 @@ class Resumable:
         changed = self.config.changed_since(state.get("args") or {})
         if changed and not self.config.accept_changed_options:
             stored = state["args"]
-            differences = ", ".join(f"--{name} {stored[name]} (now {self.config.as_dict()[name]})" for name in changed)
+            now = self.config.as_dict()
+            differences = ", ".join(f"--{name} {stored.get(name, OPTION_VALUES_BEFORE_THEY_EXISTED.get(name))} "
+                                    f"(now {now[name]})" for name in changed)
+            fixes = "; ".join(self.config.how_to_keep(name, stored) for name in changed)
             raise UserError(f"{path} was trained with {differences} — --resume continues that run as it was: "
-                            "drop the changed option, or add --accept_changed_options to use the new value from "
+                            f"{fixes}; or add --accept_changed_options to use the new value from "
                             f"epoch {int(state['epoch']) + 1} on (the LR schedule is recomputed for it)")
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])

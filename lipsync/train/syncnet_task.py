@@ -39,6 +39,9 @@ class SyncNetTask:
     def to(self, device):
         pass
 
+    def set_epoch(self, epoch: int) -> None:
+        self.train_set.set_epoch(epoch)
+
     def _logits(self, model, batch, device, train: bool):
         images = inner_rgb_batch(batch["target"].to(device, non_blocking=True))
         if train and self.augment is not None:

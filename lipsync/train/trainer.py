@@ -221,7 +221,7 @@ class Trainer(Resumable):
         from tqdm import tqdm
 
         self.sampler.set_epoch(epoch)
-        self.task.train_set.set_epoch(epoch)
+        self.task.set_epoch(epoch)
         self.train_model.train()
         self.optimizer.zero_grad(set_to_none=True)
         sums: Dict[str, float] = {}

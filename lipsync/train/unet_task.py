@@ -1,11 +1,8 @@
 """What one U-Net training step computes: the objective, held-out scores and sample grids.
 
 The 328 U-Net repaints the lower face of a crop from a reference crop, the
-masked target and the audio window. Its loss is SyncTalk_2D's recipe:
-
-    L1 + 0.01 x VGG19 perceptual + --sync_weight (10) x SyncNet loss
-
-and its held-out scores are L1 and PSNR over the repainted region (val_l1
+masked target and the audio window. Its loss is objective.UNetObjective
+(reconstruction + a balanced SyncNet term), and its held-out scores are L1 and PSNR over the repainted region (val_l1
 chooses best.pth and drives --patience), plus the frozen SyncNet's accuracy
 when --use_syncnet. The Trainer (trainer.py) runs it.
 """
@@ -13,20 +10,17 @@ from typing import Dict, Optional
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from data_utils import crop
 from data_utils.dataset import LipSyncDataset, PersonData
 from data_utils.model_input import ColourJitter, model_input_batch
 from lipsync.core import checkpoints as ckpt
+from lipsync.train.objective import ObjectiveSettings, UNetObjective
 from lipsync.train.options import TrainConfig
 from lipsync.train.pictures import sample_grid
 from models.unet_328 import width_name
 
-# Loss weights of the U-Net objective (SyncTalk_2D's recipe; the sync weight is --sync_weight).
-L1_WEIGHT = 1.0
-PERCEPTUAL_WEIGHT = 0.01
 SAMPLE_GRID_ROWS = 4             # held-out frames shown per samples/epoch_N.png
 EPS = 1e-10                      # keeps PSNR finite for a perfect prediction
 
@@ -50,6 +44,7 @@ class UNetTask:
                  perceptual: Optional[nn.Module] = None, syncnet: Optional[nn.Module] = None):
         self.model, self.person, self.config = model, person, config
         self.perceptual, self.syncnet = perceptual, syncnet
+        self.objective = UNetObjective(ObjectiveSettings.from_config(config), perceptual, syncnet)
         self.augment = ColourJitter() if config.augment else None
         train_frames, val_frames = person.split(config.val_fraction)
         self.train_set = LipSyncDataset(person, train_frames, train_frames, config.seed)
@@ -61,9 +56,11 @@ class UNetTask:
                                  self.person.describe_features())
 
     def to(self, device):
-        for module in (self.perceptual, self.syncnet):
-            if module is not None:
-                module.to(device)
+        self.objective.to(device)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.train_set.set_epoch(epoch)
+        self.objective.set_epoch(epoch)
 
     def inputs(self, batch, device, train: bool):
         target = batch["target"].to(device, non_blocking=True)
@@ -76,18 +73,7 @@ class UNetTask:
 
     def losses(self, model, batch, device) -> Dict[str, torch.Tensor]:
         image6, truth, audio = self.inputs(batch, device, train=True)
-        prediction = model(image6, audio)
-        terms = {"l1": F.l1_loss(prediction, truth)}
-        total = L1_WEIGHT * terms["l1"]
-        if self.perceptual is not None:
-            terms["perceptual"] = self.perceptual(prediction, truth)
-            total = total + PERCEPTUAL_WEIGHT * terms["perceptual"]
-        if self.syncnet is not None:
-            logits = self.syncnet(prediction, audio)
-            terms["sync"] = F.binary_cross_entropy_with_logits(logits.float(), torch.ones_like(logits.float()))
-            total = total + self.config.sync_weight * terms["sync"]
-        terms["total"] = total
-        return terms
+        return self.objective(model(image6, audio), truth, audio)
 
     @torch.no_grad()
     def validate(self, model, loader, device, autocast) -> Dict[str, float]:

@@ -1,0 +1,246 @@
+"""The training objective's ablation: every arm trains the same U-Net for the same CPU budget,
+then is scored on unseen audio against the true video of it.
+
+    python benchmarks/ablate_objective.py --name talker_a \
+        --syncnet_checkpoint checkpoint/talker_a/syncnet/best.pth \
+        --heldout_audio ../shared/fixtures/talker_a/heldout_a.wav \
+        --truth_video ../shared/fixtures/talker_a/heldout_a_truth.mp4 \
+        --minutes 30 --parallel 2 [--arms l1 sync_fixed ...]
+
+Each arm is train_328.py from scratch (--max_minutes M, one torch thread, no data-loader
+workers) and evaluate_328.py on its last checkpoint; with --parallel N the arms run N at a
+time, each pinned to its own core (taskset) so that wall minutes are CPU minutes and every
+arm sees the same machine. Writes OUT/ablation.json, OUT/ablation.md (the table) and
+OUT/strip.png (the truth's mouths above every arm's, same frames).
+"""
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence
+
+import numpy as np
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+if __package__ in (None, ""):
+    sys.path.insert(0, str(REPO_ROOT))
+
+from data_utils.layout import DATASET_ROOT, DatasetLayout  # noqa: E402
+
+DEFAULT_OUTPUT = REPO_ROOT / "benchmarks" / "ablation_out"
+NO_EPOCH_LIMIT = 100000            # arms stop on the clock (--max_minutes), never on --epochs
+METRICS = ("mouth_psnr", "mouth_ssim", "lmd", "opening_correlation", "opening_offset", "opening_ratio",
+           "psnr", "lse_d", "lse_c")
+TRUTH_FIRST = ("mouth_psnr", "mouth_ssim", "lmd", "opening_correlation", "opening_offset", "opening_ratio", "psnr")
+
+
+@dataclass(frozen=True)
+class Arm:
+    name: str
+    says: str
+    options: tuple
+    uses_syncnet: bool = True
+
+
+FIXED = ("--sync_balance", "fixed", "--sync_warmup_epochs", "0")
+ARMS = {arm.name: arm for arm in (
+    Arm("l1", "L1 only", (), uses_syncnet=False),
+    Arm("sync_fixed", "L1 + sync x 10 from the start (SyncTalk_2D's recipe)", FIXED + ("--sync_weight", "10")),
+    Arm("adaptive", "L1 + adaptive sync (ratio 1) after a 2-epoch warm-up",
+        ("--sync_balance", "adaptive", "--sync_ratio", "1", "--sync_warmup_epochs", "2")),
+    Arm("adaptive_lips", "adaptive + lips' box x 4 in L1",
+        ("--sync_balance", "adaptive", "--sync_ratio", "1", "--sync_warmup_epochs", "2", "--lip_weight", "4")),
+    Arm("adaptive_face", "adaptive + SyncNet face-feature loss x 0.1",
+        ("--sync_balance", "adaptive", "--sync_ratio", "1", "--sync_warmup_epochs", "2",
+         "--face_feature_weight", "0.1")),
+    Arm("adaptive_lips_face", "adaptive + lips x 4 + face features x 0.1",
+        ("--sync_balance", "adaptive", "--sync_ratio", "1", "--sync_warmup_epochs", "2", "--lip_weight", "4",
+         "--face_feature_weight", "0.1")),
+    Arm("adaptive_r3", "adaptive, ratio 3, after a 2-epoch warm-up",
+        ("--sync_balance", "adaptive", "--sync_ratio", "3", "--sync_warmup_epochs", "2")),
+    Arm("adaptive_r03", "adaptive, ratio 0.3, after a 2-epoch warm-up",
+        ("--sync_balance", "adaptive", "--sync_ratio", "0.3", "--sync_warmup_epochs", "2")),
+)}
+
+
+def script(name: str, *arguments) -> List[str]:
+    return [sys.executable, str(REPO_ROOT / name), *[str(part) for part in arguments]]
+
+
+def pinned(command: List[str], core: Optional[int]) -> List[str]:
+    return ["taskset", "-c", str(core), *command] if core is not None else command
+
+
+def train_command(arm: Arm, options, run_dir: Path) -> List[str]:
+    command = script("train_328.py", "--dataset_dir", options.dataset_dir, "--save_dir", run_dir,
+                     "--asr", "ave", "--model_size", options.model_size, "--batch_size", options.batch_size,
+                     "--lr", options.lr, "--epochs", NO_EPOCH_LIMIT, "--save_interval", NO_EPOCH_LIMIT,
+                     "--max_minutes", options.minutes, "--num_workers", 0, "--device", "cpu",
+                     "--perceptual", "off", "--see_res", "--seed", options.seed, "--quiet", *arm.options)
+    if arm.uses_syncnet:
+        command += ["--use_syncnet", "--syncnet_checkpoint", str(options.syncnet_checkpoint)]
+    return command
+
+
+def evaluate_command(options, run_dir: Path, output_dir: Path) -> List[str]:
+    command = script("evaluate_328.py", "--dataset_dir", options.dataset_dir, "--checkpoint_dir", run_dir,
+                     "--checkpoint", "latest", "--device", "cpu", "--no_select", "--no_video", "--quiet",
+                     "--output_dir", output_dir, "--syncnet_checkpoint", options.syncnet_checkpoint,
+                     "--audio_path", options.heldout_audio)
+    encoder = DatasetLayout(options.dataset_dir).ave_encoder
+    if encoder.is_file():
+        command += ["--ave_checkpoint", str(encoder)]
+    if options.truth_video:
+        command += ["--truth_video", options.truth_video]
+    return command
+
+
+def run_arm(arm: Arm, options, core: Optional[int]) -> Dict:
+    """Train and score one arm (both pinned to ``core``); its figures and CPU seconds."""
+    arm_dir = options.output_dir / arm.name
+    if arm_dir.exists():
+        shutil.rmtree(arm_dir)
+    arm_dir.mkdir(parents=True)
+    environment = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    figures = {"arm": arm.name, "says": arm.says, "options": list(arm.options), "core": core}
+    for stage, command in (("train", train_command(arm, options, arm_dir / "run")),
+                           ("evaluate", evaluate_command(options, arm_dir / "run", arm_dir / "evaluation"))):
+        with open(arm_dir / f"{stage}.log", "w") as log:
+            started = time.monotonic()
+            process = subprocess.Popen(pinned(command, core), cwd=REPO_ROOT, stdout=log, stderr=subprocess.STDOUT,
+                                       env=environment)
+            _, status, usage = os.wait4(process.pid, 0)
+            process.returncode = os.waitstatus_to_exitcode(status)
+        figures[f"{stage}_wall_min"] = (time.monotonic() - started) / 60
+        figures[f"{stage}_cpu_min"] = (usage.ru_utime + usage.ru_stime) / 60
+        if process.returncode != 0:
+            figures["failed"] = f"{stage} exited {process.returncode}: see {arm_dir / (stage + '.log')}"
+            return figures
+    history = training_history(arm_dir / "run")
+    figures.update(epochs=len(history), last_epoch=history[-1] if history else {})
+    report = json.loads((arm_dir / "evaluation" / "scores.json").read_text())
+    scores = report["checkpoints"][0]["scores"]
+    figures["scores"] = {name: scores.get(name) for name in METRICS}
+    figures["strip"] = report["checkpoints"][0].get("strip") or report.get("strip")
+    return figures
+
+
+def training_history(run_dir: Path) -> List[Dict]:
+    import torch
+
+    return torch.load(run_dir / "latest.pth", map_location="cpu", weights_only=False).get("history", [])
+
+
+def run_all(arms: Sequence[Arm], options) -> List[Dict]:
+    """The arms, ``options.parallel`` at a time, each on its own core when there are enough."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    cores = os.cpu_count() or 1
+    pin = shutil.which("taskset") is not None and options.parallel <= cores
+    results: List[Dict] = []
+    for first in range(0, len(arms), options.parallel):
+        group = arms[first:first + options.parallel]
+        print(f"training {', '.join(arm.name for arm in group)} ({options.minutes:g} min each)", flush=True)
+        with ThreadPoolExecutor(len(group)) as pool:
+            results += list(pool.map(lambda item: run_arm(item[1], options, item[0] if pin else None),
+                                     enumerate(group)))
+        write_outputs(results, options)
+    return results
+
+
+def cell(value, name: str) -> str:
+    if value is None:
+        return "n/a"
+    if name == "opening_offset":
+        return f"{int(value):+d}"
+    return f"{value:.2f}" if name in ("mouth_psnr", "psnr", "opening_correlation", "opening_ratio") else f"{value:.4f}"
+
+
+def table(results: Sequence[Dict], options) -> str:
+    header = ["arm", "what", "CPU min", "epochs", "val PSNR", *METRICS]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for result in results:
+        if "failed" in result:
+            lines.append(f"| {result['arm']} | {result['says']} | failed: {result['failed']} |")
+            continue
+        last = result.get("last_epoch", {})
+        row = [result["arm"], result["says"], f"{result['train_cpu_min']:.1f}", str(result["epochs"]),
+               f"{last.get('val_psnr', float('nan')):.2f}"]
+        row += [cell(result["scores"].get(name), name) for name in METRICS]
+        lines.append("| " + " | ".join(row) + " |")
+    budget = (f"Budget: {options.minutes:g} min of training per arm on one pinned core (one torch thread), "
+              f"{options.model_size} width, batch {options.batch_size}, lr {options.lr:g}, seed {options.seed}; "
+              f"scored on {Path(options.heldout_audio).name}"
+              + (f" against {Path(options.truth_video).name}" if options.truth_video else " (no truth)"))
+    return budget + "\n\n" + "\n".join(lines) + "\n"
+
+
+def combined_strip(results: Sequence[Dict], path: Path) -> Optional[Path]:
+    """The truth's row once, then every arm's generated row, labelled (each strip is truth above, arm below)."""
+    import cv2
+
+    rows = []
+    for result in results:
+        strip_path = result.get("strip")
+        if not strip_path or not Path(strip_path).is_file():
+            continue
+        strip = cv2.imread(str(strip_path))
+        half = strip.shape[0] // 2
+        if not rows:
+            rows.append(strip[:half])
+        row = strip[half:].copy()
+        cv2.putText(row, result["arm"], (8, row.shape[0] - 10), cv2.FONT_HERSHEY_SIMPLEX, 0.6, (0, 0, 0), 4,
+                    cv2.LINE_AA)
+        cv2.putText(row, result["arm"], (8, row.shape[0] - 10), cv2.FONT_HERSHEY_SIMPLEX, 0.6,
+                    (255, 255, 255), 1, cv2.LINE_AA)
+        rows.append(row)
+    if not rows:
+        return None
+    width = min(row.shape[1] for row in rows)
+    cv2.imwrite(str(path), np.concatenate([row[:, :width] for row in rows], axis=0))
+    return path
+
+
+def write_outputs(results: Sequence[Dict], options) -> None:
+    (options.output_dir / "ablation.json").write_text(json.dumps(list(results), indent=2, default=str))
+    (options.output_dir / "ablation.md").write_text(table(results, options))
+    combined_strip(results, options.output_dir / "strip.png")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--name", help="dataset/NAME (or --dataset_dir)")
+    parser.add_argument("--dataset_dir")
+    parser.add_argument("--syncnet_checkpoint", required=True, help="a trained SyncNet, shared by every sync arm")
+    parser.add_argument("--heldout_audio", required=True, help="speech the recording does not contain")
+    parser.add_argument("--truth_video", help="the person really saying --heldout_audio (framed like the recording)")
+    parser.add_argument("--arms", nargs="+", choices=list(ARMS), default=["l1", "sync_fixed", "adaptive",
+                                                                          "adaptive_lips_face"])
+    parser.add_argument("--minutes", type=float, default=30.0, help="training minutes per arm (default 30)")
+    parser.add_argument("--parallel", type=int, default=1, help="arms at a time, one core each (default 1)")
+    parser.add_argument("--model_size", default="tiny")
+    parser.add_argument("--batch_size", type=int, default=8)
+    parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--output_dir", type=Path, default=DEFAULT_OUTPUT)
+    return parser
+
+
+def main(argv=None):
+    options = build_parser().parse_args(argv)
+    if bool(options.name) == bool(options.dataset_dir):
+        raise SystemExit("give --name or --dataset_dir")
+    options.dataset_dir = Path(options.dataset_dir or DATASET_ROOT / options.name)
+    options.output_dir.mkdir(parents=True, exist_ok=True)
+    results = run_all([ARMS[name] for name in options.arms], options)
+    print(table(results, options))
+    return results
+
+
+if __name__ == "__main__":
+    main()

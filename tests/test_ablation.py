@@ -1,0 +1,72 @@
+"""benchmarks/ablate_objective.py end to end on a tiny budget, so the ablation behind the
+objective's defaults cannot rot: two arms (L1 only and the fixed sync weight, which has no
+warm-up and so runs the sync term in its first epoch) train side by side, pinned one per
+core, are scored on held-out speech against its true video, and land in one table, one
+JSON and one strip. The person is the bundled clip cut to 24 frames with a small random AVE
+encoder (as in test_gpu_check.py); its "held-out" speech is the first 0.48 s."""
+import json
+
+import pytest
+import torch
+
+from benchmarks.ablate_objective import main as ablate
+from data_utils.audio import load_audio
+from data_utils.dataset import open_person
+from data_utils.timebase import SAMPLES_PER_FRAME
+from lipsync.core import checkpoints as ckpt
+from lipsync.render.video_writer import write_wav
+from models.syncnet import SYNC_WIDTHS, SyncNet
+from tests.conftest import ffmpeg
+from tests.training_helpers import cut_to_frames, person_with_ave_features
+
+FRAMES, HELDOUT_FRAMES = 24, 12
+AVE_WIDTH = 0.25
+
+
+@pytest.fixture(scope="module")
+def ablation(processed_clip, tmp_path_factory):
+    base = tmp_path_factory.mktemp("ablation") / "a folder"
+    person = person_with_ave_features(processed_clip, base, "talker", AVE_WIDTH)
+    cut_to_frames(person.layout, FRAMES)
+    audio = write_wav(base / "held out.wav", load_audio(person.layout.audio_wav)[:HELDOUT_FRAMES * SAMPLES_PER_FRAME])
+    truth = base / "held out_truth.mp4"
+    ffmpeg("-framerate", 25, "-start_number", 0, "-i", person.layout.frames_dir / "%d.jpg",
+           "-frames:v", HELDOUT_FRAMES, "-c:v", "libx264", "-crf", 12, "-pix_fmt", "yuv420p", truth)
+    data = open_person(person.root, "ave", show_progress=False)
+    audio_shape = tuple(data.audio_shape)
+    torch.manual_seed(3)
+    syncnet_path = base / "syncnet.pth"
+    ckpt.save_checkpoint(syncnet_path, SyncNet("ave", audio_shape, "tiny").state_dict(),
+                         ckpt.model_config(ckpt.SYNCNET_KIND, "ave", "tiny", SYNC_WIDTHS["tiny"], audio_shape,
+                                           data.describe_features()), 1)
+    output = base / "out"
+    results = ablate(["--dataset_dir", str(person.root), "--syncnet_checkpoint", str(syncnet_path),
+                      "--heldout_audio", str(audio), "--truth_video", str(truth), "--arms", "l1", "sync_fixed",
+                      "--minutes", "0.001", "--parallel", "2", "--batch_size", "4", "--output_dir", str(output)])
+    return results, output
+
+
+def test_every_arm_trains_for_the_budget_and_is_scored_against_the_truth(ablation):
+    results, output = ablation
+    assert [result["arm"] for result in results] == ["l1", "sync_fixed"]
+    for result in results:
+        assert "failed" not in result, result.get("failed")
+        assert result["epochs"] == 1 and result["train_cpu_min"] > 0
+        for name in ("mouth_psnr", "lmd", "opening_correlation", "opening_ratio"):
+            assert isinstance(result["scores"][name], float), name
+    assert "train_sync" not in results[0]["last_epoch"] and results[1]["last_epoch"]["train_sync"] > 0
+    assert results[1]["last_epoch"]["train_sync_weight"] == 10
+    assert json.loads((output / "ablation.json").read_text())[1]["arm"] == "sync_fixed"
+
+
+def test_the_table_states_the_budget_and_the_strip_shows_the_truth_above_each_arm(ablation):
+    import cv2
+
+    results, output = ablation
+    table = (output / "ablation.md").read_text()
+    assert "Budget: 0.001 min of training per arm" in table and "against held out_truth.mp4" in table
+    rows = [line for line in table.splitlines() if line.startswith("| l1 ") or line.startswith("| sync_fixed ")]
+    assert len(rows) == 2 and all("n/a" not in row.split("|")[6] for row in rows)
+    strip = cv2.imread(str(output / "strip.png"))
+    single = cv2.imread(results[0]["strip"])
+    assert strip.shape[0] == 3 * (single.shape[0] // 2)       # truth, l1, sync_fixed
