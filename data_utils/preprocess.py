@@ -26,7 +26,7 @@ import numpy as np
 from data_utils import crop
 from data_utils.audio import fit_to_frames, load_audio
 from data_utils.features import extract as audio_features
-from data_utils.ffmpeg import MediaInfo, audio_start_offset, last_error_line, probe
+from data_utils.ffmpeg import MediaInfo, audio_start_offset, first_decoded_time, last_error_line, probe
 from data_utils.landmarks import create_landmarker, format_lms, interpolate_missing, missing_ranges
 from data_utils.layout import DatasetLayout
 from data_utils.output_check import broken_jpeg_frames, frames_problem, npy_problem, wav_problem
@@ -134,7 +134,10 @@ def extract_frames_and_landmarks(frames_info: MediaInfo, layout: DatasetLayout, 
     but comes out short).
     """
     info = source
-    expected = int(round(source.duration * FPS))
+    # The picture spans the file's duration less any time before its first frame (a camera or
+    # editor may start the picture after the sound).
+    picture_start = float(first_decoded_time(frames_info.path, "v") or 0.0)
+    expected = int(round((source.duration - picture_start) * FPS))
     landmarker = create_landmarker(backend)
     reader = FrameReader(frames_info)
     detections: List[Optional[np.ndarray]] = []

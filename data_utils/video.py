@@ -78,12 +78,16 @@ def convert_to_25fps(info: MediaInfo, output: Path, show_progress: bool = True) 
 
     The ``fps`` filter picks frames by timestamp, which is what makes variable
     frame rate sources come out right; ffmpeg applies the rotation metadata
-    while decoding, and the re-encoded stream carries none.
+    while decoding, and the re-encoded stream carries none. Its timestamps go
+    through unchanged (passthrough): a constant-rate muxer would fill a picture
+    that starts after the sound with copies of the first frame (102 frames for
+    4.00 s of picture); preprocessing lines the sound up with the first real
+    frame instead (video.py's callers, "sound on the frames' clock").
     """
     with atomic_path(output) as temporary:
         command = [ffmpeg_binary(), "-hide_banner", "-nostdin", "-loglevel", "error", "-y",
                    "-i", str(info.path), "-map", "0:v:0", "-map", "0:a:0",
-                   "-vf", f"fps={FPS}", "-r", str(FPS),
+                   "-vf", f"fps={FPS}", "-fps_mode", "passthrough",
                    "-c:v", "libx264", "-preset", CONVERSION_PRESET, "-crf", str(CONVERSION_CRF),
                    "-pix_fmt", "yuv420p", "-c:a", "aac", "-b:a", CONVERSION_AUDIO_BITRATE,
                    "-movflags", "+faststart", "-f", "mp4", str(temporary)]
@@ -91,7 +95,13 @@ def convert_to_25fps(info: MediaInfo, output: Path, show_progress: bool = True) 
 
 
 class FrameReader:
-    """Decoded BGR frames of a video, streamed from ffmpeg (each frame decoded once)."""
+    """Decoded BGR frames of a video, streamed from ffmpeg (each frame decoded once).
+
+    Every decoded frame once, in order, and nothing else: with passthrough timing ffmpeg
+    never pads a picture that starts after the sound with copies of its first frame
+    (some versions do so by default: 105 frames from 100), which would put every frame
+    after them that many frames behind the sound.
+    """
 
     def __init__(self, info: MediaInfo):
         self.info = info
@@ -99,7 +109,7 @@ class FrameReader:
         self._stderr = tempfile.TemporaryFile()
         self._process = subprocess.Popen(
             [ffmpeg_binary(), "-hide_banner", "-nostdin", "-loglevel", "error", "-i", str(info.path),
-             "-map", "0:v:0", "-f", "rawvideo", "-pix_fmt", "bgr24", "-"],
+             "-map", "0:v:0", "-fps_mode", "passthrough", "-f", "rawvideo", "-pix_fmt", "bgr24", "-"],
             stdout=subprocess.PIPE, stderr=self._stderr)
         self.frames_read = 0
 

@@ -94,7 +94,7 @@ def best_lag(source: np.ndarray, extracted: np.ndarray, lags) -> int:
 AV_GAP_SECONDS = 0.2           # 5 frames: what a camera or editor can leave between the two streams
 
 
-@pytest.mark.parametrize("late, source_fps", [("audio", 25), ("video", 25), ("audio", 30)])
+@pytest.mark.parametrize("late, source_fps", [("audio", 25), ("video", 25), ("audio", 30), ("video", 30)])
 def test_audio_that_starts_apart_from_the_picture_stays_in_sync(tmp_path, late, source_fps):
     """aud.wav is on the frames' clock even when the streams start at different times.
 
@@ -113,11 +113,13 @@ def test_audio_that_starts_apart_from_the_picture_stays_in_sync(tmp_path, late, 
     assert report["converted_to_25fps"] == (source_fps != 25)
     extracted, _ = soundfile.read(str(tmp_path / "aud.wav"), dtype="float32")
     gap_samples = int(AV_GAP_SECONDS * SAMPLE_RATE)
-    # the source's frame 0 comes first in the frames unless the conversion filled the
-    # video's late start with copies of it (then the sound lines up with no shift)
-    expected = gap_samples if late == "audio" else (-gap_samples if source_fps == 25 else 0)
+    # The source's frame 0 is the dataset's frame 0, converted or not: a late picture is never
+    # padded with copies of its first frame, the sound before it is dropped instead.
+    expected = gap_samples if late == "audio" else -gap_samples
     assert abs(best_lag(source, extracted, range(-2 * gap_samples, 2 * gap_samples + 1, 16)) - expected) <= 16
     assert abs(report["audio"]["audio_start_offset_ms"]) > 100
+    picture_seconds = probe(picture).duration
+    assert abs(report["frames"] - picture_seconds * FPS) <= 1, (report["frames"], picture_seconds)
 
 
 def test_crop_boxes_are_smoothed_but_follow_the_face(processed_clip):
