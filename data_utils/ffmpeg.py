@@ -47,6 +47,19 @@ def ffmpeg_available() -> bool:
     return True
 
 
+@functools.lru_cache(maxsize=None)
+def passthrough_timing() -> List[str]:
+    """The options that keep every decoded frame's own timestamp (no copies, no drops).
+
+    ``-fps_mode`` since FFmpeg 5.1; its older spelling ``-vsync`` was removed in later
+    versions, so ask this binary which one it knows.
+    """
+    probe_command = [ffmpeg_binary(), "-hide_banner", "-nostdin", "-loglevel", "error", "-f", "lavfi",
+                     "-i", "nullsrc=d=0.04", "-fps_mode", "passthrough", "-f", "null", "-"]
+    known = subprocess.run(probe_command, capture_output=True).returncode == 0
+    return ["-fps_mode", "passthrough"] if known else ["-vsync", "passthrough"]
+
+
 def run_ffmpeg(arguments: List[str], what: str, path=None) -> subprocess.CompletedProcess:
     """Run ffmpeg with ``arguments``; a failure becomes a one-line UserError about ``path``."""
     command = [ffmpeg_binary(), "-hide_banner", "-nostdin", "-loglevel", "error", "-y", *arguments]

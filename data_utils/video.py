@@ -8,7 +8,8 @@ from typing import List
 
 import numpy as np
 
-from data_utils.ffmpeg import MediaInfo, ffmpeg_binary, is_constant_frame_rate, last_error_line, probe
+from data_utils.ffmpeg import (MediaInfo, ffmpeg_binary, is_constant_frame_rate, last_error_line, passthrough_timing,
+                               probe)
 from data_utils.timebase import FPS
 from lipsync.core.atomic import atomic_path
 from lipsync.core.errors import UserError
@@ -87,7 +88,7 @@ def convert_to_25fps(info: MediaInfo, output: Path, show_progress: bool = True) 
     with atomic_path(output) as temporary:
         command = [ffmpeg_binary(), "-hide_banner", "-nostdin", "-loglevel", "error", "-y",
                    "-i", str(info.path), "-map", "0:v:0", "-map", "0:a:0",
-                   "-vf", f"fps={FPS}", "-fps_mode", "passthrough",
+                   "-vf", f"fps={FPS}", *passthrough_timing(),
                    "-c:v", "libx264", "-preset", CONVERSION_PRESET, "-crf", str(CONVERSION_CRF),
                    "-pix_fmt", "yuv420p", "-c:a", "aac", "-b:a", CONVERSION_AUDIO_BITRATE,
                    "-movflags", "+faststart", "-f", "mp4", str(temporary)]
@@ -109,7 +110,7 @@ class FrameReader:
         self._stderr = tempfile.TemporaryFile()
         self._process = subprocess.Popen(
             [ffmpeg_binary(), "-hide_banner", "-nostdin", "-loglevel", "error", "-i", str(info.path),
-             "-map", "0:v:0", "-fps_mode", "passthrough", "-f", "rawvideo", "-pix_fmt", "bgr24", "-"],
+             "-map", "0:v:0", *passthrough_timing(), "-f", "rawvideo", "-pix_fmt", "bgr24", "-"],
             stdout=subprocess.PIPE, stderr=self._stderr)
         self.frames_read = 0
 

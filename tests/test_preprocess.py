@@ -492,3 +492,26 @@ def test_every_suggested_command_keeps_a_hostile_name_one_word():
     assert shlex.split(first)[3] == name and shlex.split(whole.rstrip(")"))[2] == name
     advice = continue_training("train_328.py")(["--name", name, "--overwrite"])
     assert shlex.split(advice.split("continue with: ")[1]) == ["python", "train_328.py", "--name", name, "--resume"]
+
+
+def test_passthrough_timing_uses_the_spelling_this_ffmpeg_knows(tmp_path, monkeypatch):
+    """-fps_mode since FFmpeg 5.1, -vsync before it (and removed after): an old binary gets -vsync."""
+    from data_utils import ffmpeg as ffmpeg_module
+
+    real = ffmpeg_module.ffmpeg_binary()
+    old = tmp_path / "old ffmpeg"
+    old.write_text('#!/bin/sh\nfor arg in "$@"; do [ "$arg" = "-fps_mode" ] && exit 1; done\n'
+                   f'exec "{real}" "$@"\n')
+    old.chmod(0o755)
+    for function in (ffmpeg_module.ffmpeg_binary, ffmpeg_module.passthrough_timing):
+        function.cache_clear()
+    try:
+        assert ffmpeg_module.passthrough_timing() == ["-fps_mode", "passthrough"]    # the tests' own FFmpeg
+        ffmpeg_module.passthrough_timing.cache_clear()
+        ffmpeg_module.ffmpeg_binary.cache_clear()
+        monkeypatch.setenv(ffmpeg_module.FFMPEG_ENV_VARIABLE, str(old))
+        assert ffmpeg_module.passthrough_timing() == ["-vsync", "passthrough"]
+    finally:
+        monkeypatch.delenv(ffmpeg_module.FFMPEG_ENV_VARIABLE, raising=False)
+        for function in (ffmpeg_module.ffmpeg_binary, ffmpeg_module.passthrough_timing):
+            function.cache_clear()
