@@ -65,6 +65,9 @@ ARMS = {arm.name: arm for arm in (
         ("--sync_balance", "adaptive", "--sync_ratio", "3", "--sync_warmup_epochs", "2")),
     Arm("adaptive_r03", "adaptive, ratio 0.3, after a 2-epoch warm-up",
         ("--sync_balance", "adaptive", "--sync_ratio", "0.3", "--sync_warmup_epochs", "2")),
+    Arm("adaptive_lips_face_r3", "adaptive ratio 3 + lips x 4 + face features x 0.1",
+        ("--sync_balance", "adaptive", "--sync_ratio", "3", "--sync_warmup_epochs", "2", "--lip_weight", "4",
+         "--face_feature_weight", "0.1")),
 )}
 
 

@@ -210,6 +210,15 @@ def test_syncnet_training_then_unet_with_sync_loss(processed_clip, tmp_path, cap
     assert "train_sync" not in history[0] and "train_sync" not in history[1]
     assert history[2]["train_sync"] > 0 and 0 < history[2]["train_sync_weight"] <= 10
     assert all(entry["train_face_features"] > 0 for entry in history)
+    # During the warm-up the sync loss is absent, and the U-Net's start follows from --seed alone:
+    # one warm-up epoch gives exactly the weights of a run without SyncNet.
+    plain, warm = tmp_path / "ck_plain", tmp_path / "ck_warm"
+    train_328.main(base_args(data, plain, "--epochs", 1, "--val_fraction", "0.3"))
+    train_328.main(base_args(data, warm, "--epochs", 1, "--val_fraction", "0.3", "--use_syncnet",
+                             "--syncnet_checkpoint", str(save / "syncnet" / "best.pth"), "--sync_warmup_epochs", "1"))
+    plain_weights = torch.load(plain / "latest.pth", weights_only=False)["model"]
+    warm_weights = torch.load(warm / "latest.pth", weights_only=False)["model"]
+    assert all(torch.equal(plain_weights[key], warm_weights[key]) for key in plain_weights)
 
 
 # --------------------------------------------------------------------------- torchrun

@@ -32,6 +32,7 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
+from data_utils.audio import SILENCE_MEL_VALUE
 from data_utils.crop import CROP_BORDER, CROP_SIZE, MASK_BOTTOM, MASK_LEFT, MASK_RIGHT, MASK_TOP, cut_crop
 from data_utils.features.ave import AVE_CHECKPOINT_FORMAT, ave_mel_windows, read_ave_checkpoint
 from data_utils.features.dataset_audio import frame_aligned_samples, require_audio_and_frames
@@ -55,6 +56,12 @@ WEAK_AVE_ACCURACY = 0.8
 MIN_HELDOUT_FRAMES = 20
 MIN_TRAIN_FRAMES = 32
 SHIFT_PX = 3                    # mouth crop jitter during training: the box is not pixel-exact
+# Audio augmentation (AveTrainConfig.audio_augment), in normalised log-mel units (1 unit = 12.5 dB):
+# a level change, a band of mel bins and a few mel frames replaced by silence, a little noise.
+GAIN_UNITS = 0.5                # +-6 dB
+MAX_MASKED_BANDS = 12           # of 80
+MAX_MASKED_MEL_FRAMES = 2       # of 16 (25 ms)
+NOISE_UNITS = 0.05
 
 
 @dataclass
@@ -72,6 +79,7 @@ class AveTrainConfig:
     max_steps: int = 1000
     learning_rate: float = 1e-3
     temperature: float = 0.1
+    audio_augment: bool = False         # level, band and time masking, noise on the mel windows
     heldout_fraction: float = 0.15
     seed: int = 0
 
@@ -160,6 +168,26 @@ def _jitter(crops, generator):
     return (shifted * gain.to(crops.device) + bias.to(crops.device)).clamp_(-1, 1)
 
 
+def _augment_audio(windows, generator):
+    """(B, 1, 80, 16) mel windows with a random level, one masked band, masked frames and noise each."""
+    batch, _, bands, frames = windows.shape
+    low, high = float(SILENCE_MEL_VALUE), -float(SILENCE_MEL_VALUE)
+    gain = GAIN_UNITS * (2 * torch.rand(batch, 1, 1, 1, generator=generator) - 1)
+    out = windows + gain.to(windows.device)
+    band_width = torch.randint(0, MAX_MASKED_BANDS + 1, (batch,), generator=generator)
+    band_start = (torch.rand(batch, generator=generator) * (bands - band_width)).long()
+    frame_width = torch.randint(0, MAX_MASKED_MEL_FRAMES + 1, (batch,), generator=generator)
+    frame_start = (torch.rand(batch, generator=generator) * (frames - frame_width)).long()
+    rows = torch.arange(bands)[None, :]
+    columns = torch.arange(frames)[None, :]
+    masked_rows = (rows >= band_start[:, None]) & (rows < (band_start + band_width)[:, None])
+    masked_columns = (columns >= frame_start[:, None]) & (columns < (frame_start + frame_width)[:, None])
+    masked = (masked_rows[:, :, None] | masked_columns[:, None, :])[:, None].to(windows.device)
+    out = out.masked_fill(masked, low)
+    out = out + NOISE_UNITS * torch.randn(out.shape, generator=generator).to(windows.device)
+    return out.clamp_(low, high)
+
+
 def contrastive_loss(audio_embedding, mouth_embedding, frame_index, temperature: float):
     """Symmetric InfoNCE: each mel window against every mouth stack of the batch and vice versa.
 
@@ -222,7 +250,10 @@ def train_sync_model(mel_windows: np.ndarray, crops: np.ndarray, config: AveTrai
     for _ in bar:
         model.train()
         indices = np.sort(rng.choice(train_end, size=batch, replace=False))
-        audio = model.embed_audio(torch.from_numpy(mel_windows[indices]).to(device))
+        windows = torch.from_numpy(mel_windows[indices]).to(device)
+        if config.audio_augment:
+            windows = _augment_audio(windows, generator)
+        audio = model.embed_audio(windows)
         mouth = model.embed_mouth(_jitter(_as_tensor_crops(mouth_stacks(crops, indices), device), generator))
         loss = contrastive_loss(audio, mouth, torch.from_numpy(indices).to(device), config.temperature)
         optimiser.zero_grad(set_to_none=True)

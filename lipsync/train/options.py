@@ -25,7 +25,7 @@ from models.unet_328 import DEFAULT_MODEL_SIZE, MODEL_SIZES
 # benchmarks/RESULTS.md ("The training objective").
 SYNC_WEIGHT = 10.0              # SyncTalk_2D's fixed weight; with adaptive balance, the cap
 SYNC_BALANCE = "adaptive"
-SYNC_RATIO = 1.0                # sync gradient on the picture / reconstruction gradient
+SYNC_RATIO = 3.0                # sync gradient on the picture / reconstruction gradient
 SYNC_WARMUP_EPOCHS = 2
 LIP_WEIGHT = 1.0
 FACE_FEATURE_WEIGHT = 0.0

@@ -69,6 +69,8 @@ def train_unet(config: TrainConfig, callbacks=()) -> List[Dict]:
 def _train_unet(config: TrainConfig, dist: Distributed, callbacks) -> List[Dict]:
     seed_everything(config.seed + dist.rank)        # each rank its own augmentation draws
     person = prepare_run(config, dist)
+    # The U-Net first: its initial weights follow from --seed alone, with or without the sync loss.
+    model = LipSyncUNet(config.asr, person.audio_shape, WIDTHS[config.model_size])
     syncnet = None
     if config.use_syncnet:
         path = config.syncnet_checkpoint or ckpt.syncnet_dir(config.save_dir) / ckpt.BEST
@@ -78,7 +80,6 @@ def _train_unet(config: TrainConfig, dist: Distributed, callbacks) -> List[Dict]
                             f" (or pass --syncnet_checkpoint)")
         syncnet, _ = ckpt.load_syncnet(path, dist.device, config.asr, person.audio_shape)
     perceptual = build_perceptual_loss(config.perceptual, config.vgg_weights)
-    model = LipSyncUNet(config.asr, person.audio_shape, WIDTHS[config.model_size])
     task = UNetTask(model, person, config, perceptual, syncnet)
     trainer = Trainer(task, config, dist, callbacks)
     _start(trainer, config)
