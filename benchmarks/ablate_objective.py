@@ -51,23 +51,14 @@ FIXED = ("--sync_balance", "fixed", "--sync_warmup_epochs", "0")
 ARMS = {arm.name: arm for arm in (
     Arm("l1", "L1 only", (), uses_syncnet=False),
     Arm("sync_fixed", "L1 + sync x 10 from the start (SyncTalk_2D's recipe)", FIXED + ("--sync_weight", "10")),
+    # Measured too, at commit e8dd2a8 (benchmarks/RESULTS.md): the lips' box x 4 in L1 with a SyncNet
+    # face-feature loss x 0.1, at ratios 1 and 3. Neither helped; both options are gone.
     Arm("adaptive", "L1 + adaptive sync (ratio 1) after a 2-epoch warm-up",
         ("--sync_balance", "adaptive", "--sync_ratio", "1", "--sync_warmup_epochs", "2")),
-    Arm("adaptive_lips", "adaptive + lips' box x 4 in L1",
-        ("--sync_balance", "adaptive", "--sync_ratio", "1", "--sync_warmup_epochs", "2", "--lip_weight", "4")),
-    Arm("adaptive_face", "adaptive + SyncNet face-feature loss x 0.1",
-        ("--sync_balance", "adaptive", "--sync_ratio", "1", "--sync_warmup_epochs", "2",
-         "--face_feature_weight", "0.1")),
-    Arm("adaptive_lips_face", "adaptive + lips x 4 + face features x 0.1",
-        ("--sync_balance", "adaptive", "--sync_ratio", "1", "--sync_warmup_epochs", "2", "--lip_weight", "4",
-         "--face_feature_weight", "0.1")),
     Arm("adaptive_r3", "adaptive, ratio 3, after a 2-epoch warm-up",
         ("--sync_balance", "adaptive", "--sync_ratio", "3", "--sync_warmup_epochs", "2")),
     Arm("adaptive_r03", "adaptive, ratio 0.3, after a 2-epoch warm-up",
         ("--sync_balance", "adaptive", "--sync_ratio", "0.3", "--sync_warmup_epochs", "2")),
-    Arm("adaptive_lips_face_r3", "adaptive ratio 3 + lips x 4 + face features x 0.1",
-        ("--sync_balance", "adaptive", "--sync_ratio", "3", "--sync_warmup_epochs", "2", "--lip_weight", "4",
-         "--face_feature_weight", "0.1")),
 )}
 
 
@@ -223,7 +214,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--heldout_audio", required=True, help="speech the recording does not contain")
     parser.add_argument("--truth_video", help="the person really saying --heldout_audio (framed like the recording)")
     parser.add_argument("--arms", nargs="+", choices=list(ARMS), default=["l1", "sync_fixed", "adaptive",
-                                                                          "adaptive_lips_face"])
+                                                                          "adaptive_r3"])
     parser.add_argument("--minutes", type=float, default=30.0, help="training minutes per arm (default 30)")
     parser.add_argument("--parallel", type=int, default=1, help="arms at a time, one core each (default 1)")
     parser.add_argument("--model_size", default="tiny")

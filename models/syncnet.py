@@ -7,7 +7,7 @@ Trained on real pairs and on off-sync pairs (the same face with the audio of a
 frame elsewhere in the recording, lipsync.train.trainer.SyncNetTask); frozen, it
 gives the U-Net a sync loss on the mouths it draws.
 """
-from typing import Dict, List, Tuple
+from typing import Dict, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -56,16 +56,6 @@ class FaceEncoder(nn.Module):
         band = F.avg_pool2d(band, FACE_DOWNSAMPLE)
         return self.head(self.features(band).mean(dim=(2, 3)))
 
-    def stage_outputs(self, band) -> List[torch.Tensor]:
-        """The activation after each of the five stages: lip shape at five scales (a perceptual loss's features)."""
-        x = F.avg_pool2d(band, FACE_DOWNSAMPLE)
-        outputs = []
-        for index, layer in enumerate(self.features):
-            x = layer(x)
-            if (index + 1) % LAYERS_PER_STAGE == 0:
-                outputs.append(x)
-        return outputs
-
 
 class SyncNet(nn.Module):
     """``forward(image_rgb_320, audio)`` -> (B,) logits of "mouth and audio are in sync"."""
@@ -86,10 +76,6 @@ class SyncNet(nn.Module):
         face = F.normalize(self.face(face_band(image_rgb_320)), dim=1)
         voice = F.normalize(self.audio(audio), dim=1)
         return face, voice
-
-    def face_features(self, image_rgb_320: torch.Tensor) -> List[torch.Tensor]:
-        """The face encoder's five stage activations on the mouth band of ``image_rgb_320``."""
-        return self.face.stage_outputs(face_band(image_rgb_320))
 
     def forward(self, image_rgb_320: torch.Tensor, audio: torch.Tensor) -> torch.Tensor:
         face, voice = self.embeddings(image_rgb_320, audio)

@@ -1,10 +1,9 @@
-"""The U-Net objective (lipsync/train/objective.py): the lips' weights, the adaptive
-balance of the sync term, its warm-up, and the SyncNet face-feature loss."""
+"""The U-Net objective (lipsync/train/objective.py): the adaptive balance of the sync
+term, its cap, the fixed weight, and the warm-up."""
 import pytest
 import torch
 
-from data_utils import crop
-from lipsync.train.objective import ObjectiveSettings, UNetObjective, pixel_weights
+from lipsync.train.objective import ObjectiveSettings, UNetObjective
 from models.syncnet import SyncNet
 
 TINY_AUDIO = (4, 16, 16)
@@ -13,8 +12,7 @@ pytestmark = pytest.mark.usefixtures("one_cpu_thread")
 
 
 def settings(**changes) -> ObjectiveSettings:
-    values = dict(sync_balance="adaptive", sync_ratio=1.0, sync_weight=10.0, sync_warmup_epochs=0,
-                  lip_weight=1.0, face_feature_weight=0.0)
+    values = dict(sync_balance="adaptive", sync_ratio=1.0, sync_weight=10.0, sync_warmup_epochs=0)
     values.update(changes)
     return ObjectiveSettings(**values)
 
@@ -33,27 +31,6 @@ def batch(seed=0, size=2):
     truth = torch.rand(size, 3, 320, 320, generator=generator)
     audio = torch.randn(size, *TINY_AUDIO, generator=generator)
     return prediction, truth, audio
-
-
-def test_lip_weights_count_the_lips_box_that_many_times_and_average_one():
-    weights = pixel_weights(4.0, "cpu")[0, 0]
-    assert weights.shape == (crop.INNER_SIZE, crop.INNER_SIZE)
-    assert float(weights.mean()) == pytest.approx(1.0, rel=1e-5)
-    inside = weights[crop.LIP_TOP + 5, (crop.LIP_LEFT + crop.LIP_RIGHT) // 2]
-    outside = weights[crop.LIP_BOTTOM + 5, 10]
-    assert float(inside / outside) == pytest.approx(4.0, rel=1e-5)
-    assert torch.allclose(pixel_weights(1.0, "cpu"), torch.ones(1, 1, 320, 320))
-
-
-def test_lip_weight_makes_an_error_on_the_lips_cost_more_than_the_same_error_elsewhere():
-    objective = UNetObjective(settings(lip_weight=5.0))
-    truth = torch.zeros(1, 3, 320, 320)
-    on_lips, on_neck = truth.clone(), truth.clone()
-    on_lips[..., crop.LIP_TOP:crop.LIP_TOP + 20, crop.LIP_LEFT:crop.LIP_LEFT + 20] = 1
-    on_neck[..., crop.MASK_BOTTOM - 20:crop.MASK_BOTTOM, 10:30] = 1
-    audio = torch.zeros(1, *TINY_AUDIO)
-    assert float(objective(on_lips, truth, audio)["l1"]) == pytest.approx(
-        5 * float(objective(on_neck, truth, audio)["l1"]), rel=1e-4)
 
 
 def test_adaptive_balance_holds_the_sync_gradient_at_the_ratio_of_the_reconstruction_gradient():
@@ -89,9 +66,6 @@ class CountingSyncNet(torch.nn.Module):
         self.calls += 1
         return self.inner(image, audio)
 
-    def face_features(self, image):
-        return self.inner.face_features(image)
-
 
 def test_warm_up_trains_on_reconstruction_alone_and_skips_syncnet_until_it_ends():
     syncnet = CountingSyncNet(frozen_syncnet())
@@ -106,21 +80,3 @@ def test_warm_up_trains_on_reconstruction_alone_and_skips_syncnet_until_it_ends(
     terms = objective(prediction, truth, audio)
     assert syncnet.calls == 1 and float(terms["sync"]) > 0
     assert float(terms["total"]) > float(terms["l1"])
-
-
-def test_face_feature_loss_is_zero_for_the_truth_and_pulls_the_drawn_mouth_towards_it():
-    syncnet = frozen_syncnet()
-    objective = UNetObjective(settings(face_feature_weight=0.5, sync_warmup_epochs=99), syncnet=syncnet)
-    prediction, truth, audio = batch()
-    exact = objective(truth.clone().requires_grad_(True), truth, audio)
-    assert float(exact["face_features"]) == pytest.approx(0.0, abs=1e-7)
-    terms = objective(prediction, truth, audio)
-    assert float(terms["face_features"]) > 0
-    assert float(terms["total"]) == pytest.approx(float(terms["l1"] + 0.5 * terms["face_features"]), rel=1e-5)
-    gradient, = torch.autograd.grad(terms["face_features"], prediction)
-    # SyncNet looks at the mouth band only: the loss moves those rows and nothing above them.
-    assert float(gradient[..., crop.MASK_TOP:crop.MASK_TOP + 160, :].abs().sum()) > 0
-    assert float(gradient[..., :crop.MASK_TOP, :].abs().sum()) == 0
-    # A small step along the gradient brings the drawn features closer to the truth's.
-    stepped = (prediction - 50 * gradient).detach()
-    assert float(objective(stepped, truth, audio)["face_features"]) < float(terms["face_features"])

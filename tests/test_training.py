@@ -204,12 +204,10 @@ def test_syncnet_training_then_unet_with_sync_loss(processed_clip, tmp_path, cap
     # The default objective: reconstruction alone for the warm-up epochs, then the balanced sync term.
     default = tmp_path / "ck_default"
     train_328.main(base_args(data, default, "--epochs", 3, "--use_syncnet", "--val_fraction", "0.3",
-                             "--syncnet_checkpoint", str(save / "syncnet" / "best.pth"),
-                             "--lip_weight", "3", "--face_feature_weight", "0.1"))
+                             "--syncnet_checkpoint", str(save / "syncnet" / "best.pth")))
     history = torch.load(default / "latest.pth", weights_only=False)["history"]
     assert "train_sync" not in history[0] and "train_sync" not in history[1]
     assert history[2]["train_sync"] > 0 and 0 < history[2]["train_sync_weight"] <= 10
-    assert all(entry["train_face_features"] > 0 for entry in history)
     # During the warm-up the sync loss is absent, and the U-Net's start follows from --seed alone:
     # one warm-up epoch gives exactly the weights of a run without SyncNet.
     plain, warm = tmp_path / "ck_plain", tmp_path / "ck_warm"
@@ -555,19 +553,27 @@ def test_resume_refuses_a_changed_hyperparameter_unless_accepted(small, tmp_path
 
 def test_resume_says_what_to_type_to_keep_a_value_the_defaults_no_longer_give(small, tmp_path, capsys):
     run = tmp_path / "run"
-    train_328.main(base_args(small, run, "--epochs", 1, "--lip_weight", "2"))
+    train_328.main(base_args(small, run, "--epochs", 1, "--lr", "5e-4"))
     code, lines = run_main(train_328.main, base_args(small, run, "--epochs", 2, "--resume"), capsys)
     assert code == 2 and len(lines) == 1
-    assert f"--lip_weight 2.0 (now {TrainConfig.lip_weight})" in lines[0] and "use --lip_weight 2.0" in lines[0]
-    # A run saved before --lip_weight existed trained every pixel alike: it resumes as such.
-    state = torch.load(run / "latest.pth", weights_only=False)
-    del state["args"]["lip_weight"]
-    torch.save(state, run / "latest.pth")
-    if TrainConfig.lip_weight != 1.0:
-        code, lines = run_main(train_328.main, base_args(small, run, "--epochs", 2, "--resume"), capsys)
-        assert code == 2 and "--lip_weight 1.0" in lines[0]
-    train_328.main(base_args(small, run, "--epochs", 2, "--resume", "--lip_weight", "1"))
+    assert f"--lr 0.0005 (now {TrainConfig.lr})" in lines[0] and "use --lr 0.0005" in lines[0]
+    train_328.main(base_args(small, run, "--epochs", 2, "--resume", "--lr", "5e-4"))
     assert ckpt.read_checkpoint(run / "latest.pth")["epoch"] == 2
+
+
+def test_a_sync_run_saved_before_the_balance_options_resumes_as_it_trained(tmp_path):
+    # Such a run trained with a fixed weight from its first epoch: resuming it under the new defaults
+    # would change its objective, so both options are named, with what to type.
+    config = TrainConfig(dataset_dir=tmp_path, save_dir=tmp_path, use_syncnet=True)
+    old_run = {"use_syncnet": True, "sync_weight": 10.0, "lr": config.lr}
+    assert config.changed_since(old_run) == ["sync_balance", "sync_warmup_epochs"]
+    assert config.how_to_keep("sync_balance", old_run) == "use --sync_balance fixed"
+    assert config.how_to_keep("sync_warmup_epochs", old_run) == "use --sync_warmup_epochs 0"
+    kept = TrainConfig(dataset_dir=tmp_path, save_dir=tmp_path, use_syncnet=True, sync_balance="fixed",
+                       sync_warmup_epochs=0)
+    assert kept.changed_since(old_run) == []
+    # Without the sync loss in both runs, its options do not matter.
+    assert TrainConfig(dataset_dir=tmp_path, save_dir=tmp_path).changed_since({"use_syncnet": False}) == []
 
 
 def test_resume_may_train_longer_without_a_cosine_schedule(small, tmp_path):

@@ -27,8 +27,6 @@ SYNC_WEIGHT = 10.0              # SyncTalk_2D's fixed weight; with adaptive bala
 SYNC_BALANCE = "adaptive"
 SYNC_RATIO = 3.0                # sync gradient on the picture / reconstruction gradient
 SYNC_WARMUP_EPOCHS = 2
-LIP_WEIGHT = 1.0
-FACE_FEATURE_WEIGHT = 0.0
 # --lr_schedule step: halve the LR every 50 epochs (the user guide's StepLR).
 STEP_LR_EPOCHS = 50
 STEP_LR_GAMMA = 0.5
@@ -36,12 +34,11 @@ LR_SCHEDULES = ("none", "step", "cosine")
 # What a resumed run must keep: changing one mid-run silently mixes two trainings.
 RESUME_FIXED_OPTIONS = ("asr", "model_size", "batch_size", "lr", "lr_schedule", "grad_accum", "augment",
                         "val_fraction", "seed", "use_syncnet", "sync_weight", "sync_balance", "sync_ratio",
-                        "sync_warmup_epochs", "lip_weight", "face_feature_weight", "perceptual")
+                        "sync_warmup_epochs", "perceptual")
 # Options of the sync loss: compared on --resume only when both runs use it.
-SYNC_LOSS_OPTIONS = ("sync_weight", "sync_balance", "sync_ratio", "sync_warmup_epochs", "face_feature_weight")
+SYNC_LOSS_OPTIONS = ("sync_weight", "sync_balance", "sync_ratio", "sync_warmup_epochs")
 # What a run saved before these options existed trained with (the objective was L1 + 10 x sync).
-OPTION_VALUES_BEFORE_THEY_EXISTED = {"sync_balance": "fixed", "sync_warmup_epochs": 0, "lip_weight": 1.0,
-                                     "face_feature_weight": 0.0}
+OPTION_VALUES_BEFORE_THEY_EXISTED = {"sync_balance": "fixed", "sync_warmup_epochs": 0}
 # SyncNet sees one small mouth band per sample: bigger batches, more epochs than the U-Net.
 SYNCNET_BATCH_SIZE = 32
 SYNCNET_LR = 1e-4
@@ -83,8 +80,6 @@ class TrainConfig(Options):
     sync_balance: str = SYNC_BALANCE
     sync_ratio: float = SYNC_RATIO
     sync_warmup_epochs: int = SYNC_WARMUP_EPOCHS
-    lip_weight: float = LIP_WEIGHT
-    face_feature_weight: float = FACE_FEATURE_WEIGHT
     perceptual: str = "auto"                # auto | on | off
     vgg_weights: Optional[Path] = None
     show_progress: bool = True
@@ -106,12 +101,9 @@ class TrainConfig(Options):
                 raise UserError(f"--{name} must be at least 1, got {getattr(self, name)}")
         if self.lr <= 0:
             raise UserError(f"--lr must be positive, got {self.lr}")
-        for name in ("sync_weight", "sync_ratio", "sync_warmup_epochs", "face_feature_weight"):
+        for name in ("sync_weight", "sync_ratio", "sync_warmup_epochs"):
             if getattr(self, name) < 0:
                 raise UserError(f"--{name} cannot be negative, got {getattr(self, name):g}")
-        if self.lip_weight < 1:
-            raise UserError(f"--lip_weight counts the lips' pixels that many times; it must be at least 1, "
-                            f"got {self.lip_weight:g}")
         if self.sync_balance not in SYNC_BALANCES:
             raise UserError(f"--sync_balance must be one of {', '.join(SYNC_BALANCES)}")
         if self.num_workers < 0 or self.patience < 0:
@@ -233,12 +225,6 @@ def build_unet_parser(description: str) -> argparse.ArgumentParser:
     losses.add_argument("--sync_warmup_epochs", type=int, default=SYNC_WARMUP_EPOCHS,
                         help=f"train this many epochs on reconstruction alone before the sync loss joins "
                              f"(default {SYNC_WARMUP_EPOCHS})")
-    losses.add_argument("--lip_weight", type=float, default=LIP_WEIGHT,
-                        help=f"count the lips' box this many times in the L1 loss (default {LIP_WEIGHT:g}: "
-                             "every pixel alike)")
-    losses.add_argument("--face_feature_weight", type=float, default=FACE_FEATURE_WEIGHT,
-                        help=f"with --use_syncnet: weight of a perceptual loss on the SyncNet face encoder's "
-                             f"activations, prediction vs truth (default {FACE_FEATURE_WEIGHT:g}: off)")
     losses.add_argument("--syncnet_checkpoint",
                         help="SyncNet .pth (default: checkpoint/NAME/syncnet/best.pth)")
     losses.add_argument("--perceptual", choices=PERCEPTUAL_MODES, default=TrainConfig.perceptual,
