@@ -676,3 +676,20 @@ def test_cli_on_a_datasets_aud_wav_fills_the_dataset(processed_copy, tiny_hubert
     assert np.load(processed_copy / "aud_hu.npy").shape == (_video_frames(processed_copy), 2, TINY_HIDDEN)
     assert json.loads((processed_copy / "aud_hu.json").read_text())["encoder"] == str(tiny_hubert)
     assert f"aud_hu.npy: {_video_frames(processed_copy)} frames" in capsys.readouterr().out
+
+
+def test_ave_audio_augmentation_changes_level_masks_a_band_and_frames_and_stays_in_range(reference_samples):
+    from data_utils.audio import SILENCE_MEL_VALUE
+    from data_utils.features.ave_training import MAX_MASKED_BANDS, _augment_audio
+
+    windows = torch.from_numpy(ave.ave_mel_windows(reference_samples)[:64])
+    augmented = _augment_audio(windows, torch.Generator().manual_seed(0))
+    assert augmented.shape == windows.shape and torch.isfinite(augmented).all()
+    assert augmented.min() >= SILENCE_MEL_VALUE and augmented.max() <= -SILENCE_MEL_VALUE
+    changed = (augmented - windows).abs().mean(dim=(1, 2, 3))
+    assert (changed > 0).all() and float(changed.mean()) < 1.0          # every window, none beyond recognition
+    # masked bands sit at silence (up to the noise): a band of <= MAX_MASKED_BANDS rows per window
+    near_silence = ((augmented - SILENCE_MEL_VALUE).abs() < 0.2).all(dim=3)[:, 0]    # (B, 80) rows fully silent
+    originally_silent = ((windows - SILENCE_MEL_VALUE).abs() < 0.2).all(dim=3)[:, 0]
+    masked_rows = (near_silence & ~originally_silent).sum(dim=1)
+    assert int(masked_rows.max()) <= MAX_MASKED_BANDS and int(masked_rows.sum()) > 0

@@ -79,7 +79,7 @@ class AveTrainConfig:
     max_steps: int = 1000
     learning_rate: float = 1e-3
     temperature: float = 0.1
-    audio_augment: bool = False         # level, band and time masking, noise on the mel windows
+    audio_augment: bool = True          # level, band and time masking, noise on the mel windows (RESULTS.md)
     heldout_fraction: float = 0.15
     seed: int = 0
 
