@@ -103,7 +103,7 @@ class TrainConfig(Options):
             raise UserError(f"--lr must be positive, got {self.lr}")
         for name in ("sync_weight", "sync_ratio", "sync_warmup_epochs"):
             if getattr(self, name) < 0:
-                raise UserError(f"--{name} cannot be negative, got {getattr(self, name):g}")
+                raise UserError(f"--{name} cannot be negative, got {getattr(self, name)}")
         if self.sync_balance not in SYNC_BALANCES:
             raise UserError(f"--sync_balance must be one of {', '.join(SYNC_BALANCES)}")
         if self.num_workers < 0 or self.patience < 0:
