@@ -31,12 +31,13 @@ if __package__ in (None, ""):
     sys.path.insert(0, str(REPO_ROOT))
 
 from data_utils.layout import DATASET_ROOT, DatasetLayout  # noqa: E402
+from lipsync.core import checkpoints as ckpt  # noqa: E402
+from lipsync.evaluate.pictures import LABEL_STROKES  # noqa: E402
 
 DEFAULT_OUTPUT = REPO_ROOT / "benchmarks" / "ablation_out"
 NO_EPOCH_LIMIT = 100000            # arms stop on the clock (--max_minutes), never on --epochs
 METRICS = ("mouth_psnr", "mouth_ssim", "lmd", "opening_correlation", "opening_offset", "opening_ratio",
            "psnr", "lse_d", "lse_c")
-TRUTH_FIRST = ("mouth_psnr", "mouth_ssim", "lmd", "opening_correlation", "opening_offset", "opening_ratio", "psnr")
 
 
 @dataclass(frozen=True)
@@ -125,9 +126,7 @@ def run_arm(arm: Arm, options, core: Optional[int]) -> Dict:
 
 
 def training_history(run_dir: Path) -> List[Dict]:
-    import torch
-
-    return torch.load(run_dir / "latest.pth", map_location="cpu", weights_only=False).get("history", [])
+    return ckpt.read_checkpoint(run_dir / ckpt.LATEST).get("history", [])
 
 
 def run_all(arms: Sequence[Arm], options) -> List[Dict]:
@@ -188,10 +187,9 @@ def combined_strip(results: Sequence[Dict], path: Path) -> Optional[Path]:
         if not rows:
             rows.append(strip[:half])
         row = strip[half:].copy()
-        cv2.putText(row, result["arm"], (8, row.shape[0] - 10), cv2.FONT_HERSHEY_SIMPLEX, 0.6, (0, 0, 0), 4,
-                    cv2.LINE_AA)
-        cv2.putText(row, result["arm"], (8, row.shape[0] - 10), cv2.FONT_HERSHEY_SIMPLEX, 0.6,
-                    (255, 255, 255), 1, cv2.LINE_AA)
+        for colour, thickness in LABEL_STROKES:          # evaluation's outlined labels
+            cv2.putText(row, result["arm"], (8, row.shape[0] - 10), cv2.FONT_HERSHEY_SIMPLEX, 0.6, colour,
+                        thickness, cv2.LINE_AA)
         rows.append(row)
     if not rows:
         return None

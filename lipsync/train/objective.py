@@ -16,13 +16,13 @@ picture (with a fixed 10 its gradient was ~2000x L1's, and the mouth smudged;
 benchmarks/RESULTS.md, "The training objective", which also measured a lip-weighted L1
 and a SyncNet face-feature loss: neither helped, so neither is here).
 """
+import math
 from dataclasses import dataclass
 from typing import Dict, Optional
 
 import torch
 import torch.nn.functional as F
 from torch import nn
-
 
 L1_WEIGHT = 1.0
 PERCEPTUAL_WEIGHT = 0.01                 # VGG19 term (SyncTalk_2D's recipe)
@@ -74,7 +74,7 @@ class UNetObjective:
         picture_sync, = torch.autograd.grad(sync, prediction, retain_graph=True)
         ratio = float(picture_reconstruction.norm()) / (float(picture_sync.norm()) + GRADIENT_EPS)
         weight = settings.sync_ratio * ratio
-        return min(weight, settings.sync_weight) if weight == weight else 0.0   # NaN (an fp16 overflow): skip
+        return 0.0 if math.isnan(weight) else min(weight, settings.sync_weight)   # NaN (an fp16 overflow): skip
 
     def __call__(self, prediction: torch.Tensor, truth: torch.Tensor, audio: torch.Tensor) -> Dict[str, torch.Tensor]:
         prediction, truth = prediction.float(), truth.float()

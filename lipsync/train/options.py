@@ -132,19 +132,24 @@ class TrainConfig(Options):
         for name in fixed:
             if name in SYNC_LOSS_OPTIONS and not both_sync:
                 continue
-            before = stored.get(name, OPTION_VALUES_BEFORE_THEY_EXISTED.get(name, current[name]))
-            if before != current[name]:
+            if stored_value(name, stored, missing=current[name]) != current[name]:
                 changed.append(name)
         return changed
 
     def how_to_keep(self, name: str, stored: Dict) -> str:
         """What to type so that --resume keeps the stored value of ``name``."""
-        before = stored.get(name, OPTION_VALUES_BEFORE_THEY_EXISTED.get(name))
+        before = stored_value(name, stored)
         if isinstance(before, bool):
             return f"add --{name}" if before else f"drop --{name}"
         if before == type(self).__dataclass_fields__[name].default:
             return f"drop --{name} {getattr(self, name)}"
         return f"use --{name} {before}"
+
+
+def stored_value(name: str, stored: Dict, missing: Any = None) -> Any:
+    """What a saved run's as_dict() ``stored`` trained with for option ``name``: its value, the
+    value of the time before the option existed, else ``missing``."""
+    return stored.get(name, OPTION_VALUES_BEFORE_THEY_EXISTED.get(name, missing))
 
 
 # --------------------------------------------------------------------------- command lines

@@ -2,7 +2,8 @@
 
 The 328 U-Net repaints the lower face of a crop from a reference crop, the
 masked target and the audio window. Its loss is objective.UNetObjective
-(reconstruction + a balanced SyncNet term), and its held-out scores are L1 and PSNR over the repainted region (val_l1
+(reconstruction + a balanced SyncNet term), and its held-out scores are L1
+and PSNR over the repainted region (val_l1
 chooses best.pth and drives --patience), plus the frozen SyncNet's accuracy
 when --use_syncnet. The Trainer (trainer.py) runs it.
 """
