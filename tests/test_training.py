@@ -333,6 +333,8 @@ def test_batch_size_larger_than_the_dataset(small, tmp_path, capsys):
 
 @pytest.mark.parametrize("option, value, message", [
     ("--sync_weight", "-1", "--sync_weight cannot be negative, got -1.0"),
+    ("--sync_ratio", "-0.5", "--sync_ratio cannot be negative, got -0.5"),
+    ("--sync_warmup_epochs", "-2", "--sync_warmup_epochs cannot be negative, got -2"),
     ("--lr", "0", "--lr must be positive, got 0.0"),
     ("--epochs", "0", "--epochs must be at least 1, got 0"),
     ("--max_minutes", "-1", "--max_minutes cannot be negative, got -1"),
