@@ -58,6 +58,12 @@ ARMS = {arm.name: arm for arm in (
         ("--sync_balance", "adaptive", "--sync_ratio", "1", "--sync_warmup_epochs", "2")),
     Arm("adaptive_r3", "adaptive, ratio 3, after a 2-epoch warm-up",
         ("--sync_balance", "adaptive", "--sync_ratio", "3", "--sync_warmup_epochs", "2")),
+    Arm("adaptive_r10", "adaptive, ratio 10, after a 2-epoch warm-up",
+        ("--sync_balance", "adaptive", "--sync_ratio", "10", "--sync_warmup_epochs", "2")),
+    Arm("adaptive_r3_gan1", "adaptive ratio 3 + the mouth discriminator, adversarial ratio 1",
+        ("--sync_balance", "adaptive", "--sync_ratio", "3", "--sync_warmup_epochs", "2", "--gan_ratio", "1")),
+    Arm("adaptive_r3_gan03", "adaptive ratio 3 + the mouth discriminator, adversarial ratio 0.3",
+        ("--sync_balance", "adaptive", "--sync_ratio", "3", "--sync_warmup_epochs", "2", "--gan_ratio", "0.3")),
     Arm("adaptive_r03", "adaptive, ratio 0.3, after a 2-epoch warm-up",
         ("--sync_balance", "adaptive", "--sync_ratio", "0.3", "--sync_warmup_epochs", "2")),
 )}
@@ -133,14 +139,14 @@ def run_all(arms: Sequence[Arm], options) -> List[Dict]:
     """The arms, ``options.parallel`` at a time, each on its own core when there are enough."""
     from concurrent.futures import ThreadPoolExecutor
 
-    cores = os.cpu_count() or 1
-    pin = shutil.which("taskset") is not None and options.parallel <= cores
+    cores = options.cores or list(range(options.parallel))
+    pin = shutil.which("taskset") is not None and options.parallel <= min(len(cores), os.cpu_count() or 1)
     results: List[Dict] = []
     for first in range(0, len(arms), options.parallel):
         group = arms[first:first + options.parallel]
         print(f"training {', '.join(arm.name for arm in group)} ({options.minutes:g} min each)", flush=True)
         with ThreadPoolExecutor(len(group)) as pool:
-            results += list(pool.map(lambda item: run_arm(item[1], options, item[0] if pin else None),
+            results += list(pool.map(lambda item: run_arm(item[1], options, cores[item[0]] if pin else None),
                                      enumerate(group)))
         write_outputs(results, options)
     return results
@@ -215,6 +221,8 @@ def build_parser() -> argparse.ArgumentParser:
                                                                           "adaptive_r3"])
     parser.add_argument("--minutes", type=float, default=30.0, help="training minutes per arm (default 30)")
     parser.add_argument("--parallel", type=int, default=1, help="arms at a time, one core each (default 1)")
+    parser.add_argument("--cores", type=int, nargs="+",
+                        help="the cores to pin the arms to (default 0 .. --parallel - 1)")
     parser.add_argument("--model_size", default="tiny")
     parser.add_argument("--batch_size", type=int, default=8)
     parser.add_argument("--lr", type=float, default=1e-3)
