@@ -216,8 +216,22 @@ def first_decoded_time(path, stream: str) -> Optional[Fraction]:
     stream), so the video and audio values of one file tell how far apart a
     player puts them. Decoding (not packet times) matters for audio: encoder
     priming that the container says to skip is skipped, as a player does.
-    None when the file has no such stream.
+    None when the file has no such stream. Asked once per file version
+    (preprocessing asks it for the frame count, the audio and its offset).
     """
+    try:
+        status = os.stat(path)
+    except OSError:
+        return _first_decoded_time(str(path), stream)          # ffmpeg says what is wrong with it
+    return _cached_first_decoded_time(str(path), stream, status.st_size, status.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=64)
+def _cached_first_decoded_time(path: str, stream: str, size: int, modified_ns: int) -> Optional[Fraction]:
+    return _first_decoded_time(path, stream)
+
+
+def _first_decoded_time(path: str, stream: str) -> Optional[Fraction]:
     result = subprocess.run(
         [ffmpeg_binary(), "-hide_banner", "-nostdin", "-loglevel", "error", "-i", str(path),
          "-map", f"0:{stream}:0", f"-frames:{stream}", "1", "-f", "framecrc", "-"],

@@ -32,7 +32,8 @@ from lipsync.serve.utterance import Utterance
 from models.unet_328 import WIDTHS, LipSyncUNet
 from serve_328 import main as serve_main
 from tests.conftest import HELDOUT_WAV, cli_error_line
-from tests.training_helpers import person_with_ave_features, randomise_batch_norm, save_tiny_unet_checkpoint
+from tests.training_helpers import (person_with_ave_features, randomise_batch_norm, responsive_random_weights,
+                                    save_tiny_unet_checkpoint)
 
 NAME = "talker"
 EPOCH = 10
@@ -47,10 +48,11 @@ ONE_FRAME = 1 / FPS
 # ---------------------------------------------------------------------------- shared by the serve tests
 
 def build_person(processed_clip, base):
-    """dataset_root/talker and checkpoint_root/talker/10.pth: a tiny random U-Net (tests/test_inference.py's)."""
+    """dataset_root/talker and checkpoint_root/talker/10.pth: a tiny random U-Net whose mouth follows the audio."""
     person = person_with_ave_features(processed_clip, base, NAME, AVE_TEST_WIDTH)
     audio_shape = (32, 16, 16)
     model = LipSyncUNet("ave", audio_shape, WIDTHS["tiny"])
+    responsive_random_weights(model)             # its mouth follows the audio: the tests watch it move
     randomise_batch_norm(model)
     person.checkpoint = save_tiny_unet_checkpoint(model, audio_shape, person, NAME, EPOCH)
     return person

@@ -71,6 +71,16 @@ def make_small_dataset(processed_clip, destination, frames: int = 20, asr: str =
     return destination
 
 
+def responsive_random_weights(model) -> None:
+    """He-normal weights for every convolution and linear layer: a random model whose picture
+    depends on its inputs, as a trained one's does. With torch's default init the random tiny
+    U-Net paints the same flat mouth for any audio (0.00001 grey levels apart), so a test that
+    watches the mouth move would be watching encoder noise."""
+    for module in model.modules():
+        if isinstance(module, (nn.Conv1d, nn.Conv2d, nn.Linear)):
+            nn.init.kaiming_normal_(module.weight, nonlinearity="relu")
+
+
 def randomise_batch_norm(model) -> None:
     """Trained-looking batch-norm statistics, so exports and fusions must handle them."""
     for module in model.modules():
