@@ -53,17 +53,15 @@ ARMS = {arm.name: arm for arm in (
     Arm("l1", "L1 only", (), uses_syncnet=False),
     Arm("sync_fixed", "L1 + sync x 10 from the start (SyncTalk_2D's recipe)", FIXED + ("--sync_weight", "10")),
     # Measured too, at commit e8dd2a8 (benchmarks/RESULTS.md): the lips' box x 4 in L1 with a SyncNet
-    # face-feature loss x 0.1, at ratios 1 and 3. Neither helped; both options are gone.
+    # face-feature loss x 0.1, at ratios 1 and 3. Neither helped; both options are gone. At commit fb030a4:
+    # a spectral-norm patch discriminator on the mouth band (--gan_ratio 1 and 0.3, balanced like the sync
+    # term) with ratio 3, two seeds at 1: mouth PSNR 0.36 and 0.54 dB below L1 alone, the motion no better; gone.
     Arm("adaptive", "L1 + adaptive sync (ratio 1) after a 2-epoch warm-up",
         ("--sync_balance", "adaptive", "--sync_ratio", "1", "--sync_warmup_epochs", "2")),
     Arm("adaptive_r3", "adaptive, ratio 3, after a 2-epoch warm-up",
         ("--sync_balance", "adaptive", "--sync_ratio", "3", "--sync_warmup_epochs", "2")),
     Arm("adaptive_r10", "adaptive, ratio 10, after a 2-epoch warm-up",
         ("--sync_balance", "adaptive", "--sync_ratio", "10", "--sync_warmup_epochs", "2")),
-    Arm("adaptive_r3_gan1", "adaptive ratio 3 + the mouth discriminator, adversarial ratio 1",
-        ("--sync_balance", "adaptive", "--sync_ratio", "3", "--sync_warmup_epochs", "2", "--gan_ratio", "1")),
-    Arm("adaptive_r3_gan03", "adaptive ratio 3 + the mouth discriminator, adversarial ratio 0.3",
-        ("--sync_balance", "adaptive", "--sync_ratio", "3", "--sync_warmup_epochs", "2", "--gan_ratio", "0.3")),
     Arm("adaptive_r03", "adaptive, ratio 0.3, after a 2-epoch warm-up",
         ("--sync_balance", "adaptive", "--sync_ratio", "0.3", "--sync_warmup_epochs", "2")),
 )}

@@ -176,19 +176,6 @@ def test_amp_step_with_loss_scaling_and_gradient_accumulation(gpu_dataset, tmp_p
 
 
 @needs_cuda
-def test_amp_step_with_the_mouth_discriminator(gpu_dataset, tmp_path):
-    """The adversarial term under float16 autocast: the discriminator stays float32, its balance finite."""
-    save = tmp_path / "gan"
-    train_328.main(train_args(gpu_dataset, save, "--epochs", 1, "--amp", "--gan_ratio", 1, "--sync_warmup_epochs", 0))
-    latest = torch.load(save / "latest.pth", weights_only=False)
-    entry = latest["history"][0]
-    assert np.isfinite(entry["train_loss"]) and entry["train_adversarial"] > 0
-    assert 0 < entry["train_adversarial_weight"] <= 1 and 0 < entry["train_discriminator"]
-    assert all(value.dtype == torch.float32 for value in latest["adversary"]["model"].values()
-               if value.is_floating_point())
-
-
-@needs_cuda
 def test_channels_last_training_model_matches_the_default_layout(gpu_dataset, tmp_path):
     trainer = unet_trainer(gpu_dataset, tmp_path / "ck", model_size="mobile")
     convolutions = [module.weight for module in trainer.model.modules() if isinstance(module, nn.Conv2d)

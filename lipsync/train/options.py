@@ -27,7 +27,6 @@ SYNC_WEIGHT = 10.0              # SyncTalk_2D's fixed weight; with adaptive bala
 SYNC_BALANCE = "adaptive"
 SYNC_RATIO = 3.0                # sync gradient on the picture / reconstruction gradient
 SYNC_WARMUP_EPOCHS = 2
-GAN_RATIO = 0.0                 # adversarial gradient on the picture / reconstruction gradient; 0: no discriminator
 # --lr_schedule step: halve the LR every 50 epochs (the user guide's StepLR).
 STEP_LR_EPOCHS = 50
 STEP_LR_GAMMA = 0.5
@@ -35,11 +34,11 @@ LR_SCHEDULES = ("none", "step", "cosine")
 # What a resumed run must keep: changing one mid-run silently mixes two trainings.
 RESUME_FIXED_OPTIONS = ("asr", "model_size", "batch_size", "lr", "lr_schedule", "grad_accum", "augment",
                         "val_fraction", "seed", "use_syncnet", "sync_weight", "sync_balance", "sync_ratio",
-                        "sync_warmup_epochs", "gan_ratio", "perceptual")
+                        "sync_warmup_epochs", "perceptual")
 # Options of the sync loss: compared on --resume only when both runs use it.
 SYNC_LOSS_OPTIONS = ("sync_weight", "sync_balance", "sync_ratio", "sync_warmup_epochs")
 # What a run saved before these options existed trained with (the objective was L1 + 10 x sync).
-OPTION_VALUES_BEFORE_THEY_EXISTED = {"sync_balance": "fixed", "sync_warmup_epochs": 0, "gan_ratio": 0.0}
+OPTION_VALUES_BEFORE_THEY_EXISTED = {"sync_balance": "fixed", "sync_warmup_epochs": 0}
 # SyncNet sees one small mouth band per sample: bigger batches, more epochs than the U-Net.
 SYNCNET_BATCH_SIZE = 32
 SYNCNET_LR = 1e-4
@@ -81,7 +80,6 @@ class TrainConfig(Options):
     sync_balance: str = SYNC_BALANCE
     sync_ratio: float = SYNC_RATIO
     sync_warmup_epochs: int = SYNC_WARMUP_EPOCHS
-    gan_ratio: float = GAN_RATIO
     perceptual: str = "auto"                # auto | on | off
     vgg_weights: Optional[Path] = None
     show_progress: bool = True
@@ -103,7 +101,7 @@ class TrainConfig(Options):
                 raise UserError(f"--{name} must be at least 1, got {getattr(self, name)}")
         if self.lr <= 0:
             raise UserError(f"--lr must be positive, got {self.lr}")
-        for name in ("sync_weight", "sync_ratio", "sync_warmup_epochs", "gan_ratio"):
+        for name in ("sync_weight", "sync_ratio", "sync_warmup_epochs"):
             if getattr(self, name) < 0:
                 raise UserError(f"--{name} cannot be negative, got {getattr(self, name)}")
         if self.sync_balance not in SYNC_BALANCES:
@@ -230,12 +228,8 @@ def build_unet_parser(description: str) -> argparse.ArgumentParser:
                         help=f"fixed balance: the sync loss's weight against L1; adaptive: its cap "
                              f"(default {SYNC_WEIGHT:g}, SyncTalk_2D's)")
     losses.add_argument("--sync_warmup_epochs", type=int, default=SYNC_WARMUP_EPOCHS,
-                        help=f"train this many epochs on reconstruction alone before the sync (and "
-                             f"adversarial) loss joins (default {SYNC_WARMUP_EPOCHS})")
-    losses.add_argument("--gan_ratio", type=float, default=GAN_RATIO,
-                        help="train a mouth discriminator beside the U-Net and add its adversarial loss, "
-                             "weighted each batch so that its gradient on the drawn picture is this many "
-                             f"times the reconstruction's (default {GAN_RATIO:g}: off)")
+                        help=f"train this many epochs on reconstruction alone before the sync loss joins "
+                             f"(default {SYNC_WARMUP_EPOCHS})")
     losses.add_argument("--syncnet_checkpoint",
                         help="SyncNet .pth (default: checkpoint/NAME/syncnet/best.pth)")
     losses.add_argument("--perceptual", choices=PERCEPTUAL_MODES, default=TrainConfig.perceptual,

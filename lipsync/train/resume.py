@@ -45,9 +45,6 @@ class Resumable:
         self.optimizer.load_state_dict(state["optimizer"])
         if state.get("scaler"):
             self.scaler.load_state_dict(state["scaler"])
-        if not self.task.load_extra_state(state) and self.dist.is_main:
-            log.warning("%s holds no mouth discriminator (the run trained without --gan_ratio): "
-                        "it starts afresh from epoch %d", path, int(state["epoch"]) + 1)
         # one state per rank (a single dict in runs saved before ranks kept their own)
         rank_states = state["rng"] if isinstance(state["rng"], list) else [state["rng"]]
         if self.dist.rank < len(rank_states):

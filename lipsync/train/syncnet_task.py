@@ -36,17 +36,8 @@ class SyncNetTask:
                                  SYNC_WIDTHS[self.model.model_size], self.model.audio_shape,
                                  self.person.describe_features())
 
-    def to(self, device, dist=None):
+    def to(self, device):
         pass
-
-    def auxiliary_step(self) -> Dict[str, torch.Tensor]:
-        return {}                   # no second network to train
-
-    def extra_state(self) -> Dict:
-        return {}
-
-    def load_extra_state(self, state: Dict) -> bool:
-        return True
 
     def set_epoch(self, epoch: int) -> None:
         self.train_set.set_epoch(epoch)

@@ -67,7 +67,7 @@ class Trainer(Resumable):
             task.model = model
         if self.device.type == "cuda":
             model = model.to(memory_format=torch.channels_last)
-        task.to(self.device, self.dist)
+        task.to(self.device)
         self.model = model
         self.train_model = model
         if self.dist.enabled:
@@ -138,7 +138,7 @@ class Trainer(Resumable):
             optimizer=self.optimizer.state_dict(), scaler=self.scaler.state_dict(),
             scheduler=self.scheduler.state_dict() if self.scheduler else None,
             args=self.config.as_dict(), rng=[rng_state(self.device)] + self._other_ranks_rng[1:],
-            history=self.history, **self.task.extra_state(),
+            history=self.history,
             best_score=self.best_score, epochs_without_improvement=self.epochs_without_improvement,
             finished=final)
 
@@ -215,7 +215,6 @@ class Trainer(Resumable):
             self.scaler.step(self.optimizer)
             self.scaler.update()
             self.optimizer.zero_grad(set_to_none=True)
-        terms.update(self.task.auxiliary_step())     # a second network's step on the same batch, if any
         return {key: float(value.detach()) for key, value in terms.items()}
 
     def train_epoch(self, epoch: int) -> Dict[str, float]:

@@ -2,9 +2,7 @@
 
 The 328 U-Net repaints the lower face of a crop from a reference crop, the
 masked target and the audio window. Its loss is objective.UNetObjective
-(reconstruction + a balanced SyncNet term, and with --gan_ratio a balanced
-adversarial term from a mouth discriminator it trains beside the U-Net:
-lipsync/train/adversary.py), and its held-out scores are L1
+(reconstruction + a balanced SyncNet term), and its held-out scores are L1
 and PSNR over the repainted region (val_l1
 chooses best.pth and drives --patience), plus the frozen SyncNet's accuracy
 when --use_syncnet. The Trainer (trainer.py) runs it.
@@ -19,7 +17,6 @@ from data_utils import crop
 from data_utils.dataset import LipSyncDataset, PersonData
 from data_utils.model_input import ColourJitter, model_input_batch
 from lipsync.core import checkpoints as ckpt
-from lipsync.train.adversary import Adversary
 from lipsync.train.objective import ObjectiveSettings, UNetObjective
 from lipsync.train.options import TrainConfig
 from lipsync.train.pictures import sample_grid
@@ -48,10 +45,7 @@ class UNetTask:
                  perceptual: Optional[nn.Module] = None, syncnet: Optional[nn.Module] = None):
         self.model, self.person, self.config = model, person, config
         self.perceptual, self.syncnet = perceptual, syncnet
-        self.adversary = Adversary(config.model_size, config.lr) if config.gan_ratio > 0 else None
-        self.objective = UNetObjective(ObjectiveSettings.from_config(config), perceptual, syncnet,
-                                       self.adversary.discriminator if self.adversary else None)
-        self._drawn = None                  # (truth, detached prediction) of the last batch, for the adversary
+        self.objective = UNetObjective(ObjectiveSettings.from_config(config), perceptual, syncnet)
         self.augment = ColourJitter() if config.augment else None
         train_frames, val_frames = person.split(config.val_fraction)
         self.train_set = LipSyncDataset(person, train_frames, train_frames, config.seed)
@@ -62,31 +56,8 @@ class UNetTask:
                                  self.model.widths, self.model.audio_shape,
                                  self.person.describe_features())
 
-    def to(self, device, dist=None):
+    def to(self, device):
         self.objective.to(device)
-        if self.adversary is not None:
-            self.adversary.to(device, dist)
-
-    def auxiliary_step(self) -> Dict[str, torch.Tensor]:
-        """After each micro-batch: the discriminator's step on it (nothing without --gan_ratio)."""
-        if self.adversary is None or self._drawn is None:
-            return {}
-        terms = self.adversary.train_step(*self._drawn)
-        self._drawn = None
-        return terms
-
-    def extra_state(self) -> Dict:
-        """What latest.pth keeps beside the U-Net for an exact resume."""
-        return {"adversary": self.adversary.state_dict()} if self.adversary is not None else {}
-
-    def load_extra_state(self, state: Dict) -> bool:
-        """extra_state() back from a latest.pth; False when it lacks a part this run needs."""
-        if self.adversary is None:
-            return True
-        if "adversary" not in state:
-            return False
-        self.adversary.load_state_dict(state["adversary"])
-        return True
 
     def set_epoch(self, epoch: int) -> None:
         self.train_set.set_epoch(epoch)
@@ -103,10 +74,7 @@ class UNetTask:
 
     def losses(self, model, batch, device) -> Dict[str, torch.Tensor]:
         image6, truth, audio = self.inputs(batch, device, train=True)
-        prediction = model(image6, audio)
-        if self.adversary is not None:
-            self._drawn = (truth, prediction.detach())
-        return self.objective(prediction, truth, audio)
+        return self.objective(model(image6, audio), truth, audio)
 
     @torch.no_grad()
     def validate(self, model, loader, device, autocast) -> Dict[str, float]:
