@@ -4,6 +4,7 @@ pickle whose loading would call os.system, and must refuse it with one line whil
 command it carries never runs."""
 import os
 import shutil
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +20,7 @@ from tests.conftest import HELDOUT_WAV, cli_error_line
 from tests.training_helpers import make_small_dataset
 
 SMALL_FRAMES = 20
+LOADING_THREADS, LOADS_PER_THREAD = 4, 50
 
 
 class _RunsCommand:
@@ -152,3 +154,25 @@ def test_hubert_folder_with_a_malicious_bin(tmp_path, marker, capsys):
     line = cli_error_line(audio_features.main, capsys,
                           ["--asr", "hubert", "--wav", str(wav), "--hubert_model", str(folder), "--device", "cpu"])
     assert not marker.exists() and "ask to run code" in line and str(folder) in line, line
+
+
+def test_loads_from_many_threads_at_once_all_read_numpy_state(tmp_path):
+    # The ablation reads two arms' latest.pth from two threads; a per-call allow-list (torch's
+    # safe_globals context) let one thread's exit remove the other's numpy permission mid-load.
+    path = tmp_path / "latest.pth"
+    torch.save({"model": {}, "config": {}, "rng": {"numpy": np.random.get_state()}}, path)
+    failures = []
+
+    def load_many():
+        for _ in range(LOADS_PER_THREAD):
+            try:
+                load_torch_file(path)
+            except UserError as error:
+                failures.append(str(error))
+
+    threads = [threading.Thread(target=load_many) for _ in range(LOADING_THREADS)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert failures == []

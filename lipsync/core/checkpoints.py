@@ -14,6 +14,7 @@ never leaves a truncated file. A checkpoint's ``config`` says what the model
 was trained with (kind, --asr, widths, audio input shape, feature metadata,
 crop size), so loading can refuse a mismatch with one clear line.
 """
+import functools
 import pickle
 import re
 from pathlib import Path
@@ -129,6 +130,17 @@ def _numpy_array_globals():
             (reconstruct, "numpy._core.multiarray._reconstruct")]
 
 
+@functools.lru_cache(maxsize=None)
+def _allow_numpy_arrays() -> None:
+    """Admit numpy arrays to torch's weights-only unpickler, once for the process.
+
+    Not torch's per-call ``safe_globals`` context: it restores the list it found on exit, so
+    one thread leaving it takes the permission from another still loading (the ablation reads
+    two arms' latest.pth at once).
+    """
+    torch.serialization.add_safe_globals(_numpy_array_globals())
+
+
 def load_torch_file(path, device="cpu", *, advice: str = "use another epoch or train again",
                     what: str = "checkpoint"):
     """The one torch.load of the project; it never runs code from the file.
@@ -141,8 +153,8 @@ def load_torch_file(path, device="cpu", *, advice: str = "use another epoch or t
     if not path.is_file():
         raise UserError(f"{what} {path} does not exist — check the path or train first")
     try:
-        with torch.serialization.safe_globals(_numpy_array_globals()):
-            return torch.load(path, map_location=device, weights_only=True)
+        _allow_numpy_arrays()
+        return torch.load(path, map_location=device, weights_only=True)
     except pickle.UnpicklingError as error:
         if "Weights only load failed" not in str(error):
             raise UserError(f"{what} {path} is damaged or not a {what} (UnpicklingError) — {advice}") from None
