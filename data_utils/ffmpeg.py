@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import List, Optional
 
 from lipsync.core.errors import UserError
+from lipsync.core.fingerprint import file_fingerprint
 
 FFMPEG_ENV_VARIABLE = "LIPSYNC_FFMPEG"
 
@@ -220,10 +221,10 @@ def first_decoded_time(path, stream: str) -> Optional[Fraction]:
     (preprocessing asks it for the frame count, the audio and its offset).
     """
     try:
-        status = os.stat(path)
+        version = file_fingerprint(path)
     except OSError:
         return _first_decoded_time(str(path), stream)          # ffmpeg says what is wrong with it
-    return _cached_first_decoded_time(str(path), stream, status.st_size, status.st_mtime_ns)
+    return _cached_first_decoded_time(str(path), stream, version["bytes"], version["mtime_ns"])
 
 
 @functools.lru_cache(maxsize=64)

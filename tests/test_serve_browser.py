@@ -249,18 +249,19 @@ def test_audio_arrives_and_is_louder_in_speech(browser_run):
 def test_the_mouth_changes_in_speech_and_is_the_idle_face_in_silence(browser_run):
     level = threshold(browser_run)
     started, ended = event_time(browser_run, "speaking_started"), event_time(browser_run, "speaking_ended")
-    idle_before = changes_between(browser_run, 0, browser_run["marks"]["first_speak"])
-    speech = changes_between(browser_run, started + 200, ended - 200)
-    idle_between = changes_between(browser_run, ended + 500, browser_run["marks"]["second_speak"])
+    speech_window = (started + 200, ended - 200)
+    idle_windows = ((0, browser_run["marks"]["first_speak"]), (ended + 500, browser_run["marks"]["second_speak"]))
+    idle_before, idle_between = (changes_between(browser_run, *window) for window in idle_windows)
+    speech = changes_between(browser_run, *speech_window)
     assert len(idle_before) > 10 and len(speech) > 10 and len(idle_between) > 10
     assert idle_before.max() < level and idle_between.max() < level
     assert np.median(speech) > level
     # A moving mouth, not one still picture: frame to frame it changes several times as much as the idle
     # face does (head motion and the codec's noise). A quarter of the frames may repeat their predecessor
     # (a loaded machine renders below 25 frames/s and the server repeats the last picture).
-    moving = changes_between(browser_run, started + 200, ended - 200, "motion")
-    still = np.concatenate([changes_between(browser_run, 0, browser_run["marks"]["first_speak"], "motion")[1:],
-                            changes_between(browser_run, ended + 500, browser_run["marks"]["second_speak"], "motion")])
+    moving = changes_between(browser_run, *speech_window, "motion")
+    still_before, still_between = (changes_between(browser_run, *window, "motion") for window in idle_windows)
+    still = np.concatenate([still_before[1:], still_between])     # the very first frame has nothing before it
     assert np.percentile(moving, 75) > MOVING_MOUTH_FACTOR * np.percentile(still, 75), (moving, still)
 
 
