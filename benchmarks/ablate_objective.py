@@ -8,7 +8,9 @@ then is scored on unseen audio against the true video of it.
         --minutes 30 --parallel 2 [--arms l1 sync_fixed ...]
 
 Each arm is train_328.py from scratch (--max_minutes M, one torch thread, no data-loader
-workers) and evaluate_328.py on its last checkpoint; with --parallel N the arms run N at a
+workers) and evaluate_328.py on its last checkpoint, twice: as inference renders it, and with
+--no_silence_hold ("own" columns: the motion the model itself draws, without the pauses'
+closed mouth that rendering adds); with --parallel N the arms run N at a
 time, each pinned to its own core (taskset) so that wall minutes are CPU minutes and every
 arm sees the same machine. Writes OUT/ablation.json, OUT/ablation.md (the table) and
 OUT/strip.png (the truth's mouths above every arm's, same frames).
@@ -38,6 +40,9 @@ DEFAULT_OUTPUT = REPO_ROOT / "benchmarks" / "ablation_out"
 NO_EPOCH_LIMIT = 100000            # arms stop on the clock (--max_minutes), never on --epochs
 METRICS = ("mouth_psnr", "mouth_ssim", "lmd", "opening_correlation", "opening_offset", "opening_ratio",
            "psnr", "lse_d", "lse_c")
+# The motion scores again for the render without the silence hold: what the model draws itself.
+OWN_MOTION_METRICS = ("opening_correlation", "opening_offset", "opening_ratio")
+OWN_PREFIX = "own_"
 
 
 @dataclass(frozen=True)
@@ -51,9 +56,11 @@ class Arm:
 FIXED = ("--sync_balance", "fixed", "--sync_warmup_epochs", "0")
 ARMS = {arm.name: arm for arm in (
     Arm("l1", "L1 only", (), uses_syncnet=False),
+    Arm("l1_lips4", "L1 only, the lips' box counted 4 times", ("--lip_weight", "4"), uses_syncnet=False),
+    Arm("l1_refs2", "L1 only, two reference frames", ("--reference_frames", "2"), uses_syncnet=False),
     Arm("sync_fixed", "L1 + sync x 10 from the start (SyncTalk_2D's recipe)", FIXED + ("--sync_weight", "10")),
     # Measured too, at commit e8dd2a8 (benchmarks/RESULTS.md): the lips' box x 4 in L1 with a SyncNet
-    # face-feature loss x 0.1, at ratios 1 and 3. Neither helped; both options are gone. At commit fb030a4:
+    # face-feature loss x 0.1, at ratios 1 and 3. Neither helped; the face-feature option is gone. At commit fb030a4:
     # a spectral-norm patch discriminator on the mouth band (--gan_ratio 1 and 0.3, balanced like the sync
     # term) with ratio 3, two seeds at 1: mouth PSNR 0.36 and 0.54 dB below L1 alone, the motion no better; gone.
     Arm("adaptive", "L1 + adaptive sync (ratio 1) after a 2-epoch warm-up",
@@ -86,7 +93,7 @@ def train_command(arm: Arm, options, run_dir: Path) -> List[str]:
     return command
 
 
-def evaluate_command(options, run_dir: Path, output_dir: Path) -> List[str]:
+def evaluate_command(options, run_dir: Path, output_dir: Path, silence_hold: bool = True) -> List[str]:
     command = script("evaluate_328.py", "--dataset_dir", options.dataset_dir, "--checkpoint_dir", run_dir,
                      "--checkpoint", "latest", "--device", "cpu", "--no_select", "--no_video", "--quiet",
                      "--output_dir", output_dir, "--syncnet_checkpoint", options.syncnet_checkpoint,
@@ -96,6 +103,8 @@ def evaluate_command(options, run_dir: Path, output_dir: Path) -> List[str]:
         command += ["--ave_checkpoint", str(encoder)]
     if options.truth_video:
         command += ["--truth_video", options.truth_video]
+    if not silence_hold:
+        command.append("--no_silence_hold")
     return command
 
 
@@ -107,8 +116,11 @@ def run_arm(arm: Arm, options, core: Optional[int]) -> Dict:
     arm_dir.mkdir(parents=True)
     environment = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
     figures = {"arm": arm.name, "says": arm.says, "options": list(arm.options), "core": core}
-    for stage, command in (("train", train_command(arm, options, arm_dir / "run")),
-                           ("evaluate", evaluate_command(options, arm_dir / "run", arm_dir / "evaluation"))):
+    stages = (("train", train_command(arm, options, arm_dir / "run")),
+              ("evaluate", evaluate_command(options, arm_dir / "run", arm_dir / "evaluation")),
+              ("evaluate_own", evaluate_command(options, arm_dir / "run", arm_dir / "evaluation_own_motion",
+                                                silence_hold=False)))
+    for stage, command in stages:
         with open(arm_dir / f"{stage}.log", "w") as log:
             started = time.monotonic()
             process = subprocess.Popen(pinned(command, core), cwd=REPO_ROOT, stdout=log, stderr=subprocess.STDOUT,
@@ -125,6 +137,8 @@ def run_arm(arm: Arm, options, core: Optional[int]) -> Dict:
     report = json.loads((arm_dir / "evaluation" / "scores.json").read_text())
     scores = report["checkpoints"][0]["scores"]
     figures["scores"] = {name: scores.get(name) for name in METRICS}
+    own = json.loads((arm_dir / "evaluation_own_motion" / "scores.json").read_text())["checkpoints"][0]["scores"]
+    figures["scores"].update({OWN_PREFIX + name: own.get(name) for name in OWN_MOTION_METRICS})
     figures["strip"] = report["checkpoints"][0].get("strip") or report.get("strip")
     return figures
 
@@ -153,13 +167,15 @@ def run_all(arms: Sequence[Arm], options) -> List[Dict]:
 def cell(value, name: str) -> str:
     if value is None:
         return "n/a"
+    name = name[len(OWN_PREFIX):] if name.startswith(OWN_PREFIX) else name
     if name == "opening_offset":
         return f"{int(value):+d}"
     return f"{value:.2f}" if name in ("mouth_psnr", "psnr", "opening_correlation", "opening_ratio") else f"{value:.4f}"
 
 
 def table(results: Sequence[Dict], options) -> str:
-    header = ["arm", "what", "CPU min", "epochs", "val PSNR", *METRICS]
+    columns = METRICS + tuple(OWN_PREFIX + name for name in OWN_MOTION_METRICS)
+    header = ["arm", "what", "CPU min", "epochs", "val PSNR", *columns]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for result in results:
         if "failed" in result:
@@ -168,7 +184,7 @@ def table(results: Sequence[Dict], options) -> str:
         last = result.get("last_epoch", {})
         row = [result["arm"], result["says"], f"{result['train_cpu_min']:.1f}", str(result["epochs"]),
                f"{last.get('val_psnr', float('nan')):.2f}"]
-        row += [cell(result["scores"].get(name), name) for name in METRICS]
+        row += [cell(result["scores"].get(name), name) for name in columns]
         lines.append("| " + " | ".join(row) + " |")
     budget = (f"Budget: {options.minutes:g} min of training per arm on one pinned core (one torch thread), "
               f"{options.model_size} width, batch {options.batch_size}, lr {options.lr:g}, seed {options.seed}; "

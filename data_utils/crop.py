@@ -31,6 +31,14 @@ MASK_BOTTOM = 295               # below the chin of a wide-open jaw; the neck st
 MASK_LEFT = 5
 MASK_RIGHT = 315
 
+# The lips' box inside the 320 inner crop (rows/cols, inner pixels): upper lip to the
+# lower lip of a wide-open mouth, corner to corner with room for a smile. Training may
+# count it more than the rest of the crop (--lip_weight).
+LIP_TOP = 60
+LIP_BOTTOM = 180
+LIP_LEFT = 70
+LIP_RIGHT = 250
+
 # Temporal smoothing of the crop box: a zero-phase Gaussian over frames removes
 # landmark jitter without making the box lag behind head motion.
 CROP_SMOOTHING_SIGMA_FRAMES = 2.0
@@ -160,6 +168,13 @@ def cut_crop(frame: np.ndarray, box, size: int = CROP_SIZE) -> np.ndarray:
     interpolation = cv2.INTER_AREA if side > size else cv2.INTER_LINEAR
     return cv2.warpAffine(frame, matrix, (size, size), flags=interpolation,
                           borderMode=cv2.BORDER_REPLICATE)
+
+
+def lip_box_mask() -> np.ndarray:
+    """(320, 320) float32: 1 inside the lips' box (LIP_*), 0 elsewhere."""
+    mask = np.zeros((INNER_SIZE, INNER_SIZE), np.float32)
+    mask[LIP_TOP:LIP_BOTTOM, LIP_LEFT:LIP_RIGHT] = 1.0
+    return mask
 
 
 def inner_mask(feather_px: float = 0.0) -> np.ndarray:

@@ -19,7 +19,7 @@ from torch.utils.data import Dataset
 from data_utils.crop_cache import JpegCrops, build_crop_cache, crop_cache_is_current, open_crop_cache
 from data_utils.features.extract import metadata_path
 from data_utils.layout import DatasetLayout, process_command
-from data_utils.model_input import choose_reference_index
+from data_utils.model_input import choose_reference_indices
 from data_utils.timebase import ASR_CHOICES, FEATURE_SPECS, model_audio_input
 from lipsync.core.errors import UserError
 
@@ -246,16 +246,20 @@ class LipSyncDataset(_FrameSamples):
     """
 
     def __init__(self, person: PersonData, frames: Sequence[int], references: Sequence[int],
-                 seed: int = 0):
+                 seed: int = 0, reference_frames: int = 1):
         super().__init__(person, frames, seed)
         self.references = np.asarray(references)
+        self.reference_frames = int(reference_frames)
 
     def __getitem__(self, item: int) -> Dict:
         frame = int(self.frames[item])
-        reference = choose_reference_index(frame, self.references, self.rng(frame))
+        chosen = choose_reference_indices(frame, self.references, self.rng(frame), self.reference_frames)
+        # (328, 328, 3) for one reference, (K, 328, 328, 3) for K.
+        reference = (self.person.crop(chosen[0]) if len(chosen) == 1
+                     else np.stack([self.person.crop(index) for index in chosen]))
         return {
             "target": torch.from_numpy(self.person.crop(frame)),
-            "reference": torch.from_numpy(self.person.crop(reference)),
+            "reference": torch.from_numpy(reference),
             "audio": torch.from_numpy(self.person.audio(frame)),
             "frame": frame,
         }

@@ -3,11 +3,13 @@
 ``build_model_input`` (numpy, one frame) and ``model_input_batch`` (torch, a batch on
 the training device) give identical values: the reference crop's RGB, then the target
 crop's RGB with the lower face blacked out (data_utils.crop.mask_lower_face), both the
-inner 320 x 320 of a 328 crop. ``choose_reference_index`` says which frame is the
-reference; ``ColourJitter`` is the training augmentation applied to both alike.
+inner 320 x 320 of a 328 crop. A model trained with --reference_frames K > 1 sees K
+reference crops, in order, before the masked target. ``choose_reference_index`` (and
+``choose_reference_indices`` for K) says which frames are the references;
+``ColourJitter`` is the training augmentation applied to all of them alike.
 """
 from dataclasses import dataclass
-from typing import Optional, Sequence, Tuple
+from typing import List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -48,14 +50,19 @@ def model_input_batch(target_u8: torch.Tensor, reference_u8: torch.Tensor,
     """Batched ``build_model_input`` on the tensors' device.
 
     (B, 328, 328, 3) BGR uint8 crops -> image6 (B, 6, 320, 320) and the truth
-    (B, 3, 320, 320), float RGB in [0, 1]. With ``augment`` the same colour
-    change is applied to the target and its reference before masking.
+    (B, 3, 320, 320), float RGB in [0, 1]. ``reference_u8`` may also be
+    (B, K, 328, 328, 3): K references, giving (B, 3 (K + 1), 320, 320). With
+    ``augment`` the same colour change is applied to the target and its
+    references before masking.
     """
-    truth, reference = inner_rgb_batch(target_u8), inner_rgb_batch(reference_u8)
+    if reference_u8.dim() == target_u8.dim():
+        reference_u8 = reference_u8[:, None]
+    truth = inner_rgb_batch(target_u8)
+    references = [inner_rgb_batch(reference_u8[:, k]) for k in range(reference_u8.shape[1])]
     if augment is not None:
-        truth, reference = augment(truth, reference)
+        truth, *references = augment(truth, *references)
     masked = truth * _keep_mask(truth.device)
-    return torch.cat([reference, masked], dim=1), truth
+    return torch.cat([*references, masked], dim=1), truth
 
 
 def inner_rgb_batch(crops_u8: torch.Tensor) -> torch.Tensor:
@@ -81,6 +88,31 @@ def choose_reference_index(frame_index: int, candidates: Optional[Sequence[int]]
     if len(others) == 0:
         return int(frame_index)
     return int(others[rng.integers(len(others))])
+
+
+def choose_reference_indices(frame_index: int, candidates: Sequence[int], rng: np.random.Generator,
+                             count: int) -> List[int]:
+    """``count`` training references for ``frame_index``: the first is ``choose_reference_index``'s
+    (the same draw), the others further distinct frames of ``candidates`` where there are enough."""
+    first = choose_reference_index(frame_index, candidates, rng)
+    if count == 1:
+        return [first]
+    candidates = np.asarray(candidates)
+    others = candidates[(candidates != frame_index) & (candidates != first)]
+    if len(others) == 0:
+        return [first] * count
+    more = rng.choice(others, size=count - 1, replace=len(others) < count - 1)
+    return [first, *(int(index) for index in more)]
+
+
+def spread_reference_indices(frames: Sequence[int], count: int) -> List[int]:
+    """The fixed extra references inference gives a model trained with ``count`` + 1 of them:
+    ``count`` frames spread evenly over ``frames`` (the recording's frames with a face)."""
+    frames = np.asarray(frames)
+    if count <= 0 or len(frames) == 0:
+        return []
+    positions = (np.arange(count) + 0.5) * len(frames) / count
+    return [int(frames[int(position)]) for position in positions]
 
 
 @dataclass

@@ -2,7 +2,8 @@
 
 Input (B, 6, 320, 320) RGB in [0, 1]: channels 0-2 a reference crop of the
 person, 3-5 the target crop with its lower face blacked out
-(data_utils.dataset.build_model_input). The 320 square is the centre of the
+(data_utils.model_input; with ``reference_frames`` K, K reference crops come
+first: 3 (K + 1) channels). The 320 square is the centre of the
 328 crop; the 4 px border (data_utils.crop.CROP_BORDER) is never generated, so
 pasting back has real pixels to blend into. Output (B, 3, 320, 320) RGB in
 [0, 1]: the whole target crop, mouth drawn from the audio window.
@@ -23,6 +24,11 @@ from models.audio_window import AudioWindowEncoder
 
 IMAGE_CHANNELS = 3
 INPUT_CHANNELS = 2 * IMAGE_CHANNELS     # reference + masked target
+
+
+def input_channels(reference_frames: int = 1) -> int:
+    """Image channels of a U-Net with ``reference_frames`` references (+ the masked target)."""
+    return IMAGE_CHANNELS * (int(reference_frames) + 1)
 
 # Channel widths of the stem and the five encoder stages' first four outputs
 # (stage 5 keeps the last width). "base", the default, is the widest that costs no more
@@ -112,10 +118,11 @@ class LipSyncUNet(nn.Module):
     """Reference + masked target + audio window -> the target crop with a mouth.
 
     ``asr`` and ``audio_shape`` (C, H, W) describe the audio input; ``widths``
-    is one of WIDTHS (or any 5 increasing channel counts).
+    is one of WIDTHS (or any 5 increasing channel counts); ``reference_frames``
+    how many reference crops come before the masked target.
     """
 
-    def __init__(self, asr: str, audio_shape: tuple, widths=WIDTHS[DEFAULT_MODEL_SIZE]):
+    def __init__(self, asr: str, audio_shape: tuple, widths=WIDTHS[DEFAULT_MODEL_SIZE], reference_frames: int = 1):
         super().__init__()
         widths = tuple(int(value) for value in widths)
         if len(widths) != DOWNSAMPLINGS:
@@ -123,6 +130,9 @@ class LipSyncUNet(nn.Module):
         self.asr = asr
         self.audio_shape = tuple(int(value) for value in audio_shape)
         self.widths = widths
+        if int(reference_frames) < 1:
+            raise ValueError(f"reference_frames must be at least 1, got {reference_frames}")
+        self.reference_frames = int(reference_frames)
 
         def expansion(level):
             return EXPANSION_HIGH_RES if level < HIGH_RES_STAGES else EXPANSION_LOW_RES
@@ -146,6 +156,23 @@ class LipSyncUNet(nn.Module):
                     expansion(level))
             for level in reversed(range(DOWNSAMPLINGS)))
         self.head = nn.Conv2d(widths[0], IMAGE_CHANNELS, kernel_size=1)
+        if self.reference_frames > 1:
+            self._widen_stem()
+
+    def _widen_stem(self) -> None:
+        """Give the stem's first convolution the extra references' input channels.
+
+        Drawn after every other weight, so that with the same seed the rest of the
+        network (and the first reference's and the target's filters) starts exactly
+        as the one-reference model does: the extra references are the only change.
+        """
+        first = self.stem[0][0]
+        widened = nn.Conv2d(input_channels(self.reference_frames), first.out_channels, first.kernel_size,
+                            first.stride, first.padding, bias=False)
+        with torch.no_grad():
+            widened.weight[:, :IMAGE_CHANNELS] = first.weight[:, :IMAGE_CHANNELS]
+            widened.weight[:, -IMAGE_CHANNELS:] = first.weight[:, IMAGE_CHANNELS:]
+        self.stem[0][0] = widened
 
     def forward(self, image6: torch.Tensor, audio: torch.Tensor) -> torch.Tensor:
         x = self.stem(image6)

@@ -1,7 +1,9 @@
 """The U-Net objective (lipsync/train/objective.py): the adaptive balance of the sync
-term, its cap, the fixed weight, and the warm-up."""
+term, its cap, the fixed weight, the warm-up, and the lips' weight in L1."""
 import pytest
 import torch
+
+from data_utils import crop
 
 from lipsync.train.objective import ObjectiveSettings, UNetObjective
 from models.syncnet import SyncNet
@@ -12,7 +14,7 @@ pytestmark = pytest.mark.usefixtures("one_cpu_thread")
 
 
 def settings(**changes) -> ObjectiveSettings:
-    values = dict(sync_balance="adaptive", sync_ratio=1.0, sync_weight=10.0, sync_warmup_epochs=0)
+    values = dict(sync_balance="adaptive", sync_ratio=1.0, sync_weight=10.0, sync_warmup_epochs=0, lip_weight=1.0)
     values.update(changes)
     return ObjectiveSettings(**values)
 
@@ -80,3 +82,16 @@ def test_warm_up_trains_on_reconstruction_alone_and_skips_syncnet_until_it_ends(
     terms = objective(prediction, truth, audio)
     assert syncnet.calls == 1 and float(terms["sync"].detach()) > 0
     assert float(terms["total"].detach()) > float(terms["l1"].detach())
+
+
+def test_lip_weight_counts_errors_in_the_lips_box_that_many_times_more_at_the_same_mean_weight():
+    truth = torch.zeros(1, 3, 320, 320)
+    inside, outside = truth.clone(), truth.clone()
+    inside[..., crop.LIP_TOP, crop.LIP_LEFT] = 1.0            # one wrong pixel in the lips' box
+    outside[..., 300, 10] = 1.0                                # one wrong pixel on the neck
+    plain = UNetObjective(settings())
+    weighted = UNetObjective(settings(lip_weight=4.0))
+    assert plain(inside, truth, None)["l1"] == pytest.approx(float(plain(outside, truth, None)["l1"]))
+    assert weighted(inside, truth, None)["l1"] == pytest.approx(4 * float(weighted(outside, truth, None)["l1"]))
+    everywhere = torch.ones_like(truth)                        # mean weight 1: a uniform error costs the same
+    assert weighted(everywhere, truth, None)["l1"] == pytest.approx(float(plain(everywhere, truth, None)["l1"]))

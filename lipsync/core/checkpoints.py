@@ -46,11 +46,20 @@ def syncnet_dir(unet_dir) -> Path:
     return Path(unet_dir) / SYNCNET_SUBDIR
 
 
-def model_config(kind: str, asr: str, model_size: str, widths, audio_shape, features: Dict) -> Dict:
-    """The ``config`` entry of a checkpoint."""
-    return {"kind": kind, "asr": asr, "model_size": model_size, "widths": list(widths),
-            "audio_shape": list(audio_shape), "features": dict(features),
-            "crop_size": CROP_SIZE, "inner_size": INNER_SIZE}
+def model_config(kind: str, asr: str, model_size: str, widths, audio_shape, features: Dict,
+                 reference_frames: int = 1) -> Dict:
+    """The ``config`` entry of a checkpoint (``reference_frames``: a U-Net's; older ones had 1)."""
+    config = {"kind": kind, "asr": asr, "model_size": model_size, "widths": list(widths),
+              "audio_shape": list(audio_shape), "features": dict(features),
+              "crop_size": CROP_SIZE, "inner_size": INNER_SIZE}
+    if kind == UNET_KIND:
+        config["reference_frames"] = int(reference_frames)
+    return config
+
+
+def reference_frames_of(config: Dict) -> int:
+    """How many reference crops a U-Net checkpoint's model takes (1 before the option existed)."""
+    return int(config.get("reference_frames", 1))
 
 
 def save_checkpoint(path, model_state: Dict, config: Dict, epoch: int, **extra) -> Path:
@@ -201,7 +210,8 @@ def load_unet(path, device="cpu", asr: Optional[str] = None,
     state = read_checkpoint(path, device)
     config = state["config"]
     check_config(path, config, UNET_KIND, asr, model_size)
-    model = LipSyncUNet(config["asr"], tuple(config["audio_shape"]), tuple(config["widths"]))
+    model = LipSyncUNet(config["asr"], tuple(config["audio_shape"]), tuple(config["widths"]),
+                        reference_frames_of(config))
     try:
         model.load_state_dict(state["model"])
     except RuntimeError as error:

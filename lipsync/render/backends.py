@@ -1,5 +1,9 @@
 """The trained U-Net behind one call for both backends (eager PyTorch, onnxruntime):
-crops (B, 328, 328, 3) BGR uint8 + audio windows (B, C, H, W) -> generated (B, 320, 320, 3) BGR uint8."""
+crops (B, 328, 328, 3) BGR uint8 + audio windows (B, C, H, W) -> generated (B, 320, 320, 3) BGR uint8.
+
+Each frame's own crop is its reference; a model trained with --reference_frames K > 1
+also gets the K - 1 fixed crops ``use_extra_references`` gave (the same for every frame).
+"""
 from typing import Optional
 
 import numpy as np
@@ -9,7 +13,28 @@ from data_utils.model_input import model_input_batch
 from lipsync.render.onnx_export import OnnxUNet
 
 
-class TorchUNet:
+def model_input(crops_u8: np.ndarray, extra_references: Optional[torch.Tensor], device="cpu") -> torch.Tensor:
+    """The U-Net input of a batch of crops on ``device`` (moved there as uint8, a quarter of the
+    bytes): each crop its own reference, then the extra ones."""
+    crops = torch.from_numpy(crops_u8).to(device, non_blocking=True)
+    references = crops
+    if extra_references is not None:
+        fixed = extra_references.to(device)[None].expand(len(crops), *extra_references.shape)
+        references = torch.cat([crops[:, None], fixed], dim=1)
+    image6, _ = model_input_batch(crops, references)
+    return image6
+
+
+class ExtraReferences:
+    """The fixed extra reference crops of a many-reference model (none by default)."""
+    extra_references: Optional[torch.Tensor] = None
+
+    def use_extra_references(self, crops_u8: Optional[np.ndarray]) -> None:
+        """(K - 1, 328, 328, 3) BGR uint8 crops every frame gets after its own, or None."""
+        self.extra_references = None if crops_u8 is None or len(crops_u8) == 0 else torch.from_numpy(crops_u8)
+
+
+class TorchUNet(ExtraReferences):
     """crops (B, 328, 328, 3) BGR uint8 + audio (B, C, H, W) -> generated (B, 320, 320, 3) BGR uint8."""
 
     backend = "torch"
@@ -23,8 +48,7 @@ class TorchUNet:
 
     def __call__(self, crops_u8: np.ndarray, audio: np.ndarray) -> np.ndarray:
         with torch.inference_mode():
-            crops = torch.from_numpy(crops_u8).to(self.device, non_blocking=True)
-            image6, _ = model_input_batch(crops, crops)
+            image6 = model_input(crops_u8, self.extra_references, self.device)
             audio_tensor = torch.from_numpy(audio).to(self.device, non_blocking=True)
             with torch.autocast("cuda", dtype=torch.float16, enabled=self.half):
                 output = self.model(image6, audio_tensor)
@@ -37,7 +61,7 @@ def to_bgr_u8(rgb: torch.Tensor) -> torch.Tensor:
     return scaled.permute(0, 2, 3, 1).flip(-1).contiguous()
 
 
-class OnnxRuntimeUNet:
+class OnnxRuntimeUNet(ExtraReferences):
     """The same call as TorchUNet, through onnxruntime (lipsync.render.onnx_export.OnnxUNet)."""
 
     backend = "onnx"
@@ -48,7 +72,6 @@ class OnnxRuntimeUNet:
         self.device = self.session.device
 
     def __call__(self, crops_u8: np.ndarray, audio: np.ndarray) -> np.ndarray:
-        crops = torch.from_numpy(crops_u8)
-        image6, _ = model_input_batch(crops, crops)
+        image6 = model_input(crops_u8, self.extra_references)
         output = self.session(image6.numpy(), audio)
         return to_bgr_u8(torch.from_numpy(output)).numpy()

@@ -4,7 +4,8 @@
     python inference_328.py --name May --audio_path a.wav --backend onnx
 
 Export: the eval-mode model (batch norm folded into the convolutions by the
-exporter's constant folding) with inputs ``image6`` (B, 6, 320, 320) and
+exporter's constant folding) with inputs ``image6`` (B, 6, 320, 320; 3 (K + 1)
+channels for K references) and
 ``audio`` (B, C, H, W) and output ``image`` (B, 3, 320, 320), batch size
 dynamic. The .onnx sits next to its .pth and records which .pth (size and
 modification time) it came from, so a retrained checkpoint is re-exported
@@ -25,6 +26,7 @@ from lipsync.core.atomic import atomic_path
 from lipsync.core.errors import UserError
 from lipsync.core.fingerprint import file_fingerprint
 from lipsync.core.onnx_runtime import CUDA_PROVIDER, open_session, session_options
+from models.unet_328 import input_channels
 
 log = logging.getLogger(__name__)
 
@@ -32,7 +34,6 @@ ONNX_OPSET = 17
 INPUT_IMAGE = "image6"
 INPUT_AUDIO = "audio"
 OUTPUT_IMAGE = "image"
-IMAGE_CHANNELS_IN = 6
 EXPORT_BATCH = 2                 # example batch for tracing; the batch axis is exported as dynamic
 # Keys of the provenance stored in the .onnx metadata.
 SOURCE_KEYS = ("source_checkpoint", "source_size", "source_mtime_ns")
@@ -61,7 +62,8 @@ def export_onnx(model, audio_shape: Sequence[int], path, metadata: Optional[Dict
     path = Path(path)
     cpu_model = copy.deepcopy(model).float().cpu().eval()
     generator = torch.Generator().manual_seed(0)
-    image6 = torch.rand(EXPORT_BATCH, IMAGE_CHANNELS_IN, INNER_SIZE, INNER_SIZE, generator=generator)
+    channels = input_channels(getattr(cpu_model, "reference_frames", 1))
+    image6 = torch.rand(EXPORT_BATCH, channels, INNER_SIZE, INNER_SIZE, generator=generator)
     audio = torch.randn(EXPORT_BATCH, *[int(value) for value in audio_shape], generator=generator)
     with atomic_path(path) as temporary:
         with warnings.catch_warnings(), torch.no_grad():

@@ -7,7 +7,9 @@ How a frame is made (frame i of the output, 25 fps, 640 samples of audio each):
 - crop: the recording's own smoothed crop box (crop_boxes.npy), so the face
   does not jitter; the 328 crop is cut with data_utils.crop.cut_crop;
 - model: data_utils.dataset.model_input_batch (reference = the frame's own
-  crop, target = the same crop with the lower face masked) and the audio window
+  crop, target = the same crop with the lower face masked; a model trained with
+  --reference_frames K also gets K - 1 fixed crops spread over the recording,
+  data_utils.model_input.spread_reference_indices) and the audio window
   of frames i-8 .. i+7 (data_utils.timebase.model_audio_input), through either
   backend (lipsync/render/backends.py);
 - mouth controls (lipsync/render/mouth_control.py, issue 7), between the model and
@@ -30,12 +32,15 @@ from data_utils import crop as crop_geometry
 from data_utils.audio import as_samples
 from data_utils.dataset import load_crop_boxes, read_feature_metadata
 from data_utils.layout import DatasetLayout, process_command
+from data_utils.model_input import spread_reference_indices
 from data_utils.timebase import FEATURE_SPECS, SAMPLE_RATE
+from lipsync.core.checkpoints import reference_frames_of
 from lipsync.core.devices import device_name
 from lipsync.core.errors import UserError
 from lipsync.core.onnx_runtime import cpu_thread_count
 from lipsync.render.backends import TorchUNet
 from lipsync.render.featurizer import AudioFeaturizer, feature_encoder_source
+from lipsync.render.faceless import load_face_found
 from lipsync.render.frames import compose_frame
 from lipsync.render.mouth_control import MouthControls
 from lipsync.render.options import RenderOptions
@@ -79,6 +84,9 @@ class LipSyncRenderer:
         self.thread_pool = ThreadPoolExecutor(max_workers=max(1, workers), thread_name_prefix="render")
         expected = tuple(config.get("audio_shape") or ())
         self._expected_audio_shape = expected
+        extra = reference_frames_of(config) - 1
+        if extra > 0:
+            self.unet.use_extra_references(self._spread_reference_crops(extra))
 
     @classmethod
     def from_model(cls, model, dataset_dir, options: Optional[RenderOptions] = None) -> "LipSyncRenderer":
@@ -98,13 +106,20 @@ class LipSyncRenderer:
         if asr is None:
             raise UserError("say which audio encoder the model was trained with (asr='ave'|'hubert'|'wenet')")
         config = {"asr": asr, "audio_shape": list(model.audio_shape), "widths": list(getattr(model, "widths", ())),
-                  "features": read_feature_metadata(layout, asr)}
+                  "features": read_feature_metadata(layout, asr),
+                  "reference_frames": int(getattr(model, "reference_frames", 1))}
         device = device_name(options.device)
         featurizer = AudioFeaturizer(asr, feature_encoder_source(config, layout, options.ave_checkpoint,
                                                                  options.hubert_model, options.wenet_model), device)
         return cls(layout, TorchUNet(copy.deepcopy(model), device, options.half), featurizer, config, options)
 
     # ------------------------------------------------------------------ frames
+
+    def _spread_reference_crops(self, count: int) -> np.ndarray:
+        """(count, 328, 328, 3) crops of frames with a face, spread over the recording."""
+        with_face = np.flatnonzero(load_face_found(self.layout, self.frame_count))
+        indices = spread_reference_indices(with_face if len(with_face) else np.arange(self.frame_count), count)
+        return np.stack([crop_geometry.cut_crop(self._read_frame(index), self.boxes[index]) for index in indices])
 
     def _read_frame(self, index: int) -> np.ndarray:
         import cv2

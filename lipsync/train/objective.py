@@ -2,7 +2,8 @@
 
     total = reconstruction + w_sync x sync
 
-    reconstruction = L1 over the crop
+    reconstruction = L1 over the crop, the lips' box (data_utils.crop.LIP_*) counted
+                     --lip_weight times (the weights scaled to mean 1)
                    + 0.01 x VGG19 perceptual (when its weights are at hand)
     sync           = binary cross-entropy of the frozen SyncNet saying "in sync" for the
                      drawn mouth and its audio window
@@ -13,9 +14,9 @@ that is not yet a face is noise). Then, with --sync_balance fixed, it is --sync_
 sync term's gradient on the drawn picture is --sync_ratio times the reconstruction's,
 never above --sync_weight: the sync term steers the mouth without outshouting the
 picture (with a fixed 10 its gradient was ~2000x L1's, and the mouth smudged;
-benchmarks/RESULTS.md, "The training objective", which also measured a lip-weighted L1
-and a SyncNet face-feature loss, and a patch discriminator on the mouth band balanced
-the same way: none helped, so none is here).
+benchmarks/RESULTS.md, "The training objective", which also measured a SyncNet
+face-feature loss and a patch discriminator on the mouth band balanced the same way:
+neither helped, so neither is here).
 """
 import math
 from dataclasses import dataclass
@@ -24,6 +25,8 @@ from typing import Dict, Optional
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from data_utils import crop
 
 L1_WEIGHT = 1.0
 PERCEPTUAL_WEIGHT = 0.01                 # VGG19 term (SyncTalk_2D's recipe)
@@ -38,10 +41,21 @@ class ObjectiveSettings:
     sync_ratio: float
     sync_weight: float
     sync_warmup_epochs: int
+    lip_weight: float
 
     @classmethod
     def from_config(cls, config) -> "ObjectiveSettings":
         return cls(**{name: getattr(config, name) for name in cls.__dataclass_fields__})
+
+
+def pixel_weights(lip_weight: float, device) -> torch.Tensor:
+    """(1, 1, 320, 320): 1 outside the lips' box, ``lip_weight`` inside, scaled to mean 1.
+
+    Mean 1 keeps the reconstruction term's size, and so its balance with the sync
+    term, whatever the lip weight.
+    """
+    weights = 1.0 + (lip_weight - 1.0) * torch.from_numpy(crop.lip_box_mask())
+    return (weights / weights.mean()).to(device)[None, None]
 
 
 class UNetObjective:
@@ -51,6 +65,7 @@ class UNetObjective:
                  syncnet: Optional[nn.Module] = None):
         self.settings, self.perceptual, self.syncnet = settings, perceptual, syncnet
         self.epoch = 0
+        self._weights: Optional[torch.Tensor] = None
 
     def to(self, device):
         for module in (self.perceptual, self.syncnet):
@@ -66,6 +81,13 @@ class UNetObjective:
     def sync_active(self) -> bool:
         return self.syncnet is not None and self.epoch >= self.settings.sync_warmup_epochs
 
+    def reconstruction_l1(self, prediction: torch.Tensor, truth: torch.Tensor) -> torch.Tensor:
+        if self.settings.lip_weight == 1:
+            return F.l1_loss(prediction, truth)
+        if self._weights is None or self._weights.device != prediction.device:
+            self._weights = pixel_weights(self.settings.lip_weight, prediction.device)
+        return ((prediction - truth).abs() * self._weights).mean()
+
     def sync_weight(self, reconstruction: torch.Tensor, sync: torch.Tensor, prediction: torch.Tensor) -> float:
         """w_sync for this batch (module docstring); the gradients are taken on the picture only."""
         settings = self.settings
@@ -79,7 +101,7 @@ class UNetObjective:
 
     def __call__(self, prediction: torch.Tensor, truth: torch.Tensor, audio: torch.Tensor) -> Dict[str, torch.Tensor]:
         prediction, truth = prediction.float(), truth.float()
-        terms = {"l1": F.l1_loss(prediction, truth)}
+        terms = {"l1": self.reconstruction_l1(prediction, truth)}
         reconstruction = L1_WEIGHT * terms["l1"]
         if self.perceptual is not None:
             terms["perceptual"] = self.perceptual(prediction, truth)

@@ -27,6 +27,8 @@ SYNC_WEIGHT = 10.0              # SyncTalk_2D's fixed weight; with adaptive bala
 SYNC_BALANCE = "adaptive"
 SYNC_RATIO = 3.0                # sync gradient on the picture / reconstruction gradient
 SYNC_WARMUP_EPOCHS = 2
+LIP_WEIGHT = 1.0                # the lips' box counts like every other pixel
+REFERENCE_FRAMES = 1            # reference crops the U-Net sees (SyncTalk_2D's one)
 # --lr_schedule step: halve the LR every 50 epochs (the user guide's StepLR).
 STEP_LR_EPOCHS = 50
 STEP_LR_GAMMA = 0.5
@@ -34,11 +36,12 @@ LR_SCHEDULES = ("none", "step", "cosine")
 # What a resumed run must keep: changing one mid-run silently mixes two trainings.
 RESUME_FIXED_OPTIONS = ("asr", "model_size", "batch_size", "lr", "lr_schedule", "grad_accum", "augment",
                         "val_fraction", "seed", "use_syncnet", "sync_weight", "sync_balance", "sync_ratio",
-                        "sync_warmup_epochs", "perceptual")
+                        "sync_warmup_epochs", "lip_weight", "reference_frames", "perceptual")
 # Options of the sync loss: compared on --resume only when both runs use it.
 SYNC_LOSS_OPTIONS = ("sync_weight", "sync_balance", "sync_ratio", "sync_warmup_epochs")
 # What a run saved before these options existed trained with (the objective was L1 + 10 x sync).
-OPTION_VALUES_BEFORE_THEY_EXISTED = {"sync_balance": "fixed", "sync_warmup_epochs": 0}
+OPTION_VALUES_BEFORE_THEY_EXISTED = {"sync_balance": "fixed", "sync_warmup_epochs": 0, "lip_weight": 1.0,
+                                     "reference_frames": 1}
 # SyncNet sees one small mouth band per sample: bigger batches, more epochs than the U-Net.
 SYNCNET_BATCH_SIZE = 32
 SYNCNET_LR = 1e-4
@@ -80,6 +83,8 @@ class TrainConfig(Options):
     sync_balance: str = SYNC_BALANCE
     sync_ratio: float = SYNC_RATIO
     sync_warmup_epochs: int = SYNC_WARMUP_EPOCHS
+    lip_weight: float = LIP_WEIGHT
+    reference_frames: int = REFERENCE_FRAMES
     perceptual: str = "auto"                # auto | on | off
     vgg_weights: Optional[Path] = None
     show_progress: bool = True
@@ -104,6 +109,11 @@ class TrainConfig(Options):
         for name in ("sync_weight", "sync_ratio", "sync_warmup_epochs"):
             if getattr(self, name) < 0:
                 raise UserError(f"--{name} cannot be negative, got {getattr(self, name)}")
+        if self.reference_frames < 1:
+            raise UserError(f"--reference_frames must be at least 1, got {self.reference_frames}")
+        if self.lip_weight < 1:
+            raise UserError(f"--lip_weight counts the lips' pixels that many times; it must be at least 1, "
+                            f"got {self.lip_weight:g}")
         if self.sync_balance not in SYNC_BALANCES:
             raise UserError(f"--sync_balance must be one of {', '.join(SYNC_BALANCES)}")
         if self.num_workers < 0 or self.patience < 0:
@@ -230,6 +240,12 @@ def build_unet_parser(description: str) -> argparse.ArgumentParser:
     losses.add_argument("--sync_warmup_epochs", type=int, default=SYNC_WARMUP_EPOCHS,
                         help=f"train this many epochs on reconstruction alone before the sync loss joins "
                              f"(default {SYNC_WARMUP_EPOCHS})")
+    losses.add_argument("--lip_weight", type=float, default=LIP_WEIGHT,
+                        help=f"count the lips' box this many times in the L1 loss (default {LIP_WEIGHT:g}: "
+                             "every pixel alike)")
+    losses.add_argument("--reference_frames", type=int, default=REFERENCE_FRAMES,
+                        help=f"reference crops (random other frames) the U-Net sees beside the masked target "
+                             f"(default {REFERENCE_FRAMES}); inference adds fixed frames spread over the recording")
     losses.add_argument("--syncnet_checkpoint",
                         help="SyncNet .pth (default: checkpoint/NAME/syncnet/best.pth)")
     losses.add_argument("--perceptual", choices=PERCEPTUAL_MODES, default=TrainConfig.perceptual,

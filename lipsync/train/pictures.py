@@ -18,7 +18,7 @@ PLOT_DPI = 100
 
 def sample_grid(image6: torch.Tensor, prediction: torch.Tensor, truth: torch.Tensor) -> np.ndarray:
     """BGR uint8 picture, one row per sample: reference | masked | prediction | truth."""
-    columns = [image6[:, :3], image6[:, 3:], prediction, truth]
+    columns = [image6[:, :3], image6[:, -3:], prediction, truth]     # the first reference, the masked target
     rows = torch.cat([torch.cat(list(column), dim=2) for column in zip(*columns)], dim=1)
     picture = (rows.float().clamp(0, 1) * 255 + 0.5).byte().permute(1, 2, 0).cpu().numpy()
     return np.ascontiguousarray(picture[:, :, ::-1])

@@ -48,13 +48,14 @@ class UNetTask:
         self.objective = UNetObjective(ObjectiveSettings.from_config(config), perceptual, syncnet)
         self.augment = ColourJitter() if config.augment else None
         train_frames, val_frames = person.split(config.val_fraction)
-        self.train_set = LipSyncDataset(person, train_frames, train_frames, config.seed)
-        self.val_set = LipSyncDataset(person, val_frames, val_frames, config.seed) if len(val_frames) else None
+        count = config.reference_frames
+        self.train_set = LipSyncDataset(person, train_frames, train_frames, config.seed, count)
+        self.val_set = LipSyncDataset(person, val_frames, val_frames, config.seed, count) if len(val_frames) else None
 
     def model_config(self) -> Dict:
         return ckpt.model_config(self.kind, self.config.asr, width_name(self.model.widths),
                                  self.model.widths, self.model.audio_shape,
-                                 self.person.describe_features())
+                                 self.person.describe_features(), self.config.reference_frames)
 
     def to(self, device):
         self.objective.to(device)
