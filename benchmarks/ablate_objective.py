@@ -54,23 +54,35 @@ class Arm:
 
 
 FIXED = ("--sync_balance", "fixed", "--sync_warmup_epochs", "0")
+ADAPTIVE = ("--sync_balance", "adaptive", "--sync_warmup_epochs", "2")
+EVERY_PIXEL_ALIKE = ("--lip_weight", "1")     # the arms measured before the lips' weight became 4
+LIPS_4 = ("--lip_weight", "4")
+TWO_REFERENCES = ("--reference_frames", "2")
 ARMS = {arm.name: arm for arm in (
-    Arm("l1", "L1 only", (), uses_syncnet=False),
-    Arm("l1_lips4", "L1 only, the lips' box counted 4 times", ("--lip_weight", "4"), uses_syncnet=False),
-    Arm("l1_refs2", "L1 only, two reference frames", ("--reference_frames", "2"), uses_syncnet=False),
-    Arm("sync_fixed", "L1 + sync x 10 from the start (SyncTalk_2D's recipe)", FIXED + ("--sync_weight", "10")),
+    Arm("l1", "L1 only", EVERY_PIXEL_ALIKE, uses_syncnet=False),
+    Arm("l1_lips4", "L1 only, the lips' box counted 4 times (the default since 2026-12-02)", LIPS_4,
+        uses_syncnet=False),
+    Arm("l1_refs2", "L1 only, two reference frames", EVERY_PIXEL_ALIKE + TWO_REFERENCES, uses_syncnet=False),
+    Arm("l1_lips4_refs2", "L1 only, the lips' box counted 4 times, two reference frames", LIPS_4 + TWO_REFERENCES,
+        uses_syncnet=False),
+    Arm("sync_fixed", "L1 + sync x 10 from the start (SyncTalk_2D's recipe)",
+        FIXED + ("--sync_weight", "10") + EVERY_PIXEL_ALIKE),
     # Measured too, at commit e8dd2a8 (benchmarks/RESULTS.md): the lips' box x 4 in L1 with a SyncNet
-    # face-feature loss x 0.1, at ratios 1 and 3. Neither helped; the face-feature option is gone. At commit fb030a4:
-    # a spectral-norm patch discriminator on the mouth band (--gan_ratio 1 and 0.3, balanced like the sync
-    # term) with ratio 3, two seeds at 1: mouth PSNR 0.36 and 0.54 dB below L1 alone, the motion no better; gone.
+    # face-feature loss x 0.1, at ratios 1 and 3 (from another start than L1 alone's). Neither helped; the
+    # face-feature option is gone. At commit fb030a4: a spectral-norm patch discriminator on the mouth band
+    # (--gan_ratio 1 and 0.3, balanced like the sync term) with ratio 3, two seeds at 1: mouth PSNR 0.36 and
+    # 0.54 dB below L1 alone, the motion no better; gone.
     Arm("adaptive", "L1 + adaptive sync (ratio 1) after a 2-epoch warm-up",
-        ("--sync_balance", "adaptive", "--sync_ratio", "1", "--sync_warmup_epochs", "2")),
-    Arm("adaptive_r3", "adaptive, ratio 3, after a 2-epoch warm-up",
-        ("--sync_balance", "adaptive", "--sync_ratio", "3", "--sync_warmup_epochs", "2")),
+        ADAPTIVE + ("--sync_ratio", "1") + EVERY_PIXEL_ALIKE),
+    Arm("adaptive_r3", "adaptive, ratio 3, after a 2-epoch warm-up", ADAPTIVE + ("--sync_ratio", "3") + EVERY_PIXEL_ALIKE),
+    Arm("adaptive_r3_lips4", "adaptive, ratio 3, after a 2-epoch warm-up, the lips' box counted 4 times",
+        ADAPTIVE + ("--sync_ratio", "3") + LIPS_4),
+    Arm("adaptive_r3_lips4_refs2", "adaptive ratio 3 with the lips' box counted 4 times, two reference frames",
+        ADAPTIVE + ("--sync_ratio", "3") + LIPS_4 + TWO_REFERENCES),
     Arm("adaptive_r10", "adaptive, ratio 10, after a 2-epoch warm-up",
-        ("--sync_balance", "adaptive", "--sync_ratio", "10", "--sync_warmup_epochs", "2")),
+        ADAPTIVE + ("--sync_ratio", "10") + EVERY_PIXEL_ALIKE),
     Arm("adaptive_r03", "adaptive, ratio 0.3, after a 2-epoch warm-up",
-        ("--sync_balance", "adaptive", "--sync_ratio", "0.3", "--sync_warmup_epochs", "2")),
+        ADAPTIVE + ("--sync_ratio", "0.3") + EVERY_PIXEL_ALIKE),
 )}
 
 

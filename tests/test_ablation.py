@@ -52,8 +52,12 @@ def test_every_arm_trains_for_the_budget_and_is_scored_against_the_truth(ablatio
     for result in results:
         assert "failed" not in result, result.get("failed")
         assert result["epochs"] == 1 and result["train_cpu_min"] > 0
-        for name in ("mouth_psnr", "lmd", "opening_correlation", "opening_ratio"):
+        for name in ("mouth_psnr", "lmd", "opening_correlation", "opening_ratio", "own_opening_correlation",
+                     "own_opening_ratio"):
             assert isinstance(result["scores"][name], float), name
+        # The own-motion scores come from a render without the silence hold.
+        own = json.loads((output / result["arm"] / "evaluation_own_motion" / "epoch_1.json").read_text())
+        assert own["key"]["render_options"] == {"silence_hold": False}
     assert "train_sync" not in results[0]["last_epoch"] and results[1]["last_epoch"]["train_sync"] > 0
     assert results[1]["last_epoch"]["train_sync_weight"] == 10
     assert json.loads((output / "ablation.json").read_text())[1]["arm"] == "sync_fixed"

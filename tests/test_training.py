@@ -568,14 +568,18 @@ def test_a_sync_run_saved_before_the_balance_options_resumes_as_it_trained(tmp_p
     # would change its objective, so both options are named, with what to type.
     config = TrainConfig(dataset_dir=tmp_path, save_dir=tmp_path, use_syncnet=True)
     old_run = {"use_syncnet": True, "sync_weight": 10.0, "lr": config.lr}
-    assert config.changed_since(old_run) == ["sync_balance", "sync_warmup_epochs"]
+    assert config.changed_since(old_run) == ["sync_balance", "sync_warmup_epochs", "lip_weight"]
     assert config.how_to_keep("sync_balance", old_run) == "use --sync_balance fixed"
     assert config.how_to_keep("sync_warmup_epochs", old_run) == "use --sync_warmup_epochs 0"
+    assert config.how_to_keep("lip_weight", old_run) == "use --lip_weight 1.0"
     kept = TrainConfig(dataset_dir=tmp_path, save_dir=tmp_path, use_syncnet=True, sync_balance="fixed",
-                       sync_warmup_epochs=0)
+                       sync_warmup_epochs=0, lip_weight=1.0)
     assert kept.changed_since(old_run) == []
-    # Without the sync loss in both runs, its options do not matter.
-    assert TrainConfig(dataset_dir=tmp_path, save_dir=tmp_path).changed_since({"use_syncnet": False}) == []
+    # Without the sync loss in both runs, its options do not matter; the lips' weight always does.
+    assert TrainConfig(dataset_dir=tmp_path, save_dir=tmp_path).changed_since({"use_syncnet": False}) == \
+        ["lip_weight"]
+    assert TrainConfig(dataset_dir=tmp_path, save_dir=tmp_path, reference_frames=2).changed_since(
+        {"use_syncnet": False, "lip_weight": 4.0}) == ["reference_frames"]
 
 
 def test_resume_may_train_longer_without_a_cosine_schedule(small, tmp_path):

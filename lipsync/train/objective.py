@@ -3,10 +3,15 @@
     total = reconstruction + w_sync x sync
 
     reconstruction = L1 over the crop, the lips' box (data_utils.crop.LIP_*) counted
-                     --lip_weight times (the weights scaled to mean 1)
+                     --lip_weight times (default 4; the weights scaled to mean 1)
                    + 0.01 x VGG19 perceptual (when its weights are at hand)
     sync           = binary cross-entropy of the frozen SyncNet saying "in sync" for the
                      drawn mouth and its audio window
+
+The lips are a fifth of the crop but nearly all of what the audio decides; counted 4 times,
+they pull the U-Net onto the audio sooner: after the same 30 CPU minutes from the same start
+the mouth opened 3x and 2x as wide as with every pixel alike, followed the truth better, and
+the mouth's picture was 0.3-0.6 dB sharper (benchmarks/RESULTS.md, "The lips' weight").
 
 w_sync is 0 for the first --sync_warmup_epochs epochs (SyncNet's verdict on a picture
 that is not yet a face is noise). Then, with --sync_balance fixed, it is --sync_weight

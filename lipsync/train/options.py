@@ -27,7 +27,7 @@ SYNC_WEIGHT = 10.0              # SyncTalk_2D's fixed weight; with adaptive bala
 SYNC_BALANCE = "adaptive"
 SYNC_RATIO = 3.0                # sync gradient on the picture / reconstruction gradient
 SYNC_WARMUP_EPOCHS = 2
-LIP_WEIGHT = 1.0                # the lips' box counts like every other pixel
+LIP_WEIGHT = 4.0                # the lips' box counts 4 times in L1 (before 2026-12-02: 1, every pixel alike)
 REFERENCE_FRAMES = 1            # reference crops the U-Net sees (SyncTalk_2D's one)
 # --lr_schedule step: halve the LR every 50 epochs (the user guide's StepLR).
 STEP_LR_EPOCHS = 50
