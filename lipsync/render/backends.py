@@ -15,23 +15,26 @@ from lipsync.render.onnx_export import OnnxUNet
 
 def model_input(crops_u8: np.ndarray, extra_references: Optional[torch.Tensor], device="cpu") -> torch.Tensor:
     """The U-Net input of a batch of crops on ``device`` (moved there as uint8, a quarter of the
-    bytes): each crop its own reference, then the extra ones."""
+    bytes): each crop its own reference, then the extra ones (already on ``device``)."""
     crops = torch.from_numpy(crops_u8).to(device, non_blocking=True)
     references = crops
     if extra_references is not None:
-        fixed = extra_references.to(device)[None].expand(len(crops), *extra_references.shape)
+        fixed = extra_references[None].expand(len(crops), *extra_references.shape)
         references = torch.cat([crops[:, None], fixed], dim=1)
     image6, _ = model_input_batch(crops, references)
     return image6
 
 
 class ExtraReferences:
-    """The fixed extra reference crops of a many-reference model (none by default)."""
+    """The fixed extra reference crops of a many-reference model (none by default), kept where
+    the model input is built, so that no batch copies them there again."""
     extra_references: Optional[torch.Tensor] = None
+    input_device = "cpu"            # onnxruntime takes its input from host memory
 
     def use_extra_references(self, crops_u8: Optional[np.ndarray]) -> None:
         """(K - 1, 328, 328, 3) BGR uint8 crops every frame gets after its own, or None."""
-        self.extra_references = None if crops_u8 is None or len(crops_u8) == 0 else torch.from_numpy(crops_u8)
+        self.extra_references = (None if crops_u8 is None or len(crops_u8) == 0
+                                 else torch.from_numpy(crops_u8).to(self.input_device))
 
 
 class TorchUNet(ExtraReferences):
@@ -41,14 +44,14 @@ class TorchUNet(ExtraReferences):
 
     def __init__(self, model, device: str = "cpu", half: bool = False):
         self.model = model.to(device).eval()
-        self.device = device
+        self.device = self.input_device = device
         self.half = bool(half) and device == "cuda"
         if device == "cuda":
             torch.backends.cudnn.benchmark = True      # fixed input shapes: pick the fastest kernels once
 
     def __call__(self, crops_u8: np.ndarray, audio: np.ndarray) -> np.ndarray:
         with torch.inference_mode():
-            image6 = model_input(crops_u8, self.extra_references, self.device)
+            image6 = model_input(crops_u8, self.extra_references, self.input_device)
             audio_tensor = torch.from_numpy(audio).to(self.device, non_blocking=True)
             with torch.autocast("cuda", dtype=torch.float16, enabled=self.half):
                 output = self.model(image6, audio_tensor)
@@ -72,6 +75,6 @@ class OnnxRuntimeUNet(ExtraReferences):
         self.device = self.session.device
 
     def __call__(self, crops_u8: np.ndarray, audio: np.ndarray) -> np.ndarray:
-        image6 = model_input(crops_u8, self.extra_references)
+        image6 = model_input(crops_u8, self.extra_references, self.input_device)
         output = self.session(image6.numpy(), audio)
         return to_bgr_u8(torch.from_numpy(output)).numpy()

@@ -88,7 +88,7 @@ class UNetObjective:
 
     def reconstruction_l1(self, prediction: torch.Tensor, truth: torch.Tensor) -> torch.Tensor:
         if self.settings.lip_weight == 1:
-            return F.l1_loss(prediction, truth)
+            return F.l1_loss(prediction, truth)         # bit for bit the objective before the lips' weight
         if self._weights is None or self._weights.device != prediction.device:
             self._weights = pixel_weights(self.settings.lip_weight, prediction.device)
         return ((prediction - truth).abs() * self._weights).mean()

@@ -241,8 +241,8 @@ def build_unet_parser(description: str) -> argparse.ArgumentParser:
                         help=f"train this many epochs on reconstruction alone before the sync loss joins "
                              f"(default {SYNC_WARMUP_EPOCHS})")
     losses.add_argument("--lip_weight", type=float, default=LIP_WEIGHT,
-                        help=f"count the lips' box this many times in the L1 loss (default {LIP_WEIGHT:g}: "
-                             "every pixel alike)")
+                        help=f"count the lips' box this many times in the L1 loss (default {LIP_WEIGHT:g}; "
+                             "1: every pixel alike)")
     losses.add_argument("--reference_frames", type=int, default=REFERENCE_FRAMES,
                         help=f"reference crops (random other frames) the U-Net sees beside the masked target "
                              f"(default {REFERENCE_FRAMES}); inference adds fixed frames spread over the recording")
