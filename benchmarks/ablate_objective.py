@@ -57,11 +57,13 @@ FIXED = ("--sync_balance", "fixed", "--sync_warmup_epochs", "0")
 ADAPTIVE = ("--sync_balance", "adaptive", "--sync_warmup_epochs", "2")
 EVERY_PIXEL_ALIKE = ("--lip_weight", "1")     # the arms measured before the lips' weight became 4
 LIPS_4 = ("--lip_weight", "4")
+LIPS_8 = ("--lip_weight", "8")
 TWO_REFERENCES = ("--reference_frames", "2")
 ARMS = {arm.name: arm for arm in (
     Arm("l1", "L1 only", EVERY_PIXEL_ALIKE, uses_syncnet=False),
     Arm("l1_lips4", "L1 only, the lips' box counted 4 times (the default since 2026-12-02)", LIPS_4,
         uses_syncnet=False),
+    Arm("l1_lips8", "L1 only, the lips' box counted 8 times", LIPS_8, uses_syncnet=False),
     Arm("l1_refs2", "L1 only, two reference frames", EVERY_PIXEL_ALIKE + TWO_REFERENCES, uses_syncnet=False),
     Arm("l1_lips4_refs2", "L1 only, the lips' box counted 4 times, two reference frames", LIPS_4 + TWO_REFERENCES,
         uses_syncnet=False),
