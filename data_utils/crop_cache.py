@@ -3,6 +3,8 @@ box) cut once into dataset/NAME/crops_328.u8, a raw uint8 (N, 328, 328, 3) BGR a
 training memory-maps, so the training loop never decodes a JPEG. ``JpegCrops`` is the slow
 path it replaces (kept for the benchmark and as the reference the cache is checked against).
 """
+import contextlib
+import fcntl
 import hashlib
 import json
 import logging
@@ -16,7 +18,7 @@ import numpy as np
 from data_utils import crop
 from data_utils.crop import CROP_SHAPE
 from data_utils.layout import DatasetLayout, process_command
-from lipsync.core.atomic import atomic_path, write_json_atomic
+from lipsync.core.atomic import atomic_path, output_error, write_json_atomic
 from lipsync.core.errors import UserError
 from lipsync.core.progress import progress_bar
 
@@ -67,10 +69,34 @@ def crop_cache_is_current(layout: DatasetLayout, boxes: np.ndarray) -> bool:
             and layout.crop_cache.stat().st_size == len(boxes) * CROP_BYTES)
 
 
+@contextlib.contextmanager
+def _build_lock(layout: DatasetLayout):
+    """Wait for any other process building this dataset's cache (the U-Net and SyncNet trained
+    side by side both start by building it): two writers would share the temporary file, and one
+    truncating it under the other's memory map kills that process with SIGBUS."""
+    path = layout.crop_cache.with_name(f".{layout.crop_cache.name}.lock")
+    try:
+        descriptor = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as error:
+        raise output_error(path, error) from None
+    try:
+        fcntl.flock(descriptor, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(descriptor)          # closing releases the lock
+
+
 def build_crop_cache(layout: DatasetLayout, boxes: np.ndarray, show_progress: bool = True) -> Path:
     """Cut every frame's 328 crop into crops_328.u8 (atomically); skip if already current."""
     if crop_cache_is_current(layout, boxes):
         return layout.crop_cache
+    with _build_lock(layout):
+        if crop_cache_is_current(layout, boxes):      # another process built it while this one waited
+            return layout.crop_cache
+        return _write_crop_cache(layout, boxes, show_progress)
+
+
+def _write_crop_cache(layout: DatasetLayout, boxes: np.ndarray, show_progress: bool) -> Path:
     info = cache_info_path(layout)
     if info.exists():
         info.unlink()                       # the old cache no longer matches: never trust it again

@@ -18,6 +18,9 @@ class DatasetLayout:
     """Paths of one person's processed dataset folder."""
     root: Path
 
+    def __post_init__(self):
+        object.__setattr__(self, "root", Path(self.root))     # a str from a caller works too
+
     @classmethod
     def for_video(cls, video_path, output_dir=None) -> "DatasetLayout":
         video_path = Path(video_path)

@@ -6,6 +6,7 @@ import os
 import shlex
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -79,6 +80,58 @@ def test_crop_cache_equals_jpeg_crops_and_is_built_once(small):
     build_crop_cache(layout, boxes, show_progress=False)
     np.testing.assert_array_equal(open_person(small, "ave", show_progress=False).crop(3), jpeg[3])
     assert cache_info_path(layout).is_file()
+
+
+# A crop-cache builder. The slow one, once inside the build, waits for the fast one to be about
+# to build too, then goes on slowly, so the two overlap.
+CACHE_BUILDER = """
+import sys, time
+from pathlib import Path
+sys.path.insert(0, sys.argv[1])
+from data_utils import crop_cache
+from data_utils.dataset import load_crop_boxes
+from data_utils.layout import DatasetLayout
+layout, markers, slow = DatasetLayout(sys.argv[2]), Path(sys.argv[3]), sys.argv[4] == "slow"
+if slow:
+    cut = crop_cache.JpegCrops.__getitem__
+    def slow_cut(self, index):
+        (markers / "slow builder started").touch()
+        deadline = time.monotonic() + 60
+        while not (markers / "fast builder starts").exists() and time.monotonic() < deadline:
+            time.sleep(0.01)
+        time.sleep(0.05)
+        return cut(self, index)
+    crop_cache.JpegCrops.__getitem__ = slow_cut
+else:
+    (markers / "fast builder starts").touch()
+crop_cache.build_crop_cache(layout, load_crop_boxes(layout), show_progress=False)
+"""
+
+
+def test_two_processes_building_the_crop_cache_at_once_both_succeed(small, tmp_path):
+    # The U-Net and SyncNet trained side by side both build the cache on start; sharing its
+    # temporary file, one used to die (SIGBUS, or a vanished file at the rename).
+    layout = DatasetLayout(small)
+    assert not layout.crop_cache.exists()
+
+    def builder(speed):
+        return subprocess.Popen([sys.executable, "-c", CACHE_BUILDER, str(REPO_ROOT), str(small), str(tmp_path),
+                                 speed], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+    first = builder("slow")
+    deadline = time.monotonic() + 60
+    while not (tmp_path / "slow builder started").exists() and first.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert (tmp_path / "slow builder started").exists(), first.communicate()[0]
+    second = builder("fast")
+    for process in (first, second):
+        output = process.communicate(timeout=120)[0]
+        assert process.returncode == 0, output
+    jpeg = JpegCrops(layout, load_crop_boxes(layout))
+    person = open_person(small, "ave", show_progress=False)
+    for frame in range(SMALL_FRAMES):
+        np.testing.assert_array_equal(person.crop(frame), jpeg[frame])
+    assert not list(small.glob(".*partial*"))
 
 
 def test_syncnet_pairs_use_real_offsync_audio(small):
