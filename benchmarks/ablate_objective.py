@@ -51,6 +51,9 @@ class Arm:
     says: str
     options: tuple
     uses_syncnet: bool = True
+    # The LR schedule spreads over --budget_epochs (the epochs the clock lets every arm train),
+    # so that it has decayed when the clock stops the arm.
+    schedule_over_budget: bool = False
 
 
 FIXED = ("--sync_balance", "fixed", "--sync_warmup_epochs", "0")
@@ -59,11 +62,14 @@ EVERY_PIXEL_ALIKE = ("--lip_weight", "1")     # the arms measured before the lip
 LIPS_4 = ("--lip_weight", "4")
 LIPS_8 = ("--lip_weight", "8")
 TWO_REFERENCES = ("--reference_frames", "2")
+COSINE = ("--lr_schedule", "cosine")
 ARMS = {arm.name: arm for arm in (
     Arm("l1", "L1 only", EVERY_PIXEL_ALIKE, uses_syncnet=False),
     Arm("l1_lips4", "L1 only, the lips' box counted 4 times (the default since 2026-12-02)", LIPS_4,
         uses_syncnet=False),
     Arm("l1_lips8", "L1 only, the lips' box counted 8 times", LIPS_8, uses_syncnet=False),
+    Arm("l1_lips4_cosine", "L1 only, the lips' box counted 4 times, the LR decayed to 0 over the budget (cosine)",
+        LIPS_4 + COSINE, uses_syncnet=False, schedule_over_budget=True),
     Arm("l1_refs2", "L1 only, two reference frames", EVERY_PIXEL_ALIKE + TWO_REFERENCES, uses_syncnet=False),
     Arm("l1_lips4_refs2", "L1 only, the lips' box counted 4 times, two reference frames", LIPS_4 + TWO_REFERENCES,
         uses_syncnet=False),
@@ -77,6 +83,8 @@ ARMS = {arm.name: arm for arm in (
     Arm("adaptive", "L1 + adaptive sync (ratio 1) after a 2-epoch warm-up",
         ADAPTIVE + ("--sync_ratio", "1") + EVERY_PIXEL_ALIKE),
     Arm("adaptive_r3", "adaptive, ratio 3, after a 2-epoch warm-up", ADAPTIVE + ("--sync_ratio", "3") + EVERY_PIXEL_ALIKE),
+    Arm("adaptive_r1_lips4", "adaptive, ratio 1, after a 2-epoch warm-up, the lips' box counted 4 times",
+        ADAPTIVE + ("--sync_ratio", "1") + LIPS_4),
     Arm("adaptive_r3_lips4", "adaptive, ratio 3, after a 2-epoch warm-up, the lips' box counted 4 times",
         ADAPTIVE + ("--sync_ratio", "3") + LIPS_4),
     Arm("adaptive_r3_lips4_refs2", "adaptive ratio 3 with the lips' box counted 4 times, two reference frames",
@@ -102,6 +110,8 @@ def train_command(arm: Arm, options, run_dir: Path) -> List[str]:
                      "--lr", options.lr, "--epochs", NO_EPOCH_LIMIT, "--save_interval", NO_EPOCH_LIMIT,
                      "--max_minutes", options.minutes, "--num_workers", 0, "--device", "cpu",
                      "--perceptual", "off", "--see_res", "--seed", options.seed, "--quiet", *arm.options)
+    if arm.schedule_over_budget:
+        command += ["--epochs", str(options.budget_epochs)]     # after NO_EPOCH_LIMIT: the last one counts
     if arm.uses_syncnet:
         command += ["--use_syncnet", "--syncnet_checkpoint", str(options.syncnet_checkpoint)]
     return command
@@ -255,6 +265,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--batch_size", type=int, default=8)
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--budget_epochs", type=int,
+                        help="the epochs --minutes holds on this machine (an arm stops after the first epoch that "
+                             "ends past it): the length an arm's LR schedule spreads over; needed by "
+                             + ", ".join(name for name, arm in ARMS.items() if arm.schedule_over_budget))
     parser.add_argument("--output_dir", type=Path, default=DEFAULT_OUTPUT)
     return parser
 
@@ -264,6 +278,10 @@ def main(argv=None):
     if bool(options.name) == bool(options.dataset_dir):
         raise SystemExit("give --name or --dataset_dir")
     options.dataset_dir = Path(options.dataset_dir or DATASET_ROOT / options.name)
+    scheduled = [name for name in options.arms if ARMS[name].schedule_over_budget]
+    if scheduled and not (options.budget_epochs and options.budget_epochs > 0):
+        raise SystemExit(f"{', '.join(scheduled)} need --budget_epochs: the epochs {options.minutes:g} minutes "
+                         "hold on this machine (from an L1 arm's epoch time)")
     options.output_dir.mkdir(parents=True, exist_ok=True)
     results = run_all([ARMS[name] for name in options.arms], options)
     print(table(results, options))

@@ -74,3 +74,29 @@ def test_the_table_states_the_budget_and_the_strip_shows_the_truth_above_each_ar
     strip = cv2.imread(str(output / "strip.png"))
     single = cv2.imread(results[0]["strip"])
     assert strip.shape[0] == 3 * (single.shape[0] // 2)       # truth, l1, sync_fixed
+
+
+def test_an_arm_whose_schedule_spreads_over_the_budget_trains_for_budget_epochs(tmp_path):
+    from benchmarks.ablate_objective import ARMS, build_parser, train_command
+    from lipsync.train.options import build_unet_parser
+
+    def parse_train_args(arguments):
+        return build_unet_parser("train_328.py").parse_args(arguments)
+
+    options = build_parser().parse_args(["--name", "talker", "--syncnet_checkpoint", "s.pth", "--heldout_audio",
+                                         "h.wav", "--budget_epochs", "11"])
+    options.dataset_dir = tmp_path
+    command = train_command(ARMS["l1_lips4_cosine"], options, tmp_path / "run")
+    assert all(isinstance(part, str) for part in command)           # what subprocess takes
+    config = parse_train_args(command[2:])
+    assert (config.lr_schedule, config.epochs, config.lip_weight) == ("cosine", 11, 4)
+    assert config.max_minutes == options.minutes                    # the clock still stops it
+    # Every other arm runs until the clock stops it.
+    assert parse_train_args([str(part) for part in train_command(ARMS["l1_lips4"], options, tmp_path)[2:]]).epochs > 1000
+
+
+def test_a_scheduled_arm_without_budget_epochs_is_refused_before_training(tmp_path):
+    with pytest.raises(SystemExit, match="l1_lips4_cosine need --budget_epochs"):
+        ablate(["--dataset_dir", str(tmp_path), "--syncnet_checkpoint", "s.pth", "--heldout_audio", "h.wav",
+                "--arms", "l1_lips4_cosine", "--output_dir", str(tmp_path / "out")])
+    assert not (tmp_path / "out").exists()
