@@ -12,7 +12,9 @@ workers) and evaluate_328.py on its last checkpoint, twice: as inference renders
 --no_silence_hold ("own" columns: the motion the model itself draws, without the pauses'
 closed mouth that rendering adds); with --parallel N the arms run N at a
 time, each pinned to its own core (taskset) so that wall minutes are CPU minutes and every
-arm sees the same machine. Writes OUT/ablation.json, OUT/ablation.md (the table) and
+arm sees the same machine. An arm with an LR schedule (l1_lips4_cosine) spreads it over
+--budget_epochs, the epochs the clock holds on this machine (minutes / one L1 arm's seconds per
+epoch, rounded up), so that it has decayed when the clock stops it. Writes OUT/ablation.json, OUT/ablation.md (the table) and
 OUT/strip.png (the truth's mouths above every arm's, same frames).
 """
 import argparse
