@@ -14,8 +14,8 @@ closed mouth that rendering adds); with --parallel N the arms run N at a
 time, each pinned to its own core (taskset) so that wall minutes are CPU minutes and every
 arm sees the same machine. An arm with an LR schedule (l1_lips4_cosine) spreads it over
 --budget_epochs, the epochs the clock holds on this machine (minutes / one L1 arm's seconds per
-epoch, rounded up), so that it has decayed when the clock stops it. Writes OUT/ablation.json, OUT/ablation.md (the table) and
-OUT/strip.png (the truth's mouths above every arm's, same frames).
+epoch, rounded up), so that it has decayed when the clock stops it. Writes OUT/ablation.json,
+OUT/ablation.md (the table) and OUT/strip.png (the truth's mouths above every arm's, same frames).
 """
 import argparse
 import json
@@ -281,7 +281,7 @@ def main(argv=None):
         raise SystemExit("give --name or --dataset_dir")
     options.dataset_dir = Path(options.dataset_dir or DATASET_ROOT / options.name)
     scheduled = [name for name in options.arms if ARMS[name].schedule_over_budget]
-    if scheduled and not (options.budget_epochs and options.budget_epochs > 0):
+    if scheduled and (options.budget_epochs or 0) < 1:
         raise SystemExit(f"{', '.join(scheduled)} need --budget_epochs: the epochs {options.minutes:g} minutes "
                          "hold on this machine (from an L1 arm's epoch time)")
     options.output_dir.mkdir(parents=True, exist_ok=True)

@@ -3,8 +3,6 @@ box) cut once into dataset/NAME/crops_328.u8, a raw uint8 (N, 328, 328, 3) BGR a
 training memory-maps, so the training loop never decodes a JPEG. ``JpegCrops`` is the slow
 path it replaces (kept for the benchmark and as the reference the cache is checked against).
 """
-import contextlib
-import fcntl
 import hashlib
 import json
 import logging
@@ -18,8 +16,9 @@ import numpy as np
 from data_utils import crop
 from data_utils.crop import CROP_SHAPE
 from data_utils.layout import DatasetLayout, process_command
-from lipsync.core.atomic import atomic_path, output_error, write_json_atomic
+from lipsync.core.atomic import atomic_path, write_json_atomic
 from lipsync.core.errors import UserError
+from lipsync.core.locks import waiting_lock
 from lipsync.core.progress import progress_bar
 
 log = logging.getLogger("dataset")
@@ -57,6 +56,10 @@ def _cache_key(boxes: np.ndarray) -> Dict:
             "crop_boxes_sha256": hashlib.sha256(np.ascontiguousarray(boxes).tobytes()).hexdigest()}
 
 
+def build_lock_path(layout: DatasetLayout) -> Path:
+    return layout.crop_cache.with_name(f".{layout.crop_cache.name}.lock")
+
+
 def crop_cache_is_current(layout: DatasetLayout, boxes: np.ndarray) -> bool:
     info = cache_info_path(layout)
     if not (info.is_file() and layout.crop_cache.is_file()):
@@ -69,28 +72,14 @@ def crop_cache_is_current(layout: DatasetLayout, boxes: np.ndarray) -> bool:
             and layout.crop_cache.stat().st_size == len(boxes) * CROP_BYTES)
 
 
-@contextlib.contextmanager
-def _build_lock(layout: DatasetLayout):
-    """Wait for any other process building this dataset's cache (the U-Net and SyncNet trained
-    side by side both start by building it): two writers would share the temporary file, and one
-    truncating it under the other's memory map kills that process with SIGBUS."""
-    path = layout.crop_cache.with_name(f".{layout.crop_cache.name}.lock")
-    try:
-        descriptor = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-    except OSError as error:
-        raise output_error(path, error) from None
-    try:
-        fcntl.flock(descriptor, fcntl.LOCK_EX)
-        yield
-    finally:
-        os.close(descriptor)          # closing releases the lock
-
-
 def build_crop_cache(layout: DatasetLayout, boxes: np.ndarray, show_progress: bool = True) -> Path:
     """Cut every frame's 328 crop into crops_328.u8 (atomically); skip if already current."""
     if crop_cache_is_current(layout, boxes):
         return layout.crop_cache
-    with _build_lock(layout):
+    # The U-Net and SyncNet trained side by side both start by building the cache: two writers
+    # would share its temporary file, and one truncating it under the other's memory map kills
+    # that process with SIGBUS. The second waits, then finds the cache current.
+    with waiting_lock(build_lock_path(layout)):
         if crop_cache_is_current(layout, boxes):      # another process built it while this one waited
             return layout.crop_cache
         return _write_crop_cache(layout, boxes, show_progress)

@@ -92,7 +92,7 @@ def test_an_arm_whose_schedule_spreads_over_the_budget_trains_for_budget_epochs(
     assert (config.lr_schedule, config.epochs, config.lip_weight) == ("cosine", 11, 4)
     assert config.max_minutes == options.minutes                    # the clock still stops it
     # Every other arm runs until the clock stops it.
-    assert parse_train_args([str(part) for part in train_command(ARMS["l1_lips4"], options, tmp_path)[2:]]).epochs > 1000
+    assert parse_train_args(train_command(ARMS["l1_lips4"], options, tmp_path)[2:]).epochs > 1000
 
 
 def test_a_scheduled_arm_without_budget_epochs_is_refused_before_training(tmp_path):

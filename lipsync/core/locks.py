@@ -1,6 +1,7 @@
 """One run at a time per folder: a dataset being preprocessed, a checkpoint folder being
 trained into. A second run stops at once with one line instead of corrupting the first's
-files; the lock goes with the process (flock), so a killed run never leaves it stuck."""
+files; the lock goes with the process (flock), so a killed run never leaves it stuck. And a
+short step that any run may do but only one at a time (waiting_lock)."""
 import contextlib
 import fcntl
 import os
@@ -8,7 +9,7 @@ import sys
 import time
 from pathlib import Path
 
-from lipsync.core.atomic import ensure_folder
+from lipsync.core.atomic import ensure_folder, output_error
 from lipsync.core.errors import UserError
 
 LOCK_NAME = ".lock"
@@ -42,3 +43,17 @@ def folder_lock(folder, activity: str, option: str = ""):
             fcntl.flock(descriptor, fcntl.LOCK_UN)
     finally:
         os.close(descriptor)
+
+
+@contextlib.contextmanager
+def waiting_lock(path):
+    """Hold the lock file ``path`` (created if needed), waiting while another process holds it."""
+    try:
+        descriptor = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as error:
+        raise output_error(path, error) from None
+    try:
+        fcntl.flock(descriptor, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(descriptor)          # closing releases the lock
