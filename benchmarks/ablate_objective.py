@@ -60,6 +60,9 @@ class Arm:
 
 FIXED = ("--sync_balance", "fixed", "--sync_warmup_epochs", "0")
 ADAPTIVE = ("--sync_balance", "adaptive", "--sync_warmup_epochs", "2")
+# Half of the 30-minute budget's 10 epochs on reconstruction alone, so the mouth has learnt to open
+# before SyncNet's verdict (which narrowed the opening after a 2-epoch warm-up) joins in.
+ADAPTIVE_AFTER_5 = ("--sync_balance", "adaptive", "--sync_warmup_epochs", "5")
 EVERY_PIXEL_ALIKE = ("--lip_weight", "1")     # the arms measured before the lips' weight became 4
 LIPS_4 = ("--lip_weight", "4")
 LIPS_8 = ("--lip_weight", "8")
@@ -89,6 +92,8 @@ ARMS = {arm.name: arm for arm in (
         ADAPTIVE + ("--sync_ratio", "1") + LIPS_4),
     Arm("adaptive_r3_lips4", "adaptive, ratio 3, after a 2-epoch warm-up, the lips' box counted 4 times",
         ADAPTIVE + ("--sync_ratio", "3") + LIPS_4),
+    Arm("adaptive_r3_lips4_warm5", "adaptive, ratio 3, after a 5-epoch warm-up, the lips' box counted 4 times",
+        ADAPTIVE_AFTER_5 + ("--sync_ratio", "3") + LIPS_4),
     Arm("adaptive_r3_lips4_refs2", "adaptive ratio 3 with the lips' box counted 4 times, two reference frames",
         ADAPTIVE + ("--sync_ratio", "3") + LIPS_4 + TWO_REFERENCES),
     Arm("adaptive_r10", "adaptive, ratio 10, after a 2-epoch warm-up",

@@ -100,3 +100,19 @@ def test_a_scheduled_arm_without_budget_epochs_is_refused_before_training(tmp_pa
         ablate(["--dataset_dir", str(tmp_path), "--syncnet_checkpoint", "s.pth", "--heldout_audio", "h.wav",
                 "--arms", "l1_lips4_cosine", "--output_dir", str(tmp_path / "out")])
     assert not (tmp_path / "out").exists()
+
+
+def test_the_late_sync_arm_holds_the_sync_term_back_for_five_epochs(tmp_path):
+    from benchmarks.ablate_objective import ARMS, build_parser, train_command
+    from lipsync.train.options import build_unet_parser
+
+    options = build_parser().parse_args(["--name", "talker", "--syncnet_checkpoint", "s.pth", "--heldout_audio",
+                                         "h.wav"])
+    options.dataset_dir = tmp_path
+    late, early = (build_unet_parser("train_328.py").parse_args(train_command(ARMS[name], options, tmp_path)[2:])
+                   for name in ("adaptive_r3_lips4_warm5", "adaptive_r3_lips4"))
+    assert (late.sync_warmup_epochs, early.sync_warmup_epochs) == (5, 2)
+    # Everything else is the arm it is measured against.
+    assert all(getattr(late, name) == getattr(early, name)
+               for name in ("use_syncnet", "sync_balance", "sync_ratio", "lip_weight", "syncnet_checkpoint"))
+    assert late.use_syncnet and late.sync_ratio == 3 and late.lip_weight == 4
