@@ -14,7 +14,10 @@ closed mouth that rendering adds); with --parallel N the arms run N at a
 time, each pinned to its own core (taskset) so that wall minutes are CPU minutes and every
 arm sees the same machine. An arm with an LR schedule (l1_lips4_cosine) spreads it over
 --budget_epochs, the epochs the clock holds on this machine (minutes / one L1 arm's seconds per
-epoch, rounded up), so that it has decayed when the clock stops it. Writes OUT/ablation.json,
+epoch, rounded up), so that it has decayed when the clock stops it. On a host whose speed
+varies (a shared VM), the clock gives arms different numbers of epochs: --epochs N trains every
+arm exactly N epochs instead, and --resume_arms continues the arms an OUTPUT_DIR already holds
+from their latest.pth (to --epochs N), adding up their CPU minutes. Writes OUT/ablation.json,
 OUT/ablation.md (the table) and OUT/strip.png (the truth's mouths above every arm's, same frames).
 """
 import argparse
@@ -111,16 +114,22 @@ def pinned(command: List[str], core: Optional[int]) -> List[str]:
     return ["taskset", "-c", str(core), *command] if core is not None else command
 
 
-def train_command(arm: Arm, options, run_dir: Path) -> List[str]:
+def train_command(arm: Arm, options, run_dir: Path, resume: bool = False) -> List[str]:
+    # The budget is the clock (--minutes), or with --epochs a number of epochs: the same steps for
+    # every arm, whatever else the host is running while it trains.
+    budget = ("--epochs", options.epochs) if options.epochs else ("--epochs", NO_EPOCH_LIMIT,
+                                                                  "--max_minutes", options.minutes)
     command = script("train_328.py", "--dataset_dir", options.dataset_dir, "--save_dir", run_dir,
                      "--asr", "ave", "--model_size", options.model_size, "--batch_size", options.batch_size,
-                     "--lr", options.lr, "--epochs", NO_EPOCH_LIMIT, "--save_interval", NO_EPOCH_LIMIT,
-                     "--max_minutes", options.minutes, "--num_workers", 0, "--device", "cpu",
-                     "--perceptual", "off", "--see_res", "--seed", options.seed, "--quiet", *arm.options)
+                     "--lr", options.lr, *budget, "--save_interval", NO_EPOCH_LIMIT, "--num_workers", 0,
+                     "--device", "cpu", "--perceptual", "off", "--see_res", "--seed", options.seed, "--quiet",
+                     *arm.options)
     if arm.schedule_over_budget:
-        command += ["--epochs", str(options.budget_epochs)]     # after NO_EPOCH_LIMIT: the last one counts
+        command += ["--epochs", str(options.budget_epochs)]     # after the budget's: the last one counts
     if arm.uses_syncnet:
         command += ["--use_syncnet", "--syncnet_checkpoint", str(options.syncnet_checkpoint)]
+    if resume:
+        command.append("--resume")
     return command
 
 
@@ -142,12 +151,15 @@ def evaluate_command(options, run_dir: Path, output_dir: Path, silence_hold: boo
 def run_arm(arm: Arm, options, core: Optional[int]) -> Dict:
     """Train and score one arm (both pinned to ``core``); its figures and CPU seconds."""
     arm_dir = options.output_dir / arm.name
-    if arm_dir.exists():
-        shutil.rmtree(arm_dir)
-    arm_dir.mkdir(parents=True)
+    earlier = options.earlier.get(arm.name)
+    resume = earlier is not None and (arm_dir / "run" / ckpt.LATEST).is_file()
+    for stale in ([arm_dir / "evaluation", arm_dir / "evaluation_own_motion"] if resume else [arm_dir]):
+        if stale.exists():
+            shutil.rmtree(stale)
+    arm_dir.mkdir(parents=True, exist_ok=True)
     environment = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
     figures = {"arm": arm.name, "says": arm.says, "options": list(arm.options), "core": core}
-    stages = (("train", train_command(arm, options, arm_dir / "run")),
+    stages = (("train", train_command(arm, options, arm_dir / "run", resume)),
               ("evaluate", evaluate_command(options, arm_dir / "run", arm_dir / "evaluation")),
               ("evaluate_own", evaluate_command(options, arm_dir / "run", arm_dir / "evaluation_own_motion",
                                                 silence_hold=False)))
@@ -163,6 +175,10 @@ def run_arm(arm: Arm, options, core: Optional[int]) -> Dict:
         if process.returncode != 0:
             figures["failed"] = f"{stage} exited {process.returncode}: see {arm_dir / (stage + '.log')}"
             return figures
+    if resume:      # the earlier sittings' training counts towards this arm's budget
+        figures["train_cpu_min"] += earlier["train_cpu_min"]
+        figures["train_wall_min"] += earlier["train_wall_min"]
+        figures["sittings"] = earlier.get("sittings", 1) + 1
     history = training_history(arm_dir / "run")
     figures.update(epochs=len(history), last_epoch=history[-1] if history else {})
     report = json.loads((arm_dir / "evaluation" / "scores.json").read_text())
@@ -172,6 +188,15 @@ def run_arm(arm: Arm, options, core: Optional[int]) -> Dict:
     figures["scores"].update({OWN_PREFIX + name: own.get(name) for name in OWN_MOTION_METRICS})
     figures["strip"] = report["checkpoints"][0].get("strip") or report.get("strip")
     return figures
+
+
+def earlier_figures(output_dir: Path) -> Dict[str, Dict]:
+    """Each finished arm's figures from an earlier run of this harness into ``output_dir``, by name."""
+    try:
+        results = json.loads((output_dir / "ablation.json").read_text())
+    except (OSError, ValueError):
+        return {}
+    return {result["arm"]: result for result in results if "failed" not in result}
 
 
 def training_history(run_dir: Path) -> List[Dict]:
@@ -217,7 +242,8 @@ def table(results: Sequence[Dict], options) -> str:
                f"{last.get('val_psnr', float('nan')):.2f}"]
         row += [cell(result["scores"].get(name), name) for name in columns]
         lines.append("| " + " | ".join(row) + " |")
-    budget = (f"Budget: {options.minutes:g} min of training per arm on one pinned core (one torch thread), "
+    per_arm = f"{options.epochs} epochs" if options.epochs else f"{options.minutes:g} min of training"
+    budget = (f"Budget: {per_arm} per arm on one pinned core (one torch thread), "
               f"{options.model_size} width, batch {options.batch_size}, lr {options.lr:g}, seed {options.seed}; "
               f"scored on {Path(options.heldout_audio).name}"
               + (f" against {Path(options.truth_video).name}" if options.truth_video else " (no truth)"))
@@ -265,6 +291,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--arms", nargs="+", choices=list(ARMS), default=["l1", "sync_fixed", "adaptive",
                                                                           "adaptive_r3"])
     parser.add_argument("--minutes", type=float, default=30.0, help="training minutes per arm (default 30)")
+    parser.add_argument("--epochs", type=int,
+                        help="train every arm exactly this many epochs instead of --minutes: the same steps for "
+                             "every arm on a host whose speed varies (the CPU minutes each took are reported)")
+    parser.add_argument("--resume_arms", action="store_true",
+                        help="an arm this OUTPUT_DIR already holds continues from its latest.pth (to --epochs) "
+                             "instead of starting over; its CPU minutes add up")
     parser.add_argument("--parallel", type=int, default=1, help="arms at a time, one core each (default 1)")
     parser.add_argument("--cores", type=int, nargs="+",
                         help="the cores to pin the arms to (default 0 .. --parallel - 1)")
@@ -285,10 +317,14 @@ def main(argv=None):
     if bool(options.name) == bool(options.dataset_dir):
         raise SystemExit("give --name or --dataset_dir")
     options.dataset_dir = Path(options.dataset_dir or DATASET_ROOT / options.name)
+    options.budget_epochs = options.budget_epochs or options.epochs     # an epoch budget is the schedule's
     scheduled = [name for name in options.arms if ARMS[name].schedule_over_budget]
     if scheduled and (options.budget_epochs or 0) < 1:
         raise SystemExit(f"{', '.join(scheduled)} need --budget_epochs: the epochs {options.minutes:g} minutes "
                          "hold on this machine (from an L1 arm's epoch time)")
+    if options.epochs is not None and options.epochs < 1:
+        raise SystemExit(f"--epochs must be at least 1, got {options.epochs}")
+    options.earlier = earlier_figures(options.output_dir) if options.resume_arms else {}
     options.output_dir.mkdir(parents=True, exist_ok=True)
     results = run_all([ARMS[name] for name in options.arms], options)
     print(table(results, options))

@@ -40,14 +40,15 @@ def ablation(processed_clip, tmp_path_factory):
                          ckpt.model_config(ckpt.SYNCNET_KIND, "ave", "tiny", SYNC_WIDTHS["tiny"], audio_shape,
                                            data.describe_features()), 1)
     output = base / "out"
-    results = ablate(["--dataset_dir", str(person.root), "--syncnet_checkpoint", str(syncnet_path),
-                      "--heldout_audio", str(audio), "--truth_video", str(truth), "--arms", "l1", "sync_fixed",
-                      "--minutes", "0.001", "--parallel", "2", "--batch_size", "4", "--output_dir", str(output)])
-    return results, output
+    person_and_scoring = ["--dataset_dir", str(person.root), "--syncnet_checkpoint", str(syncnet_path),
+                          "--heldout_audio", str(audio), "--truth_video", str(truth), "--batch_size", "4"]
+    results = ablate(person_and_scoring + ["--arms", "l1", "sync_fixed", "--minutes", "0.001", "--parallel", "2",
+                                           "--output_dir", str(output)])
+    return results, output, person_and_scoring
 
 
 def test_every_arm_trains_for_the_budget_and_is_scored_against_the_truth(ablation):
-    results, output = ablation
+    results, output, _ = ablation
     assert [result["arm"] for result in results] == ["l1", "sync_fixed"]
     for result in results:
         assert "failed" not in result, result.get("failed")
@@ -66,7 +67,7 @@ def test_every_arm_trains_for_the_budget_and_is_scored_against_the_truth(ablatio
 def test_the_table_states_the_budget_and_the_strip_shows_the_truth_above_each_arm(ablation):
     import cv2
 
-    results, output = ablation
+    results, output, _ = ablation
     table = (output / "ablation.md").read_text()
     assert "Budget: 0.001 min of training per arm" in table and "against held out_truth.mp4" in table
     rows = [line for line in table.splitlines() if line.startswith("| l1 ") or line.startswith("| sync_fixed ")]
@@ -116,3 +117,33 @@ def test_the_late_sync_arm_holds_the_sync_term_back_for_five_epochs(tmp_path):
     assert all(getattr(late, name) == getattr(early, name)
                for name in ("use_syncnet", "sync_balance", "sync_ratio", "lip_weight", "syncnet_checkpoint"))
     assert late.use_syncnet and late.sync_ratio == 3 and late.lip_weight == 4
+
+
+def test_an_epoch_budget_replaces_the_clock(tmp_path):
+    from benchmarks.ablate_objective import ARMS, build_parser, train_command
+    from lipsync.train.options import build_unet_parser
+
+    options = build_parser().parse_args(["--name", "talker", "--syncnet_checkpoint", "s.pth", "--heldout_audio",
+                                         "h.wav", "--epochs", "10"])
+    options.dataset_dir = tmp_path
+    config = build_unet_parser("train_328.py").parse_args(train_command(ARMS["l1_lips4"], options, tmp_path)[2:])
+    assert (config.epochs, config.max_minutes, config.resume) == (10, 0, False)
+    resumed = train_command(ARMS["l1_lips4"], options, tmp_path, resume=True)
+    assert build_unet_parser("train_328.py").parse_args(resumed[2:]).resume
+
+
+def test_resumed_arms_continue_their_run_to_the_epoch_budget(ablation, tmp_path):
+    import shutil
+
+    results, output, person_and_scoring = ablation
+    copy = tmp_path / "out"
+    shutil.copytree(output, copy)
+    first_epoch = ckpt.read_checkpoint(copy / "l1" / "run" / ckpt.LATEST)["history"][0]
+    resumed = ablate(person_and_scoring + ["--arms", "l1", "--epochs", "2", "--resume_arms",
+                                           "--output_dir", str(copy)])[0]
+    assert "failed" not in resumed, resumed.get("failed")
+    history = ckpt.read_checkpoint(copy / "l1" / "run" / ckpt.LATEST)["history"]
+    assert resumed["epochs"] == 2 and history[0] == first_epoch      # continued, not started over
+    assert resumed["sittings"] == 2 and resumed["train_cpu_min"] > results[0]["train_cpu_min"]
+    assert isinstance(resumed["scores"]["own_opening_ratio"], float)
+    assert "Budget: 2 epochs per arm" in (copy / "ablation.md").read_text()

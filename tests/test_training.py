@@ -1,6 +1,7 @@
 """Training on the bundled clip, CPU, tiny widths: the crop cache, loss going
 down, checkpoint names and intervals, exact resume, SyncNet with real
 negatives, DDP with gloo, and one clear line for every bad input."""
+import errno
 import math
 import os
 import shlex
@@ -132,6 +133,32 @@ def test_two_processes_building_the_crop_cache_at_once_both_succeed(small, tmp_p
     for frame in range(SMALL_FRAMES):
         np.testing.assert_array_equal(person.crop(frame), jpeg[frame])
     assert not list(small.glob(".*partial*"))
+
+
+def test_a_crop_cache_lock_that_cannot_be_created_stops_with_one_line_naming_it(small, monkeypatch):
+    # An unwritable dataset folder (a read-only disk, another user's folder) with no current
+    # cache. Tests run as root, which no permission stops, so the OS's refusal is the one
+    # thing faked here.
+    from lipsync.core import locks
+
+    layout = DatasetLayout(small)
+    boxes = load_crop_boxes(layout)
+    build_crop_cache(layout, boxes, show_progress=False)
+    opening = locks.os.open
+
+    def refuse_lock_files(path, *arguments, **keywords):
+        if str(path).endswith(".lock"):
+            raise PermissionError(errno.EACCES, "Permission denied", str(path))
+        return opening(path, *arguments, **keywords)
+
+    monkeypatch.setattr(locks.os, "open", refuse_lock_files)
+    # A current cache needs no lock: such a folder still trains.
+    assert build_crop_cache(layout, boxes, show_progress=False) == layout.crop_cache
+    cache_info_path(layout).unlink()                  # now it has to be rebuilt
+    with pytest.raises(UserError) as refused:
+        build_crop_cache(layout, boxes, show_progress=False)
+    message = str(refused.value)
+    assert "\n" not in message and ".crops_328.u8.lock" in message and "permissions" in message
 
 
 def test_syncnet_pairs_use_real_offsync_audio(small):
