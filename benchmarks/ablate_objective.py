@@ -61,11 +61,15 @@ class Arm:
     schedule_over_budget: bool = False
 
 
-FIXED = ("--sync_balance", "fixed", "--sync_warmup_epochs", "0")
-ADAPTIVE = ("--sync_balance", "adaptive", "--sync_warmup_epochs", "2")
+def sync_term(balance: str, warmup_epochs: int) -> tuple:
+    return ("--sync_balance", balance, "--sync_warmup_epochs", str(warmup_epochs))
+
+
+FIXED = sync_term("fixed", 0)
+ADAPTIVE = sync_term("adaptive", 2)
 # Half of the 30-minute budget's 10 epochs on reconstruction alone, so the mouth has learnt to open
 # before SyncNet's verdict (which narrowed the opening after a 2-epoch warm-up) joins in.
-ADAPTIVE_AFTER_5 = ("--sync_balance", "adaptive", "--sync_warmup_epochs", "5")
+ADAPTIVE_AFTER_5 = sync_term("adaptive", 5)
 EVERY_PIXEL_ALIKE = ("--lip_weight", "1")     # the arms measured before the lips' weight became 4
 LIPS_4 = ("--lip_weight", "4")
 LIPS_8 = ("--lip_weight", "8")
@@ -276,6 +280,9 @@ def combined_strip(results: Sequence[Dict], path: Path) -> Optional[Path]:
 
 
 def write_outputs(results: Sequence[Dict], options) -> None:
+    # With --resume_arms the folder's other arms stay in its table: only the arms run now are replaced.
+    run_now = {result["arm"] for result in results}
+    results = [figures for name, figures in options.earlier.items() if name not in run_now] + list(results)
     (options.output_dir / "ablation.json").write_text(json.dumps(list(results), indent=2, default=str))
     (options.output_dir / "ablation.md").write_text(table(results, options))
     combined_strip(results, options.output_dir / "strip.png")
@@ -317,13 +324,13 @@ def main(argv=None):
     if bool(options.name) == bool(options.dataset_dir):
         raise SystemExit("give --name or --dataset_dir")
     options.dataset_dir = Path(options.dataset_dir or DATASET_ROOT / options.name)
+    if options.epochs is not None and options.epochs < 1:
+        raise SystemExit(f"--epochs must be at least 1, got {options.epochs}")
     options.budget_epochs = options.budget_epochs or options.epochs     # an epoch budget is the schedule's
     scheduled = [name for name in options.arms if ARMS[name].schedule_over_budget]
     if scheduled and (options.budget_epochs or 0) < 1:
         raise SystemExit(f"{', '.join(scheduled)} need --budget_epochs: the epochs {options.minutes:g} minutes "
                          "hold on this machine (from an L1 arm's epoch time)")
-    if options.epochs is not None and options.epochs < 1:
-        raise SystemExit(f"--epochs must be at least 1, got {options.epochs}")
     options.earlier = earlier_figures(options.output_dir) if options.resume_arms else {}
     options.output_dir.mkdir(parents=True, exist_ok=True)
     results = run_all([ARMS[name] for name in options.arms], options)

@@ -23,6 +23,23 @@ FRAMES, HELDOUT_FRAMES = 24, 12
 AVE_WIDTH = 0.25
 
 
+def harness_options(dataset_dir, *extra):
+    from benchmarks.ablate_objective import build_parser
+
+    options = build_parser().parse_args(["--name", "talker", "--syncnet_checkpoint", "s.pth", "--heldout_audio",
+                                         "h.wav", *extra])
+    options.dataset_dir = dataset_dir
+    return options
+
+
+def parse_train_args(command):
+    """train_328.py's options as a command of the harness gives them."""
+    from lipsync.train.options import build_unet_parser
+
+    assert all(isinstance(part, str) for part in command)           # what subprocess takes
+    return build_unet_parser("train_328.py").parse_args(command[2:])
+
+
 @pytest.fixture(scope="module")
 def ablation(processed_clip, tmp_path_factory):
     base = tmp_path_factory.mktemp("ablation") / "a folder"
@@ -78,22 +95,14 @@ def test_the_table_states_the_budget_and_the_strip_shows_the_truth_above_each_ar
 
 
 def test_an_arm_whose_schedule_spreads_over_the_budget_trains_for_budget_epochs(tmp_path):
-    from benchmarks.ablate_objective import ARMS, build_parser, train_command
-    from lipsync.train.options import build_unet_parser
+    from benchmarks.ablate_objective import ARMS, train_command
 
-    def parse_train_args(arguments):
-        return build_unet_parser("train_328.py").parse_args(arguments)
-
-    options = build_parser().parse_args(["--name", "talker", "--syncnet_checkpoint", "s.pth", "--heldout_audio",
-                                         "h.wav", "--budget_epochs", "11"])
-    options.dataset_dir = tmp_path
-    command = train_command(ARMS["l1_lips4_cosine"], options, tmp_path / "run")
-    assert all(isinstance(part, str) for part in command)           # what subprocess takes
-    config = parse_train_args(command[2:])
+    options = harness_options(tmp_path, "--budget_epochs", "11")
+    config = parse_train_args(train_command(ARMS["l1_lips4_cosine"], options, tmp_path / "run"))
     assert (config.lr_schedule, config.epochs, config.lip_weight) == ("cosine", 11, 4)
     assert config.max_minutes == options.minutes                    # the clock still stops it
     # Every other arm runs until the clock stops it.
-    assert parse_train_args(train_command(ARMS["l1_lips4"], options, tmp_path)[2:]).epochs > 1000
+    assert parse_train_args(train_command(ARMS["l1_lips4"], options, tmp_path)).epochs > 1000
 
 
 def test_a_scheduled_arm_without_budget_epochs_is_refused_before_training(tmp_path):
@@ -104,13 +113,10 @@ def test_a_scheduled_arm_without_budget_epochs_is_refused_before_training(tmp_pa
 
 
 def test_the_late_sync_arm_holds_the_sync_term_back_for_five_epochs(tmp_path):
-    from benchmarks.ablate_objective import ARMS, build_parser, train_command
-    from lipsync.train.options import build_unet_parser
+    from benchmarks.ablate_objective import ARMS, train_command
 
-    options = build_parser().parse_args(["--name", "talker", "--syncnet_checkpoint", "s.pth", "--heldout_audio",
-                                         "h.wav"])
-    options.dataset_dir = tmp_path
-    late, early = (build_unet_parser("train_328.py").parse_args(train_command(ARMS[name], options, tmp_path)[2:])
+    options = harness_options(tmp_path)
+    late, early = (parse_train_args(train_command(ARMS[name], options, tmp_path))
                    for name in ("adaptive_r3_lips4_warm5", "adaptive_r3_lips4"))
     assert (late.sync_warmup_epochs, early.sync_warmup_epochs) == (5, 2)
     # Everything else is the arm it is measured against.
@@ -120,16 +126,12 @@ def test_the_late_sync_arm_holds_the_sync_term_back_for_five_epochs(tmp_path):
 
 
 def test_an_epoch_budget_replaces_the_clock(tmp_path):
-    from benchmarks.ablate_objective import ARMS, build_parser, train_command
-    from lipsync.train.options import build_unet_parser
+    from benchmarks.ablate_objective import ARMS, train_command
 
-    options = build_parser().parse_args(["--name", "talker", "--syncnet_checkpoint", "s.pth", "--heldout_audio",
-                                         "h.wav", "--epochs", "10"])
-    options.dataset_dir = tmp_path
-    config = build_unet_parser("train_328.py").parse_args(train_command(ARMS["l1_lips4"], options, tmp_path)[2:])
+    options = harness_options(tmp_path, "--epochs", "10")
+    config = parse_train_args(train_command(ARMS["l1_lips4"], options, tmp_path))
     assert (config.epochs, config.max_minutes, config.resume) == (10, 0, False)
-    resumed = train_command(ARMS["l1_lips4"], options, tmp_path, resume=True)
-    assert build_unet_parser("train_328.py").parse_args(resumed[2:]).resume
+    assert parse_train_args(train_command(ARMS["l1_lips4"], options, tmp_path, resume=True)).resume
 
 
 def test_resumed_arms_continue_their_run_to_the_epoch_budget(ablation, tmp_path):
@@ -147,3 +149,7 @@ def test_resumed_arms_continue_their_run_to_the_epoch_budget(ablation, tmp_path)
     assert resumed["sittings"] == 2 and resumed["train_cpu_min"] > results[0]["train_cpu_min"]
     assert isinstance(resumed["scores"]["own_opening_ratio"], float)
     assert "Budget: 2 epochs per arm" in (copy / "ablation.md").read_text()
+    # The arm not resumed keeps its row and figures.
+    kept = json.loads((copy / "ablation.json").read_text())
+    assert [result["arm"] for result in kept] == ["sync_fixed", "l1"] and kept[0] == json.loads(
+        json.dumps(results[1], default=str))
