@@ -153,3 +153,10 @@ def test_resumed_arms_continue_their_run_to_the_epoch_budget(ablation, tmp_path)
     kept = json.loads((copy / "ablation.json").read_text())
     assert [result["arm"] for result in kept] == ["sync_fixed", "l1"] and kept[0] == json.loads(
         json.dumps(results[1], default=str))
+
+
+def test_an_epoch_budget_below_one_is_refused_before_training(tmp_path):
+    with pytest.raises(SystemExit, match="--epochs must be at least 1, got 0"):
+        ablate(["--dataset_dir", str(tmp_path), "--syncnet_checkpoint", "s.pth", "--heldout_audio", "h.wav",
+                "--arms", "l1_lips4_cosine", "--epochs", "0", "--output_dir", str(tmp_path / "out")])
+    assert not (tmp_path / "out").exists()
