@@ -8,7 +8,9 @@ then is scored on unseen audio against the true video of it.
         --minutes 30 --parallel 2 [--arms l1 sync_fixed ...]
 
 Each arm is train_328.py from scratch (--max_minutes M, one torch thread, no data-loader
-workers) and evaluate_328.py on its last checkpoint, twice: as inference renders it, and with
+workers) and evaluate_328.py on its last --score_last K epochs' checkpoints (default 3; the table
+gives their mean, and the spread of the motion scores, because one epoch moves those as much as a
+change of objective does), twice: as inference renders it, and with
 --no_silence_hold ("own" columns: the motion the model itself draws, without the pauses'
 closed mouth that rendering adds); with --parallel N the arms run N at a
 time, each pinned to its own core (taskset) so that wall minutes are CPU minutes and every
@@ -43,11 +45,14 @@ from lipsync.evaluate.pictures import LABEL_STROKES  # noqa: E402
 
 DEFAULT_OUTPUT = REPO_ROOT / "benchmarks" / "ablation_out"
 NO_EPOCH_LIMIT = 100000            # arms stop on the clock (--max_minutes), never on --epochs
+DEFAULT_SCORE_LAST = 3             # epochs whose checkpoints are scored and averaged per arm
 METRICS = ("mouth_psnr", "mouth_ssim", "lmd", "opening_correlation", "opening_offset", "opening_ratio",
            "psnr", "lse_d", "lse_c")
 # The motion scores again for the render without the silence hold: what the model draws itself.
 OWN_MOTION_METRICS = ("opening_correlation", "opening_offset", "opening_ratio")
 OWN_PREFIX = "own_"
+# Scores whose spread over the averaged epochs the table shows: the motion, which swings most.
+SPREAD_SHOWN = ("opening_correlation", "opening_offset", "opening_ratio")
 
 
 @dataclass(frozen=True)
@@ -125,7 +130,7 @@ def train_command(arm: Arm, options, run_dir: Path, resume: bool = False) -> Lis
                                                                   "--max_minutes", options.minutes)
     command = script("train_328.py", "--dataset_dir", options.dataset_dir, "--save_dir", run_dir,
                      "--asr", "ave", "--model_size", options.model_size, "--batch_size", options.batch_size,
-                     "--lr", options.lr, *budget, "--save_interval", NO_EPOCH_LIMIT, "--num_workers", 0,
+                     "--lr", options.lr, *budget, "--save_interval", save_interval(options), "--num_workers", 0,
                      "--device", "cpu", "--perceptual", "off", "--see_res", "--seed", options.seed, "--quiet",
                      *arm.options)
     if arm.schedule_over_budget:
@@ -137,9 +142,14 @@ def train_command(arm: Arm, options, run_dir: Path, resume: bool = False) -> Lis
     return command
 
 
+def save_interval(options) -> int:
+    # Every epoch is kept when the last few are averaged; else only the last (written at the end).
+    return 1 if options.score_last > 1 else NO_EPOCH_LIMIT
+
+
 def evaluate_command(options, run_dir: Path, output_dir: Path, silence_hold: bool = True) -> List[str]:
     command = script("evaluate_328.py", "--dataset_dir", options.dataset_dir, "--checkpoint_dir", run_dir,
-                     "--checkpoint", "latest", "--device", "cpu", "--no_select", "--no_video", "--quiet",
+                     "--last", options.score_last, "--device", "cpu", "--no_select", "--no_video", "--quiet",
                      "--output_dir", output_dir, "--syncnet_checkpoint", options.syncnet_checkpoint,
                      "--audio_path", options.heldout_audio)
     encoder = DatasetLayout(options.dataset_dir).ave_encoder
@@ -186,12 +196,25 @@ def run_arm(arm: Arm, options, core: Optional[int]) -> Dict:
     history = training_history(arm_dir / "run")
     figures.update(epochs=len(history), last_epoch=history[-1] if history else {})
     report = json.loads((arm_dir / "evaluation" / "scores.json").read_text())
-    scores = report["checkpoints"][0]["scores"]
+    own = json.loads((arm_dir / "evaluation_own_motion" / "scores.json").read_text())
+    (scores, spread), (own_scores, own_spread) = summary(report), summary(own)
+    figures["scored_epochs"] = [entry["epoch"] for entry in report["checkpoints"]]
     figures["scores"] = {name: scores.get(name) for name in METRICS}
-    own = json.loads((arm_dir / "evaluation_own_motion" / "scores.json").read_text())["checkpoints"][0]["scores"]
-    figures["scores"].update({OWN_PREFIX + name: own.get(name) for name in OWN_MOTION_METRICS})
-    figures["strip"] = report["checkpoints"][0].get("strip") or report.get("strip")
+    figures["scores"].update({OWN_PREFIX + name: own_scores.get(name) for name in OWN_MOTION_METRICS})
+    figures["sd"] = {name: spread.get(name) for name in METRICS}
+    figures["sd"].update({OWN_PREFIX + name: own_spread.get(name) for name in OWN_MOTION_METRICS})
+    figures["scores_by_epoch"] = {entry["epoch"]: {name: entry["scores"].get(name) for name in METRICS}
+                                  for entry in report["checkpoints"]}
+    figures["strip"] = report["checkpoints"][-1].get("strip") or report.get("strip")      # the last epoch's
     return figures
+
+
+def summary(report: Dict) -> tuple:
+    """(scores, their standard deviations) of an evaluation: the mean over its checkpoints when it
+    scored several, else the one checkpoint's scores (and no spread)."""
+    if report.get("mean"):
+        return report["mean"]["scores"], report["mean"]["sd"]
+    return report["checkpoints"][-1]["scores"], {}
 
 
 def earlier_figures(output_dir: Path) -> Dict[str, Dict]:
@@ -224,18 +247,24 @@ def run_all(arms: Sequence[Arm], options) -> List[Dict]:
     return results
 
 
-def cell(value, name: str) -> str:
+def cell(value, name: str, spread=None) -> str:
+    """A score as the table shows it; a mean over epochs with its spread as "MEAN ±SD"."""
     if value is None:
         return "n/a"
     name = name[len(OWN_PREFIX):] if name.startswith(OWN_PREFIX) else name
     if name == "opening_offset":
-        return f"{int(value):+d}"
-    return f"{value:.2f}" if name in ("mouth_psnr", "psnr", "opening_correlation", "opening_ratio") else f"{value:.4f}"
+        text = f"{value:+.1f}" if spread is not None else f"{int(value):+d}"
+    else:
+        pattern = "{:.2f}" if name in ("mouth_psnr", "psnr", "opening_correlation", "opening_ratio") else "{:.4f}"
+        text = pattern.format(value)
+    if spread is not None and name in SPREAD_SHOWN:
+        text += f" ±{spread:.2f}"
+    return text
 
 
 def table(results: Sequence[Dict], options) -> str:
     columns = METRICS + tuple(OWN_PREFIX + name for name in OWN_MOTION_METRICS)
-    header = ["arm", "what", "CPU min", "epochs", "val PSNR", *columns]
+    header = ["arm", "what", "CPU min", "epochs", "scored", "val PSNR", *columns]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for result in results:
         if "failed" in result:
@@ -243,15 +272,26 @@ def table(results: Sequence[Dict], options) -> str:
             continue
         last = result.get("last_epoch", {})
         row = [result["arm"], result["says"], f"{result['train_cpu_min']:.1f}", str(result["epochs"]),
-               f"{last.get('val_psnr', float('nan')):.2f}"]
-        row += [cell(result["scores"].get(name), name) for name in columns]
+               scored_span(result), f"{last.get('val_psnr', float('nan')):.2f}"]
+        spreads = result.get("sd") or {}
+        row += [cell(result["scores"].get(name), name, spreads.get(name)) for name in columns]
         lines.append("| " + " | ".join(row) + " |")
     per_arm = f"{options.epochs} epochs" if options.epochs else f"{options.minutes:g} min of training"
+    scored = (f"each score the mean over the last {options.score_last} epochs' checkpoints (\"scored\"), "
+              "± the standard deviation of the motion scores among them" if options.score_last > 1
+              else "scored at the last epoch")
     budget = (f"Budget: {per_arm} per arm on one pinned core (one torch thread), "
               f"{options.model_size} width, batch {options.batch_size}, lr {options.lr:g}, seed {options.seed}; "
               f"scored on {Path(options.heldout_audio).name}"
-              + (f" against {Path(options.truth_video).name}" if options.truth_video else " (no truth)"))
+              + (f" against {Path(options.truth_video).name}" if options.truth_video else " (no truth)")
+              + f"; {scored}")
     return budget + "\n\n" + "\n".join(lines) + "\n"
+
+
+def scored_span(result: Dict) -> str:
+    """The epochs an arm's scores come from: "8-10", or "10" (arms scored before averaging: their last)."""
+    epochs = result.get("scored_epochs") or [result["epochs"]]
+    return f"{epochs[0]}-{epochs[-1]}" if len(epochs) > 1 else str(epochs[0])
 
 
 def combined_strip(results: Sequence[Dict], path: Path) -> Optional[Path]:
@@ -304,6 +344,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--resume_arms", action="store_true",
                         help="an arm this OUTPUT_DIR already holds continues from its latest.pth (to --epochs) "
                              "instead of starting over; its CPU minutes add up")
+    parser.add_argument("--score_last", type=int, default=DEFAULT_SCORE_LAST, metavar="K",
+                        help="score each arm's last K epochs' checkpoints and report their mean (default "
+                             f"{DEFAULT_SCORE_LAST}; 1: the last epoch only)")
     parser.add_argument("--parallel", type=int, default=1, help="arms at a time, one core each (default 1)")
     parser.add_argument("--cores", type=int, nargs="+",
                         help="the cores to pin the arms to (default 0 .. --parallel - 1)")
@@ -326,6 +369,8 @@ def main(argv=None):
     options.dataset_dir = Path(options.dataset_dir or DATASET_ROOT / options.name)
     if options.epochs is not None and options.epochs < 1:
         raise SystemExit(f"--epochs must be at least 1, got {options.epochs}")
+    if options.score_last < 1:
+        raise SystemExit(f"--score_last must be at least 1, got {options.score_last}")
     options.budget_epochs = options.budget_epochs or options.epochs     # an epoch budget is the schedule's
     scheduled = [name for name in options.arms if ARMS[name].schedule_over_budget]
     if scheduled and (options.budget_epochs or 0) < 1:

@@ -88,7 +88,9 @@ def test_the_table_states_the_budget_and_the_strip_shows_the_truth_above_each_ar
     table = (output / "ablation.md").read_text()
     assert "Budget: 0.001 min of training per arm" in table and "against held out_truth.mp4" in table
     rows = [line for line in table.splitlines() if line.startswith("| l1 ") or line.startswith("| sync_fixed ")]
-    assert len(rows) == 2 and all("n/a" not in row.split("|")[6] for row in rows)
+    assert len(rows) == 2 and all("n/a" not in row.split("|")[7] for row in rows)      # mouth PSNR
+    assert all(row.split("|")[5].strip() == "1" for row in rows)         # one epoch trained, so one scored
+    assert "the mean over the last 3 epochs' checkpoints" in table
     strip = cv2.imread(str(output / "strip.png"))
     single = cv2.imread(results[0]["strip"])
     assert strip.shape[0] == 3 * (single.shape[0] // 2)       # truth, l1, sync_fixed
@@ -148,11 +150,34 @@ def test_resumed_arms_continue_their_run_to_the_epoch_budget(ablation, tmp_path)
     assert resumed["epochs"] == 2 and history[0] == first_epoch      # continued, not started over
     assert resumed["sittings"] == 2 and resumed["train_cpu_min"] > results[0]["train_cpu_min"]
     assert isinstance(resumed["scores"]["own_opening_ratio"], float)
-    assert "Budget: 2 epochs per arm" in (copy / "ablation.md").read_text()
+    # Both epochs' checkpoints are scored (every epoch is kept) and the arm's figure is their mean.
+    assert resumed["scored_epochs"] == [1, 2] and ckpt.numbered_epochs(copy / "l1" / "run").keys() == {1, 2}
+    by_epoch = resumed["scores_by_epoch"]
+    assert resumed["scores"]["mouth_psnr"] == pytest.approx((by_epoch[1]["mouth_psnr"] + by_epoch[2]["mouth_psnr"]) / 2)
+    assert resumed["sd"]["opening_ratio"] == pytest.approx(
+        abs(by_epoch[1]["opening_ratio"] - by_epoch[2]["opening_ratio"]) / 2 ** 0.5)
+    table = (copy / "ablation.md").read_text()
+    assert "Budget: 2 epochs per arm" in table
+    row = next(line for line in table.splitlines() if line.startswith("| l1 "))
+    assert row.split("|")[5].strip() == "1-2" and f"{resumed['scores']['opening_ratio']:.2f} ±" in row
     # The arm not resumed keeps its row and figures.
     kept = json.loads((copy / "ablation.json").read_text())
     assert [result["arm"] for result in kept] == ["sync_fixed", "l1"] and kept[0] == json.loads(
         json.dumps(results[1], default=str))
+
+
+def test_every_epoch_is_kept_only_when_the_last_few_are_averaged(tmp_path):
+    from benchmarks.ablate_objective import ARMS, NO_EPOCH_LIMIT, evaluate_command, train_command
+
+    averaged, last_only = harness_options(tmp_path), harness_options(tmp_path, "--score_last", "1")
+    assert parse_train_args(train_command(ARMS["l1_lips4"], averaged, tmp_path)).save_interval == 1
+    assert parse_train_args(train_command(ARMS["l1_lips4"], last_only, tmp_path)).save_interval == NO_EPOCH_LIMIT
+    scoring = evaluate_command(averaged, tmp_path / "run", tmp_path / "evaluation")
+    assert scoring[scoring.index("--last") + 1] == "3" and "--no_select" in scoring
+    with pytest.raises(SystemExit, match="--score_last must be at least 1, got 0"):
+        ablate(["--dataset_dir", str(tmp_path), "--syncnet_checkpoint", "s.pth", "--heldout_audio", "h.wav",
+                "--score_last", "0", "--output_dir", str(tmp_path / "out")])
+    assert not (tmp_path / "out").exists()
 
 
 def test_an_epoch_budget_below_one_is_refused_before_training(tmp_path):

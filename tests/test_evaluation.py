@@ -191,6 +191,15 @@ def test_outputs_table_json_video_and_strips(run, heldout):
     assert lines[0].startswith("| checkpoint | PSNR | SSIM | mouth PSNR | mouth SSIM | LMD |")
     assert lines[2].startswith("| recording (truth) |")
     assert lines[3].startswith(f"| {TRAINED_EPOCH} * |") and lines[4].startswith(f"| {DAMAGED_EPOCH} |")
+    # the run's two epochs summarised: their mean and spread, in the JSON and below them in the table
+    both = [entry["scores"] for entry in heldout["checkpoints"]]
+    mean = stored["mean"]
+    assert mean["epochs"] == [TRAINED_EPOCH, DAMAGED_EPOCH]
+    for key in ("mouth_psnr", "lmd", "opening_correlation"):
+        assert mean["scores"][key] == pytest.approx((both[0][key] + both[1][key]) / 2)
+        assert mean["sd"][key] == pytest.approx(abs(both[0][key] - both[1][key]) / 2 ** 0.5)
+    assert lines[5].startswith(f"| mean of 2 epochs, {TRAINED_EPOCH}-{DAMAGED_EPOCH} | ")
+    assert f"{mean['scores']['mouth_psnr']:.2f}" in lines[5] and lines[6].startswith("| ± sd | ")
     assert "machine:" in table and "best: epoch 10 by lmd" in table
     assert f"LSE-D/LSE-C by {run / 'checkpoint' / 'talker' / 'syncnet' / 'best.pth'}" in table
     video = out / f"epoch_{TRAINED_EPOCH}_side_by_side.mp4"
@@ -222,7 +231,19 @@ def test_rerun_reuses_scores_and_can_select_by_another_metric(run, heldout):
     other = evaluate(options(run, checkpoint=str(TRAINED_EPOCH), write_video=False,
                              render_options={"silence_hold": False}))
     assert not other["checkpoints"][0]["reused"] and other["render_options"] == {"silence_hold": False}
-    assert other["best"] is None                                  # one checkpoint: nothing was chosen
+    assert other["best"] is None and other["mean"] is None        # one checkpoint: nothing chosen, no mean
+
+
+def test_last_n_scores_only_the_newest_epochs_and_chooses_nothing(run, heldout):
+    best_before = (run / "checkpoint" / "talker" / "best.pth").read_bytes()
+    newest = evaluate(options(run, last=1, write_video=False))
+    assert [entry["epoch"] for entry in newest["checkpoints"]] == [DAMAGED_EPOCH]
+    assert newest["best"] is None and newest["mean"] is None
+    assert (run / "checkpoint" / "talker" / "best.pth").read_bytes() == best_before     # a part of the run
+    both = evaluate(options(run, last=5, write_video=False))                            # more than there are
+    assert [entry["epoch"] for entry in both["checkpoints"]] == [TRAINED_EPOCH, DAMAGED_EPOCH]
+    assert both["mean"]["epochs"] == [TRAINED_EPOCH, DAMAGED_EPOCH] and both["best"] is None
+    assert (run / "checkpoint" / "talker" / "best.pth").read_bytes() == best_before
 
 
 def test_table_shows_the_measures_against_the_truth_first(heldout):
@@ -371,6 +392,10 @@ def test_bad_input_gives_one_clear_line(run, tmp_path, capsys):
     assert "nothing to evaluate" in line and "train_328.py --name talker" in line
     line = error_line(capsys, ["--name", "talker", "--val_fraction", "0.05", "--no_video", *roots])
     assert "only 5 frames" in line and "--val_fraction" in line
+    line = error_line(capsys, ["--name", "talker", "--last", "0", *roots])
+    assert "--last must be at least 1, got 0" in line
+    line = error_line(capsys, ["--name", "talker", "--last", "2", "--checkpoint", "10", *roots])
+    assert "--last" in line and "--checkpoint" in line and "one of them" in line
     line = error_line(capsys, ["--name", "talker", "--val_fraction", "1.5", *roots])
     assert "--val_fraction must be between 0 and 1" in line
     line = error_line(capsys, ["--name", "talker", "--audio_path", str(tmp_path / "missing.wav"), *roots])

@@ -65,7 +65,7 @@ from lipsync.evaluate.pictures import side_by_side_size, strip_picks, write_comb
 from lipsync.evaluate.reference import (Reference, audio_reference, heldout_reference, measure_recording,
                                         recording_samples)
 from lipsync.evaluate.report import describe_machine, format_scores, format_table
-from lipsync.evaluate.results import CheckpointResult, finite_or_none
+from lipsync.evaluate.results import CheckpointResult, finite_or_none, mean_over_checkpoints
 from lipsync.evaluate.run_info import checkpoint_epoch, checkpoints_to_score, heldout_fraction
 from lipsync.evaluate.selection import SELECTION_METRICS, choose_best, write_best
 from lipsync.evaluate.sync_embedding import (MIN_INFORMATIVE_LSE_C, SYNCNET_METRICS, load_evaluation_syncnet,
@@ -323,6 +323,7 @@ class Evaluation:
         report.update({
             "reference": self.reference.scores,
             "checkpoints": [result.as_dict() for result in results],
+            "mean": mean_over_checkpoints(results),
             "select_by": self.options.select_by,
             "best": ({"epoch": best.epoch, "checkpoint": str(best.path), "metric": self.options.select_by,
                       "value": best.scores[self.options.select_by],

@@ -32,6 +32,7 @@ class EvalOptions(Options):
     dataset_dir: Optional[Path] = None
     checkpoint_dir: Optional[Path] = None      # default checkpoint/NAME
     checkpoint: Optional[str] = None           # None: every numbered epoch; else an epoch, best, latest or a path
+    last: Optional[int] = None                 # only the newest this many numbered epochs
     audio_path: Optional[Path] = None          # new audio instead of the held-out tail
     truth_video: Optional[Path] = None         # the person really speaking audio_path, if filmed
     start_frame: int = 0                       # recording frame new audio starts from
@@ -75,6 +76,10 @@ class EvalOptions(Options):
             raise UserError(f"--val_fraction must be between 0 and 1, got {self.val_fraction}")
         if self.batch_size < 1:
             raise UserError(f"--batch_size must be at least 1, got {self.batch_size}")
+        if self.last is not None and self.last < 1:
+            raise UserError(f"--last must be at least 1, got {self.last}")
+        if self.last is not None and self.checkpoint is not None:
+            raise UserError("--last N scores the newest N numbered epochs, --checkpoint one file: give one of them")
         if self.truth_video is not None and self.audio_path is None:
             raise UserError("--truth_video is the person speaking --audio_path: give --audio_path too")
         return self
@@ -107,6 +112,9 @@ def build_parser(description: Optional[str] = None) -> argparse.ArgumentParser:
                         help="the run's checkpoints (default: checkpoint/NAME)")
     parser.add_argument("--checkpoint", help="score only this one: an epoch number, best, latest or a .pth path "
                                              "(default: every numbered epoch, and best.pth is chosen)")
+    parser.add_argument("--last", type=int, metavar="N",
+                        help="score only the newest N numbered epochs (their mean is reported; best.pth is left "
+                             "as it is): the end of a run without re-scoring its start")
     parser.add_argument("--audio_path", type=optional_path,
                         help="new audio without ground truth (default: the held-out tail)")
     parser.add_argument("--truth_video", type=optional_path,

@@ -37,6 +37,7 @@ NO_TRUTH_SCORES = {key for key, _, _ in NO_TRUTH_COLUMNS}
 NO_TRUTH_MARK = " (no truth)"
 # The recording compared with itself: its picture scores are perfect by definition, so not shown.
 PICTURE_SCORES = ("psnr", "ssim", "mouth_psnr", "mouth_ssim")
+MEAN_OFFSET_PATTERN, OFFSET_SPREAD_PATTERN = "{:+.1f}", "{:.1f}"
 
 
 def describe_machine(device) -> str:
@@ -89,6 +90,15 @@ def format_table(report: Dict) -> str:
         name = f"{entry['epoch']}" + (" *" if entry["epoch"] == best_epoch else "")
         lines.append(f"| {name} | " + " | ".join(_cell(entry["scores"].get(key), pattern)
                                                 for key, _, pattern in columns) + " |")
+    mean = report.get("mean")
+    if mean:
+        span = f"{len(mean['epochs'])} epochs, {mean['epochs'][0]}-{mean['epochs'][-1]}"
+        for label, values, offset_pattern in ((f"mean of {span}", mean["scores"], MEAN_OFFSET_PATTERN),
+                                              ("± sd", mean["sd"], OFFSET_SPREAD_PATTERN)):
+            # A mean offset is a fraction of a frame; so is its spread.
+            lines.append(f"| {label} | " + " | ".join(_cell(values.get(key), offset_pattern if
+                                                            key == "opening_offset" else pattern)
+                                                      for key, _, pattern in columns) + " |")
     frames = report["frames"]
     length = f"{frames['count']} frames, {frames['count'] / FPS:.1f} s"
     if heldout:

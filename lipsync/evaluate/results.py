@@ -7,7 +7,7 @@ through ``finite_or_none`` and NaN is stored as null.
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, Optional
+from typing import Dict, Optional, Sequence
 
 import numpy as np
 
@@ -38,3 +38,23 @@ def finite_or_none(value):
     if isinstance(value, np.integer):
         return int(value)
     return value
+
+
+def mean_over_checkpoints(results: Sequence[CheckpointResult]) -> Optional[Dict]:
+    """The mean and standard deviation of every score over ``results`` (NaN ones left out).
+
+    One checkpoint's motion scores swing from epoch to epoch as much as a change of
+    objective does, so a run's end is judged by the mean of its last few epochs.
+    None for fewer than two checkpoints.
+    """
+    if len(results) < 2:
+        return None
+    names = sorted({name for result in results for name in result.scores})
+    means, spreads = {}, {}
+    for name in names:
+        values = np.array([float(result.scores[name]) for result in results
+                           if isinstance(result.scores.get(name), (int, float, np.number))], dtype=np.float64)
+        values = values[np.isfinite(values)]
+        means[name] = float(values.mean()) if len(values) else math.nan
+        spreads[name] = float(values.std(ddof=1)) if len(values) > 1 else math.nan
+    return {"epochs": [result.epoch for result in results], "scores": means, "sd": spreads}

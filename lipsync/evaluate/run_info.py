@@ -17,7 +17,7 @@ FRACTION_TOLERANCE = 1e-9
 
 
 def checkpoints_to_score(options: EvalOptions) -> Tuple[List[Path], bool]:
-    """(checkpoint files, whether that is every numbered epoch of the run)."""
+    """(checkpoint files, whether best.pth is chosen among them: every numbered epoch, not --last N)."""
     run_dir = options.run_dir
     if options.checkpoint is not None:
         return [resolve_checkpoint(run_dir, options.checkpoint)], False
@@ -27,6 +27,8 @@ def checkpoints_to_score(options: EvalOptions) -> Tuple[List[Path], bool]:
         where = f"{run_dir} does not exist" if not run_dir.is_dir() else f"{run_dir} holds no 10.pth, 20.pth, ..."
         raise UserError(f"nothing to evaluate: {where} — train first: {train_command(name)}, "
                         "or pick a file with --checkpoint PATH")
+    if options.last is not None:        # a part of the run, by choice: best.pth is not chosen from it
+        return list(epochs.values())[-options.last:], False
     return list(epochs.values()), True
 
 
