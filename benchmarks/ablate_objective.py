@@ -239,7 +239,8 @@ def run_all(arms: Sequence[Arm], options) -> List[Dict]:
     results: List[Dict] = []
     for first in range(0, len(arms), options.parallel):
         group = arms[first:first + options.parallel]
-        print(f"training {', '.join(arm.name for arm in group)} ({options.minutes:g} min each)", flush=True)
+        budget = f"{options.epochs} epochs" if options.epochs else f"{options.minutes:g} min"
+        print(f"training {', '.join(arm.name for arm in group)} ({budget} each)", flush=True)
         with ThreadPoolExecutor(len(group)) as pool:
             results += list(pool.map(lambda item: run_arm(item[1], options, cores[item[0]] if pin else None),
                                      enumerate(group)))
