@@ -80,6 +80,7 @@ LIPS_4 = ("--lip_weight", "4")
 LIPS_8 = ("--lip_weight", "8")
 TWO_REFERENCES = ("--reference_frames", "2")
 COSINE = ("--lr_schedule", "cosine")
+MOTION_HALF = ("--motion_weight", "0.5")
 ARMS = {arm.name: arm for arm in (
     Arm("l1", "L1 only", EVERY_PIXEL_ALIKE, uses_syncnet=False),
     Arm("l1_lips4", "L1 only, the lips' box counted 4 times (the default since 2026-12-02)", LIPS_4,
@@ -87,6 +88,8 @@ ARMS = {arm.name: arm for arm in (
     Arm("l1_lips8", "L1 only, the lips' box counted 8 times", LIPS_8, uses_syncnet=False),
     Arm("l1_lips4_cosine", "L1 only, the lips' box counted 4 times, the LR decayed to 0 over the budget (cosine)",
         LIPS_4 + COSINE, uses_syncnet=False, schedule_over_budget=True),
+    Arm("l1_lips4_motion05", "L1 only, the lips' box counted 4 times, half of that weight where the truth's "
+        "mouth differs from the reference's", LIPS_4 + MOTION_HALF, uses_syncnet=False),
     Arm("l1_refs2", "L1 only, two reference frames", EVERY_PIXEL_ALIKE + TWO_REFERENCES, uses_syncnet=False),
     Arm("l1_lips4_refs2", "L1 only, the lips' box counted 4 times, two reference frames", LIPS_4 + TWO_REFERENCES,
         uses_syncnet=False),

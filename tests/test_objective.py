@@ -95,3 +95,42 @@ def test_lip_weight_counts_errors_in_the_lips_box_that_many_times_more_at_the_sa
     assert weighted(inside, truth, None)["l1"] == pytest.approx(4 * float(weighted(outside, truth, None)["l1"]))
     everywhere = torch.ones_like(truth)                        # mean weight 1: a uniform error costs the same
     assert weighted(everywhere, truth, None)["l1"] == pytest.approx(float(plain(everywhere, truth, None)["l1"]))
+
+
+def test_motion_weight_counts_the_lips_where_the_truth_differs_from_the_reference_more_at_the_same_mean():
+    truth = torch.zeros(2, 3, 320, 320)
+    reference = truth.clone()
+    mouth_rows, mouth_cols = slice(crop.LIP_TOP + 40, crop.LIP_TOP + 80), slice(crop.LIP_LEFT + 60, crop.LIP_LEFT + 120)
+    reference[0, :, mouth_rows, mouth_cols] = 0.8            # frame 0's reference shows another mouth
+    moving, still = truth.clone(), truth.clone()
+    moving[..., crop.LIP_TOP + 60, crop.LIP_LEFT + 90] = 1.0   # one wrong pixel where the mouth moves
+    still[..., crop.LIP_TOP + 5, crop.LIP_LEFT + 5] = 1.0      # one wrong pixel in the box where it does not
+    lips = UNetObjective(settings(lip_weight=4.0))
+    half = UNetObjective(settings(lip_weight=4.0, motion_weight=0.5))
+    full = UNetObjective(settings(lip_weight=4.0, motion_weight=1.0))
+    # Off, the lips' box is weighed evenly; on, an error where the mouth moved costs more and
+    # one where the reference already held the truth costs less, the more so the larger the share.
+    assert float(lips(moving, truth, None, reference)["l1"]) == pytest.approx(float(lips(still, truth, None, reference)["l1"]))
+    for objective in (half, full):
+        assert float(objective(moving, truth, None, reference)["l1"]) > 2 * float(lips(moving, truth, None, reference)["l1"])
+        assert float(objective(still, truth, None, reference)["l1"]) < float(lips(still, truth, None, reference)["l1"])
+    assert float(full(still, truth, None, reference)["l1"]) < float(half(still, truth, None, reference)["l1"])
+    # Frame 1's reference is its truth: the same error costs less there than in frame 0.
+    frame0, frame1 = truth.clone(), truth.clone()
+    frame0[0, :, crop.LIP_TOP + 60, crop.LIP_LEFT + 90] = 1.0
+    frame1[1, :, crop.LIP_TOP + 60, crop.LIP_LEFT + 90] = 1.0
+    assert float(half(frame0, truth, None, reference)["l1"]) > float(half(frame1, truth, None, reference)["l1"])
+    # Mean weight 1: a uniform error costs what it costs with every pixel alike.
+    everywhere = torch.ones_like(truth)
+    assert float(half(everywhere, truth, None, reference)["l1"]) == pytest.approx(1.0, rel=1e-5)
+
+
+def test_motion_weight_needs_the_reference_and_leaves_no_gradient_path_through_it():
+    prediction, truth, _ = batch()
+    reference = torch.rand_like(truth).requires_grad_(True)
+    objective = UNetObjective(settings(lip_weight=4.0, motion_weight=0.5))
+    with pytest.raises(ValueError, match="--motion_weight"):
+        objective(prediction, truth, None)
+    terms = objective(prediction, truth, None, reference)
+    to_prediction, to_reference = torch.autograd.grad(terms["total"], (prediction, reference), allow_unused=True)
+    assert float(to_prediction.abs().sum()) > 0 and to_reference is None
