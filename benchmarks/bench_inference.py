@@ -39,7 +39,7 @@ import torch
 from torch import nn
 
 from data_utils.audio import load_audio
-from data_utils.crop import INNER
+from data_utils.crop import CROP_SHAPE, INNER
 from data_utils.layout import DatasetLayout
 from data_utils.preprocess import process_video
 from data_utils.timebase import FEATURE_SPECS, SAMPLE_RATE
@@ -157,6 +157,13 @@ class CopyCrop:
         return crops_u8[:, INNER, INNER].copy()
 
 
+def warm_up(unet, batch_size: int, audio_shape) -> None:
+    """One untimed full batch: cuDNN tunes its kernels (seconds for the full width) and CUDA
+    loads them before the clock starts, as they would be a few frames into any long render."""
+    crops = np.zeros((batch_size, *CROP_SHAPE), np.uint8)
+    unet(crops, np.zeros((batch_size, *audio_shape), np.float32))
+
+
 def end_to_end_fps(args, dataset_dir, checkpoint, audio_path, output, device, backend, half=False,
                    threads=None, without_model=False):
     """(frames/s, frames, loading seconds, the device the U-Net really ran on) of one render to a file."""
@@ -168,6 +175,8 @@ def end_to_end_fps(args, dataset_dir, checkpoint, audio_path, output, device, ba
         ran_on = renderer.unet.device
         if without_model:
             renderer.unet = CopyCrop()
+        elif ran_on == "cuda":
+            warm_up(renderer.unet, args.batch_size, renderer.config["audio_shape"])
         result = render_to_file(renderer, audio_path, output, progress=False)
     return result.frames_per_second, result.frames, loading, ran_on
 

@@ -632,3 +632,26 @@ def test_video_writer_failure_is_one_line_and_leaves_no_file(tmp_path):
         for value in range(5):
             writer.write(np.full((65, 63, 3), value * 40, np.uint8))
     assert len(video_packet_times(odd)) == 5 and probe(odd).has_audio is False
+
+
+def test_a_partial_batch_padded_to_one_shape_draws_the_same_mouths():
+    # On CUDA, TorchUNet pads every batch to the largest it has seen (one cuDNN tuning, not one per
+    # size); eval-mode batch norm is per frame, so the padding rows change nothing in the real ones.
+    from lipsync.render.backends import TorchUNet, pad_batch
+
+    torch.manual_seed(0)
+    audio_shape = (2, 16, 32)
+    model = LipSyncUNet("ave", audio_shape, WIDTHS["tiny"])
+    generator = np.random.default_rng(0)
+    crops = generator.integers(0, 256, (5, *crop.CROP_SHAPE), dtype=np.uint8)
+    audio = generator.standard_normal((5, *audio_shape)).astype(np.float32)
+    plain = TorchUNet(model, "cpu")
+    padded = TorchUNet(model, "cpu")
+    padded.fixed_shapes = True
+    full_batch = padded(crops, audio)
+    partial = padded(crops[:2], audio[:2])
+    assert padded._batch_size == 5 and partial.shape == (2, 320, 320, 3)
+    # Another batch size may take other kernels: equal up to one grey level of rounding.
+    assert np.abs(partial.astype(np.int16) - plain(crops[:2], audio[:2])).max() <= 1
+    assert np.abs(full_batch.astype(np.int16) - plain(crops, audio)).max() <= 1
+    assert pad_batch(audio[:2], 5).shape == (5, *audio_shape) and np.array_equal(pad_batch(audio[:2], 5)[4], audio[1])

@@ -46,16 +46,32 @@ class TorchUNet(ExtraReferences):
         self.model = model.to(device).eval()
         self.device = self.input_device = device
         self.half = bool(half) and device == "cuda"
-        if device == "cuda":
+        self.fixed_shapes = device == "cuda"
+        self._batch_size = 0                            # the largest batch seen; smaller ones are padded to it
+        if self.fixed_shapes:
             torch.backends.cudnn.benchmark = True      # fixed input shapes: pick the fastest kernels once
 
     def __call__(self, crops_u8: np.ndarray, audio: np.ndarray) -> np.ndarray:
+        count = len(crops_u8)
+        if self.fixed_shapes:
+            # cuDNN's benchmark mode tunes every convolution again for each new batch size; the silence
+            # hold and a recording's last batch give many. Padding to one size keeps a single tuning.
+            self._batch_size = max(self._batch_size, count)
+            crops_u8, audio = pad_batch(crops_u8, self._batch_size), pad_batch(audio, self._batch_size)
         with torch.inference_mode():
             image6 = model_input(crops_u8, self.extra_references, self.input_device)
             audio_tensor = torch.from_numpy(audio).to(self.device, non_blocking=True)
             with torch.autocast("cuda", dtype=torch.float16, enabled=self.half):
                 output = self.model(image6, audio_tensor)
-            return to_bgr_u8(output).cpu().numpy()
+            return to_bgr_u8(output[:count]).cpu().numpy()
+
+
+def pad_batch(array: np.ndarray, size: int) -> np.ndarray:
+    """``array`` with its last row repeated up to ``size`` rows (unchanged when it has them)."""
+    missing = size - len(array)
+    if missing <= 0 or len(array) == 0:
+        return array
+    return np.concatenate([array, np.repeat(array[-1:], missing, axis=0)])
 
 
 def to_bgr_u8(rgb: torch.Tensor) -> torch.Tensor:

@@ -161,7 +161,11 @@ class UNetObjective:
             reconstruction = reconstruction + PERCEPTUAL_WEIGHT * terms["perceptual"]
         total = reconstruction
         if self.sync_active:
-            logits = self.syncnet(prediction, audio).float()
+            # In float32 even under --amp: the balance below takes the sync term's gradient on the picture
+            # from the unscaled loss, and float16 gradients that small underflow to zero, which would
+            # read as a weak sync gradient and push its weight to the cap (the smudging it exists to stop).
+            with torch.autocast(prediction.device.type, enabled=False):
+                logits = self.syncnet(prediction, audio.float()).float()
             terms["sync"] = F.binary_cross_entropy_with_logits(logits, torch.ones_like(logits))
             weight = self.sync_weight(reconstruction, terms["sync"], prediction)
             terms["sync_weight"] = torch.tensor(weight)
