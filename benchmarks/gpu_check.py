@@ -28,7 +28,9 @@ import argparse
 import json
 import os
 import platform
+import shutil
 import sys
+import tarfile
 import time
 import traceback
 from dataclasses import asdict, dataclass, field
@@ -190,7 +192,21 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--output_dir", help="where results and logs go (default: benchmarks/gpu_check_out/NAME)")
     parser.add_argument("--budget_minutes", type=float, default=BUDGET_MINUTES,
                         help=f"time for the whole check (default {BUDGET_MINUTES:g})")
+    parser.add_argument("--copy_results", metavar="DIR",
+                        help="also put results.json, results.md and logs.tar.gz (every log, the evaluation's "
+                             "table) in DIR: a folder that comes back from a lent machine")
     return parser
+
+
+def copy_results(output_dir: Path, destination: Path) -> None:
+    """results.json, results.md and one archive of the logs and the evaluation's table into ``destination``."""
+    destination.mkdir(parents=True, exist_ok=True)
+    for name in ("results.json", "results.md"):
+        shutil.copyfile(output_dir / name, destination / name)
+    with tarfile.open(destination / "logs.tar.gz", "w:gz") as archive:
+        for name in ("logs", "evaluation/table.md", "cuda_tests.xml"):
+            if (output_dir / name).exists():
+                archive.add(output_dir / name, arcname=name)
 
 
 def find_heldout(dataset_dir: Path, audio: Optional[str], truth: Optional[str]):
@@ -234,6 +250,9 @@ def main(argv=None) -> int:
     print()
     print(table)
     print(f"results: {output_dir / 'results.json'} and results.md; logs: {check.logs}")
+    if args.copy_results:
+        copy_results(output_dir, Path(args.copy_results))
+        print(f"copied to {args.copy_results}: results.json, results.md, logs.tar.gz")
     return 0 if results["all_passed"] else 1
 
 

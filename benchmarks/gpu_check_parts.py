@@ -6,9 +6,11 @@ Every command is an argument list run from the repository root; its output goes 
 OUTPUT_DIR/logs/LABEL.log. Mode says what differs between the GPU check and the CPU smoke
 check: the device, the width, each benchmark's options.
 """
+import importlib.util
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -24,6 +26,7 @@ from lipsync.core import checkpoints as ckpt
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 BENCH_SERVE = REPO_ROOT / "benchmarks" / "bench_serve.py"
+SERVE_PACKAGES = ("aiortc", "av", "aiohttp")      # what bench_serve.py and the server import
 REASON_CHARS = 240               # a failure's one line, at most
 MIN_PART_SECONDS = 20            # a part with less time left is skipped, not started to be killed
 STARTUP_SECONDS = 30             # a training process before its first epoch: imports, CUDA, data
@@ -80,6 +83,13 @@ class PartFailed(Exception):
     """A part (or a step of it) failed; the message is its one-line reason."""
 
 
+def failure_reason(error: Exception) -> str:
+    """A PartFailed's one-line reason; any other exception's type and message."""
+    if isinstance(error, PartFailed) and error.args:
+        return str(error.args[0])
+    return f"{type(error).__name__}: {error}"[:REASON_CHARS]
+
+
 @dataclass
 class Check:
     """Everything the parts share: what to check, how, and where to write."""
@@ -123,19 +133,32 @@ def run_step(check: Check, label: str, command: List, seconds: float, ok_codes=(
     log_path = check.logs / f"{label}.log"
     command = [str(part) for part in command]
     print(f"  [{label}] up to {seconds:.0f} s: {' '.join(command[1:4])} ...", flush=True)
+    # A session of its own, so that a timeout ends what the command started too (torchrun's
+    # workers, bench_serve's server), not only the command, and frees the GPU for the next part.
+    process = subprocess.Popen(command, cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                               text=True, errors="replace", env={**os.environ, **check.mode.environment},
+                               start_new_session=True)
     try:
-        finished = subprocess.run(command, cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                  text=True, timeout=seconds, errors="replace",
-                                  env={**os.environ, **check.mode.environment})
-        output = finished.stdout
-    except subprocess.TimeoutExpired as expired:
-        output = expired.stdout if isinstance(expired.stdout, str) else (expired.stdout or b"").decode("utf-8", "replace")
-        log_path.write_text(output)
+        output, _ = process.communicate(timeout=seconds)
+    except subprocess.TimeoutExpired:
+        kill_process_group(process)
+        output, _ = process.communicate()
+        log_path.write_text(output or "")
         raise PartFailed(f"{label}: stopped after {seconds:.0f} s (its share of the budget); see {log_path}") from None
+    finally:
+        kill_process_group(process)          # whatever it left running
     log_path.write_text(output)
-    if finished.returncode not in ok_codes:
-        raise PartFailed(f"{label}: exit {finished.returncode}: {one_line(output)}")
+    if process.returncode not in ok_codes:
+        raise PartFailed(f"{label}: exit {process.returncode}: {one_line(output)}")
     return output
+
+
+def kill_process_group(process: subprocess.Popen) -> None:
+    """SIGKILL to every process of ``process``'s group (its own session), if any is left."""
+    try:
+        os.killpg(process.pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
 
 
 def python_script(*arguments) -> List:
@@ -243,6 +266,11 @@ def serve(check: Check, seconds: float) -> Dict:
     """
     if not BENCH_SERVE.is_file():
         return {"status": "not present"}
+    missing = [name for name in SERVE_PACKAGES if importlib.util.find_spec(name) is None]
+    if missing:         # the WebRTC stack is big (PyAV alone ~35 MB) and rarely fits the 64 MiB that travel
+        return {"skipped": f"{', '.join(missing)} not installed: live serving is not measured "
+                           f"(pip install -r requirements.txt where a package index is reachable)"}
+    started = time.monotonic()
     help_text = run_step(check, "serve_help", python_script(BENCH_SERVE, "--help"), min(seconds, 60))
     if check.mode.device != "cuda":
         return {"skipped": "smoke check: bench_serve.py is present and starts (--help); it runs in the GPU check"}
@@ -250,7 +278,7 @@ def serve(check: Check, seconds: float) -> Dict:
     result.unlink(missing_ok=True)
     groups = [*check.mode.serve_args, ("--dataset_dir", check.dataset_dir), ("--json", result)]
     arguments = [value for group in groups if group[0] in help_text for value in group]
-    output = run_step(check, "serve", python_script(BENCH_SERVE, *arguments), seconds)
+    output = run_step(check, "serve", python_script(BENCH_SERVE, *arguments), seconds - (time.monotonic() - started))
     figures = {"arguments": [str(value) for value in arguments], "output_tail": output.strip().splitlines()[-12:]}
     if result.is_file():
         figures["figures"] = json.loads(result.read_text())
@@ -272,8 +300,8 @@ def training(check: Check, seconds: float, epoch_seconds: float) -> Dict:
         share = SYNCNET_SHARE * training_seconds
         figures["syncnet"] = train_stage(check, "train_syncnet", [REPO_ROOT / "train_syncnet.py", *common,
                                                                    "--save_dir", syncnet_dir], share, epoch_seconds)
-    except PartFailed as error:
-        failures.append(str(error))
+    except Exception as error:       # a surprise in one stage keeps the figures of the others
+        failures.append(failure_reason(error))
     use_syncnet = (syncnet_dir / ckpt.BEST).is_file()
     try:
         share = training_seconds - (time.monotonic() - started)
@@ -286,8 +314,8 @@ def training(check: Check, seconds: float, epoch_seconds: float) -> Dict:
         if missing:             # the check exists to report these: without them it has not done its job
             said = "; ".join(figures["evaluation"]["warnings"]) or f"see {check.logs / 'evaluate.log'}"
             failures.append(f"evaluate: measured no {', '.join(missing)} ({said})"[:REASON_CHARS])
-    except PartFailed as error:
-        failures.append(str(error))
+    except Exception as error:       # a surprise in one stage keeps the figures of the others
+        failures.append(failure_reason(error))
     if failures:
         raise PartFailed("; ".join(failures), figures)
     return figures

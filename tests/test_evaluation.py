@@ -403,3 +403,17 @@ def test_bad_input_gives_one_clear_line(run, tmp_path, capsys):
     line = error_line(capsys, ["--name", "talker", "--syncnet_checkpoint", str(tmp_path / "none.pth"),
                                "--select_by", "lse_c", "--val_fraction", str(VAL_FRACTION), *roots])
     assert "--select_by lse_c needs a trained SyncNet" in line and "train_syncnet.py" in line
+
+
+def test_a_landmarker_that_is_installed_but_cannot_start_is_one_line_not_a_crash(monkeypatch):
+    # mediapipe 0.10.21 declares numpy<2; on a box with numpy 2 it may import and then fail. The
+    # landmark scores are then n/a with that line, and everything else is still measured.
+    from lipsync.evaluate import landmark_track
+
+    def broken(backend):
+        raise RuntimeError("numpy.core.multiarray failed to import")
+
+    monkeypatch.setattr(landmark_track, "create_landmarker", broken)
+    reason = landmark_track.landmarks_unavailable()
+    assert reason == ("mediapipe is installed but could not start (RuntimeError: numpy.core.multiarray failed to "
+                      "import) — reinstall it")

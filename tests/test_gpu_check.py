@@ -10,6 +10,7 @@ Paths have spaces."""
 import json
 import math
 import subprocess
+import tarfile
 from pathlib import Path
 
 import numpy as np
@@ -45,7 +46,7 @@ def smoke(processed_clip, tmp_path_factory):
     output = base / "check out"
     command = ["bash", REPO_ROOT / "benchmarks" / "gpu_check.sh", "talker", "--smoke",
                "--dataset_dir", person.root, "--heldout_audio", audio, "--truth_video", truth,
-               "--val_fraction", VAL_FRACTION, "--output_dir", output]
+               "--val_fraction", VAL_FRACTION, "--output_dir", output, "--copy_results", base / "comes back"]
     finished = subprocess.run([str(part) for part in command], cwd=base, capture_output=True, text=True,
                               timeout=SMOKE_TIMEOUT_S)
     assert (output / "results.json").is_file(), finished.stdout[-3000:] + finished.stderr[-3000:]
@@ -99,6 +100,13 @@ def test_smoke_check_runs_every_part_and_reports_numbers(smoke):
     assert "| part | status | seconds | note |" in table and "| cuda_tests | skipped |" in table
     assert "| part | status | seconds | note |" in finished.stdout
     assert (output / "logs" / "train_unet.log").is_file()
+    # --copy_results: what a lent machine's output folder brings back, three files
+    copied = output.parent / "comes back"
+    assert sorted(path.name for path in copied.iterdir()) == ["logs.tar.gz", "results.json", "results.md"]
+    assert json.loads((copied / "results.json").read_text()) == results
+    with tarfile.open(copied / "logs.tar.gz") as archive:
+        names = archive.getnames()
+    assert "logs/train_unet.log" in names and "evaluation/table.md" in names
 
 
 def test_heldout_audio_and_its_truth_video_are_found_beside_the_dataset(tmp_path):
@@ -108,3 +116,53 @@ def test_heldout_audio_and_its_truth_video_are_found_beside_the_dataset(tmp_path
     assert find_heldout(tmp_path, None, None) == (tmp_path / "heldout_a.wav", tmp_path / "heldout_a_truth.mp4")
     with pytest.raises(UserError, match="does not exist"):
         find_heldout(tmp_path, str(tmp_path / "other.wav"), None)
+
+
+def test_a_step_past_its_share_ends_what_it_started_too(tmp_path, monkeypatch):
+    # A part's command that starts others (torchrun's workers, bench_serve's server) must not leave
+    # them holding the GPU when its time runs out.
+    import os
+    import sys
+    import time
+
+    from benchmarks import gpu_check_parts
+    from benchmarks.gpu_check_parts import SMOKE, Check, PartFailed, run_step
+
+    monkeypatch.setattr(gpu_check_parts, "MIN_PART_SECONDS", 1)
+    check = Check("x", SMOKE, tmp_path, tmp_path / "out", None, None, 0.05)
+    pid_file = tmp_path / "child.pid"
+    starts_a_child = ("import subprocess, sys, time; child = subprocess.Popen([sys.executable, '-c', "
+                      "'import time; time.sleep(120)']); open(sys.argv[1], 'w').write(str(child.pid)); "
+                      "print('started', flush=True); time.sleep(120)")
+    started = time.monotonic()
+    with pytest.raises(PartFailed, match="stopped after 4 s"):
+        run_step(check, "sleeper", [sys.executable, "-c", starts_a_child, pid_file], 4)
+    assert time.monotonic() - started < 30
+    child = int(pid_file.read_text())
+    for _ in range(50):                                  # SIGKILL is delivered at once; reaping may lag
+        try:
+            os.kill(child, 0)
+        except ProcessLookupError:
+            break
+        if open(f"/proc/{child}/stat").read().split()[2] == "Z":
+            break
+        time.sleep(0.1)
+    else:
+        pytest.fail(f"the step's child {child} is still running")
+    assert "started" in (tmp_path / "out" / "logs" / "sleeper.log").read_text()
+
+
+def test_serve_is_skipped_with_its_reason_where_the_webrtc_packages_are_missing(tmp_path, monkeypatch):
+    # The GPU box has neither aiortc nor PyAV (too big to carry beside mediapipe): the part says so
+    # and does not fail the check, instead of failing on bench_serve.py's first import.
+    import importlib.util
+
+    from benchmarks import gpu_check_parts
+    from benchmarks.gpu_check_parts import GPU, Check
+
+    found = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *rest: None if name == "av" else found(name, *rest))
+    figures = gpu_check_parts.serve(Check("x", GPU, tmp_path, tmp_path / "out", None, None, 0.05), 90)
+    assert figures == {"skipped": "av not installed: live serving is not measured (pip install -r requirements.txt "
+                                  "where a package index is reachable)"}
+    assert not (tmp_path / "out" / "logs").exists()

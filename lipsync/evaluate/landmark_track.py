@@ -29,6 +29,8 @@ def landmarks_unavailable(backend: str = LANDMARK_BACKEND) -> Optional[str]:
         create_landmarker(backend).close()
     except UserError as error:
         return str(error)
+    except Exception as error:      # installed but broken (e.g. a numpy it was not built for): still one line
+        return f"{backend} is installed but could not start ({type(error).__name__}: {error}) — reinstall it"
     return None
 
 
