@@ -32,6 +32,7 @@ from lipsync.core.atomic import temporary_sibling
 from lipsync.core.checkpoints import load_unet
 from lipsync.core.devices import device_name
 from lipsync.core.errors import UserError
+from lipsync.core.cpu_memory import keep_freed_memory
 from lipsync.render.backends import OnnxRuntimeUNet, TorchUNet
 from lipsync.render.featurizer import AudioFeaturizer, feature_encoder_source
 from lipsync.render.onnx_export import ensure_onnx
@@ -64,6 +65,8 @@ def load_renderer(name: Optional[str] = None, options: Optional[RenderOptions] =
     layout, checkpoint_path = locate_run(name, options.dataset_dir, options.checkpoint, options.dataset_root,
                                          options.checkpoint_root)
     device = device_name(options.device)
+    if device == "cpu":
+        keep_freed_memory()          # the U-Net's activations are reused, not faulted in again per batch
     model, config = load_unet(checkpoint_path, "cpu", asr=options.asr)
     log.info("%s: %s, --asr %s, widths %s, on %s (%s)", layout.name, checkpoint_path, config["asr"],
              config.get("widths"), device, options.backend)

@@ -14,6 +14,7 @@ import torch
 from data_utils.dataset import PersonData, open_person
 from lipsync.core import checkpoints as ckpt
 from lipsync.core.commands import syncnet_command
+from lipsync.core.cpu_memory import keep_freed_memory
 from lipsync.core.errors import UserError
 from lipsync.core.locks import folder_lock
 from lipsync.train.distributed import Distributed, seed_everything, setup_distributed
@@ -54,6 +55,12 @@ def _start(trainer: Trainer, config: TrainConfig) -> None:
             (Path(config.save_dir) / name).unlink(missing_ok=True)
 
 
+def keep_cpu_memory(dist: Distributed) -> None:
+    """On the CPU, freed activations stay in the process for the next step (lipsync.core.cpu_memory)."""
+    if dist.device.type == "cpu":
+        keep_freed_memory()
+
+
 def run_lock(config: TrainConfig, dist: Distributed):
     """Rank 0 holds the checkpoint folder for the whole run: a second training into it stops at once."""
     return folder_lock(config.save_dir, "training", "--save_dir") if dist.is_main else contextlib.nullcontext()
@@ -62,6 +69,7 @@ def run_lock(config: TrainConfig, dist: Distributed):
 def train_unet(config: TrainConfig, callbacks=()) -> List[Dict]:
     """The whole U-Net training of train_328.py."""
     dist = setup_distributed(config.device)
+    keep_cpu_memory(dist)
     with run_lock(config, dist):
         return _train_unet(config, dist, callbacks)
 
@@ -89,6 +97,7 @@ def _train_unet(config: TrainConfig, dist: Distributed, callbacks) -> List[Dict]
 def train_syncnet(config: TrainConfig, callbacks=()) -> List[Dict]:
     """The whole SyncNet training of train_syncnet.py."""
     dist = setup_distributed(config.device)
+    keep_cpu_memory(dist)
     with run_lock(config, dist):
         return _train_syncnet(config, dist, callbacks)
 
