@@ -150,3 +150,22 @@ def test_the_sync_balance_is_computed_in_float32_under_float16_autocast():
     # (the reconstruction's gradient norm is summed in another order under autocast: 1e-4 apart;
     # SyncNet in float16 put the weight 1.3 % off on this batch)
     assert float(under_amp["sync_weight"]) == pytest.approx(float(plain["sync_weight"]), rel=1e-3)
+
+
+def test_edge_weight_charges_a_blurred_edge_and_not_a_uniform_shift():
+    truth = torch.zeros(1, 3, 320, 320)
+    truth[..., :, 160:] = 0.8                                   # a hard vertical edge (a lip line)
+    shifted = truth + 0.05                                      # every pixel off alike: the edges are right
+    blurred = torch.nn.functional.avg_pool2d(truth, 9, stride=1, padding=4, count_include_pad=False)
+    off = UNetObjective(settings(lip_weight=4.0))
+    on = UNetObjective(settings(lip_weight=4.0, edge_weight=2.0))
+    assert "edge" not in off(blurred, truth, None)
+    assert float(on(shifted, truth, None)["edge"]) == pytest.approx(0.0, abs=1e-6)
+    terms = on(blurred, truth, None)
+    assert float(terms["edge"]) > 0.1 * float(terms["l1"])
+    assert float(terms["total"]) == pytest.approx(float(terms["l1"]) + 2.0 * float(terms["edge"]), rel=1e-6)
+    # Weighted like the pixels: the same blur costs more inside the lips' box than on the neck.
+    inside, outside = truth.clone(), truth.clone()
+    inside[..., crop.LIP_TOP + 50, 150:170] = blurred[..., crop.LIP_TOP + 50, 150:170]
+    outside[..., 300, 150:170] = blurred[..., 300, 150:170]
+    assert float(on(inside, truth, None)["edge"]) > 3 * float(on(outside, truth, None)["edge"])

@@ -6,6 +6,8 @@
                      --lip_weight times (default 4; the weights scaled to mean 1); with
                      --motion_weight S, S of the lips' weight follows where the truth's mouth
                      differs from the reference's (off by default)
+                   + --edge_weight x L1 of the horizontal and vertical pixel differences,
+                     weighted alike (off by default)
                    + 0.01 x VGG19 perceptual (when its weights are at hand)
     sync           = binary cross-entropy of the frozen SyncNet saying "in sync" for the
                      drawn mouth and its audio window
@@ -63,6 +65,7 @@ class ObjectiveSettings:
     sync_warmup_epochs: int
     lip_weight: float
     motion_weight: float = 0.0
+    edge_weight: float = 0.0
 
     @classmethod
     def from_config(cls, config) -> "ObjectiveSettings":
@@ -97,6 +100,17 @@ def motion_emphasis(truth: torch.Tensor, reference: torch.Tensor, box: torch.Ten
         return 1.0 - box * strength + box * strength * motion
 
 
+def difference_l1(prediction: torch.Tensor, truth: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """Weighted L1 between neighbouring pixels' differences (across and down) of two images.
+
+    L1 on the pixels lets a blurred lip edge cost little where it is thin; on the differences
+    the edge itself is what must match, so a mouth drawn soft costs what it hides.
+    """
+    across = (prediction[..., :, 1:] - prediction[..., :, :-1]) - (truth[..., :, 1:] - truth[..., :, :-1])
+    down = (prediction[..., 1:, :] - prediction[..., :-1, :]) - (truth[..., 1:, :] - truth[..., :-1, :])
+    return (across.abs() * weights[..., :, 1:]).mean() + (down.abs() * weights[..., 1:, :]).mean()
+
+
 class UNetObjective:
     """``objective(prediction, truth, audio)`` -> the loss terms (and "total") of one batch."""
 
@@ -121,13 +135,16 @@ class UNetObjective:
     def sync_active(self) -> bool:
         return self.syncnet is not None and self.epoch >= self.settings.sync_warmup_epochs
 
-    def reconstruction_l1(self, prediction: torch.Tensor, truth: torch.Tensor,
-                          reference: Optional[torch.Tensor] = None) -> torch.Tensor:
-        """L1 with the pixel weights; ``reference`` (the first reference crop the U-Net saw,
-        B x 3 x H x W) is needed with --motion_weight and ignored without it."""
+    def pixel_weights(self, prediction: torch.Tensor, truth: torch.Tensor,
+                      reference: Optional[torch.Tensor] = None) -> Optional[torch.Tensor]:
+        """The reconstruction's weights, (1 or B, 1, H, W) at mean 1; None for every pixel alike.
+
+        ``reference`` (the first reference crop the U-Net saw, B x 3 x H x W) is needed with
+        --motion_weight and ignored without it.
+        """
         strength = self.settings.motion_weight
         if self.settings.lip_weight == 1 and strength == 0:
-            return F.l1_loss(prediction, truth)         # bit for bit the objective before the lips' weight
+            return None
         if self._weights is None or self._weights.device != prediction.device:
             self._weights = pixel_weights(self.settings.lip_weight, prediction.device)
             self._box = torch.from_numpy(crop.lip_box_mask()).to(prediction.device)[None, None]
@@ -138,7 +155,7 @@ class UNetObjective:
                                  "pass the reference crops")
             weights = weights * motion_emphasis(truth, reference, self._box, strength)
             weights = weights / weights.mean()          # mean 1, as without it: the sync balance sees the same scale
-        return ((prediction - truth).abs() * weights).mean()
+        return weights
 
     def sync_weight(self, reconstruction: torch.Tensor, sync: torch.Tensor, prediction: torch.Tensor) -> float:
         """w_sync for this batch (module docstring); the gradients are taken on the picture only."""
@@ -154,8 +171,16 @@ class UNetObjective:
     def __call__(self, prediction: torch.Tensor, truth: torch.Tensor, audio: torch.Tensor,
                  reference: Optional[torch.Tensor] = None) -> Dict[str, torch.Tensor]:
         prediction, truth = prediction.float(), truth.float()
-        terms = {"l1": self.reconstruction_l1(prediction, truth, reference)}
+        weights = self.pixel_weights(prediction, truth, reference)
+        if weights is None:
+            terms = {"l1": F.l1_loss(prediction, truth)}     # bit for bit the objective before the lips' weight
+        else:
+            terms = {"l1": ((prediction - truth).abs() * weights).mean()}
         reconstruction = L1_WEIGHT * terms["l1"]
+        if self.settings.edge_weight > 0:
+            alike = torch.ones_like(prediction[:1, :1]) if weights is None else weights
+            terms["edge"] = difference_l1(prediction, truth, alike)
+            reconstruction = reconstruction + self.settings.edge_weight * terms["edge"]
         if self.perceptual is not None:
             terms["perceptual"] = self.perceptual(prediction, truth)
             reconstruction = reconstruction + PERCEPTUAL_WEIGHT * terms["perceptual"]
