@@ -420,9 +420,6 @@ def test_batch_size_larger_than_the_dataset(small, tmp_path, capsys):
     ("--max_minutes", "-1", "--max_minutes cannot be negative, got -1"),
     ("--lip_weight", "0.5", "--lip_weight counts the lips' pixels that many times; it must be at least 1, got 0.5"),
     ("--reference_frames", "0", "--reference_frames must be at least 1, got 0"),
-    ("--edge_weight", "-1", "--edge_weight cannot be negative, got -1.0"),
-    ("--motion_weight", "1.5", "--motion_weight is the share of the lips' weight that follows their difference "
-                               "from the reference: between 0 and 1, got 1.5"),
 ])
 def test_option_values_out_of_range(small, tmp_path, capsys, option, value, message):
     code, lines = run_main(train_328.main, base_args(small, tmp_path / "ck") + [option, value], capsys)
@@ -665,22 +662,6 @@ def test_a_sync_run_saved_before_the_balance_options_resumes_as_it_trained(tmp_p
         ["lip_weight"]
     assert TrainConfig(dataset_dir=tmp_path, save_dir=tmp_path, reference_frames=2).changed_since(
         {"use_syncnet": False, "lip_weight": 4.0}) == ["reference_frames"]
-    assert TrainConfig(dataset_dir=tmp_path, save_dir=tmp_path, motion_weight=0.5).changed_since(
-        {"use_syncnet": False, "lip_weight": 4.0}) == ["motion_weight"]
-
-
-def test_motion_and_edge_weights_train_and_a_resume_must_keep_them(small, tmp_path, capsys):
-    run = tmp_path / "run"
-    levers = ("--motion_weight", "0.5", "--edge_weight", "1")
-    train_328.main(base_args(small, run, "--epochs", 1, *levers))
-    latest = ckpt.read_checkpoint(run / "latest.pth")
-    assert latest["args"]["motion_weight"] == 0.5 and latest["args"]["edge_weight"] == 1.0
-    assert math.isfinite(latest["history"][-1]["train_l1"]) and latest["history"][-1]["train_edge"] > 0
-    code, lines = run_main(train_328.main, base_args(small, run, "--epochs", 2, "--resume"), capsys)
-    assert code == 2 and len(lines) == 1
-    assert "--motion_weight 0.5 (now 0.0)" in lines[0] and "--edge_weight 1.0 (now 0.0)" in lines[0]
-    train_328.main(base_args(small, run, "--epochs", 2, "--resume", *levers))
-    assert ckpt.read_checkpoint(run / "latest.pth")["epoch"] == 2
 
 
 def test_resume_may_train_longer_without_a_cosine_schedule(small, tmp_path):

@@ -28,8 +28,6 @@ SYNC_BALANCE = "adaptive"
 SYNC_RATIO = 3.0                # sync gradient on the picture / reconstruction gradient
 SYNC_WARMUP_EPOCHS = 2
 LIP_WEIGHT = 4.0                # the lips' box counts 4 times in L1 (before 2026-12-02: 1, every pixel alike)
-MOTION_WEIGHT = 0.0             # --motion_weight: off until the ablation shows it helps
-EDGE_WEIGHT = 0.0               # --edge_weight: likewise
 REFERENCE_FRAMES = 1            # reference crops the U-Net sees (SyncTalk_2D's one)
 # --lr_schedule step: halve the LR every 50 epochs (the user guide's StepLR).
 STEP_LR_EPOCHS = 50
@@ -38,12 +36,12 @@ LR_SCHEDULES = ("none", "step", "cosine")
 # What a resumed run must keep: changing one mid-run silently mixes two trainings.
 RESUME_FIXED_OPTIONS = ("asr", "model_size", "batch_size", "lr", "lr_schedule", "grad_accum", "augment",
                         "val_fraction", "seed", "use_syncnet", "sync_weight", "sync_balance", "sync_ratio",
-                        "sync_warmup_epochs", "lip_weight", "motion_weight", "edge_weight", "reference_frames", "perceptual")
+                        "sync_warmup_epochs", "lip_weight", "reference_frames", "perceptual")
 # Options of the sync loss: compared on --resume only when both runs use it.
 SYNC_LOSS_OPTIONS = ("sync_weight", "sync_balance", "sync_ratio", "sync_warmup_epochs")
 # What a run saved before these options existed trained with (the objective was L1 + 10 x sync).
 OPTION_VALUES_BEFORE_THEY_EXISTED = {"sync_balance": "fixed", "sync_warmup_epochs": 0, "lip_weight": 1.0,
-                                     "reference_frames": 1, "motion_weight": 0.0, "edge_weight": 0.0}
+                                     "reference_frames": 1}
 # SyncNet sees one small mouth band per sample: bigger batches, more epochs than the U-Net.
 SYNCNET_BATCH_SIZE = 32
 SYNCNET_LR = 1e-4
@@ -86,8 +84,6 @@ class TrainConfig(Options):
     sync_ratio: float = SYNC_RATIO
     sync_warmup_epochs: int = SYNC_WARMUP_EPOCHS
     lip_weight: float = LIP_WEIGHT
-    motion_weight: float = MOTION_WEIGHT
-    edge_weight: float = EDGE_WEIGHT
     reference_frames: int = REFERENCE_FRAMES
     perceptual: str = "auto"                # auto | on | off
     vgg_weights: Optional[Path] = None
@@ -110,7 +106,7 @@ class TrainConfig(Options):
                 raise UserError(f"--{name} must be at least 1, got {getattr(self, name)}")
         if self.lr <= 0:
             raise UserError(f"--lr must be positive, got {self.lr}")
-        for name in ("sync_weight", "sync_ratio", "sync_warmup_epochs", "edge_weight"):
+        for name in ("sync_weight", "sync_ratio", "sync_warmup_epochs"):
             if getattr(self, name) < 0:
                 raise UserError(f"--{name} cannot be negative, got {getattr(self, name)}")
         if self.reference_frames < 1:
@@ -118,9 +114,6 @@ class TrainConfig(Options):
         if self.lip_weight < 1:
             raise UserError(f"--lip_weight counts the lips' pixels that many times; it must be at least 1, "
                             f"got {self.lip_weight:g}")
-        if not 0 <= self.motion_weight <= 1:
-            raise UserError(f"--motion_weight is the share of the lips' weight that follows their difference from "
-                            f"the reference: between 0 and 1, got {self.motion_weight:g}")
         if self.sync_balance not in SYNC_BALANCES:
             raise UserError(f"--sync_balance must be one of {', '.join(SYNC_BALANCES)}")
         if self.num_workers < 0 or self.patience < 0:
@@ -250,12 +243,6 @@ def build_unet_parser(description: str) -> argparse.ArgumentParser:
     losses.add_argument("--lip_weight", type=float, default=LIP_WEIGHT,
                         help=f"count the lips' box this many times in the L1 loss (default {LIP_WEIGHT:g}; "
                              "1: every pixel alike)")
-    losses.add_argument("--motion_weight", type=float, default=MOTION_WEIGHT, metavar="S",
-                        help="share (0-1) of the lips' weight that goes where the truth's mouth differs from "
-                             f"the reference crop's (default {MOTION_WEIGHT:g}: the lips' box weighed evenly)")
-    losses.add_argument("--edge_weight", type=float, default=EDGE_WEIGHT, metavar="E",
-                        help="add E x L1 of neighbouring pixels' differences (the edges), weighted like the "
-                             f"pixels, so that a soft mouth costs what it hides (default {EDGE_WEIGHT:g}: off)")
     losses.add_argument("--reference_frames", type=int, default=REFERENCE_FRAMES,
                         help=f"reference crops (random other frames) the U-Net sees beside the masked target "
                              f"(default {REFERENCE_FRAMES}); inference adds fixed frames spread over the recording")

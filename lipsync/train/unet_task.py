@@ -20,7 +20,7 @@ from lipsync.core import checkpoints as ckpt
 from lipsync.train.objective import ObjectiveSettings, UNetObjective
 from lipsync.train.options import TrainConfig
 from lipsync.train.pictures import sample_grid
-from models.unet_328 import IMAGE_CHANNELS, width_name
+from models.unet_328 import width_name
 
 SAMPLE_GRID_ROWS = 4             # held-out frames shown per samples/epoch_N.png
 EPS = 1e-10                      # keeps PSNR finite for a perfect prediction
@@ -75,8 +75,7 @@ class UNetTask:
 
     def losses(self, model, batch, device) -> Dict[str, torch.Tensor]:
         image6, truth, audio = self.inputs(batch, device, train=True)
-        reference = image6[:, :IMAGE_CHANNELS]          # the first reference crop, as the U-Net saw it
-        return self.objective(model(image6, audio), truth, audio, reference)
+        return self.objective(model(image6, audio), truth, audio)
 
     @torch.no_grad()
     def validate(self, model, loader, device, autocast) -> Dict[str, float]:
