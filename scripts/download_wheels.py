@@ -17,7 +17,7 @@ of the rest only:
                            mp4 output with sound, and audio that is not a wav
   mediapipe       35.6 MB  (--with_landmarks) the face mesh evaluation measures generated
                            frames with (LMD, mouth opening r/offset/ratio); without it those
-                           are n/a. 0.10.21 declares numpy<2 but ran here with numpy 2.2.6;
+                           are n/a. 0.10.21 declares numpy<2 but ran with numpy 2.2.6 and 2.5.5;
   protobuf 4.25    0.3 MB  it does need protobuf<5 (with protobuf 5.29 its graph config fails to
                            parse), so this one travels with it and shadows the server's copy
                            (onnx, tensorboard and transformers accept 4.25)
