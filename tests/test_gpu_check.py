@@ -142,9 +142,9 @@ def test_a_step_past_its_share_ends_what_it_started_too(tmp_path, monkeypatch):
     for _ in range(50):                                  # SIGKILL is delivered at once; reaping may lag
         try:
             os.kill(child, 0)
-        except ProcessLookupError:
-            break
-        if open(f"/proc/{child}/stat").read().split()[2] == "Z":
+            if Path(f"/proc/{child}/stat").read_text().split()[2] == "Z":
+                break
+        except (ProcessLookupError, FileNotFoundError):     # gone, possibly between the two looks
             break
         time.sleep(0.1)
     else:

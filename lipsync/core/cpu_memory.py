@@ -6,8 +6,8 @@ unmaps it when freed. A U-Net step at 320 x 320 allocates and frees dozens of ac
 tens of MiB, so every step faulted them in again, page by page, zeroed by the kernel: about
 210,000 page faults and a fifth of the CPU time of a tiny-model step (benchmarks/RESULTS.md,
 "Freed memory kept in the process"). With mmap off for malloc and a high trim threshold the
-blocks stay in the heap and are reused; the peak memory is the same, only it is not returned
-between steps. Linux with glibc only; elsewhere nothing changes.
+blocks stay in the heap and are reused; the peak memory is about the same (+55 MB on the tiny
+model), only it is not returned between steps. Linux with glibc only; elsewhere nothing changes.
 """
 import ctypes
 import ctypes.util
@@ -35,10 +35,11 @@ def _set_malloc_options() -> bool:
         return False
     try:
         libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        mallopt = libc.mallopt                     # musl and other libcs have none
-        gnu_version = libc.gnu_get_libc_version    # glibc's mallopt numbers are the ones above
-    except (OSError, AttributeError):
+    except OSError:
         return False
-    del gnu_version
+    # The parameter numbers above are glibc's; musl and other libcs have other ones, or no mallopt.
+    if not (hasattr(libc, "gnu_get_libc_version") and hasattr(libc, "mallopt")):
+        return False
+    mallopt = libc.mallopt
     mallopt.argtypes, mallopt.restype = (ctypes.c_int, ctypes.c_int), ctypes.c_int
     return bool(mallopt(M_MMAP_MAX, NO_MMAP)) and bool(mallopt(M_TRIM_THRESHOLD, KEEP_BYTES))

@@ -30,9 +30,9 @@ from data_utils.audio import as_samples
 from data_utils.timebase import frame_count_for_samples
 from lipsync.core.atomic import temporary_sibling
 from lipsync.core.checkpoints import load_unet
+from lipsync.core.cpu_memory import keep_freed_memory
 from lipsync.core.devices import device_name
 from lipsync.core.errors import UserError
-from lipsync.core.cpu_memory import keep_freed_memory
 from lipsync.render.backends import OnnxRuntimeUNet, TorchUNet
 from lipsync.render.featurizer import AudioFeaturizer, feature_encoder_source
 from lipsync.render.onnx_export import ensure_onnx
