@@ -29,6 +29,7 @@ SYNC_RATIO = 3.0                # sync gradient on the picture / reconstruction 
 SYNC_WARMUP_EPOCHS = 2
 LIP_WEIGHT = 4.0                # the lips' box counts 4 times in L1 (before 2026-12-02: 1, every pixel alike)
 REFERENCE_FRAMES = 1            # reference crops the U-Net sees (SyncTalk_2D's one)
+EMA_DECAY = 0.0                 # the averaged weights (weight_average.py); 0: the last step's weights
 # --lr_schedule step: halve the LR every 50 epochs (the user guide's StepLR).
 STEP_LR_EPOCHS = 50
 STEP_LR_GAMMA = 0.5
@@ -36,12 +37,12 @@ LR_SCHEDULES = ("none", "step", "cosine")
 # What a resumed run must keep: changing one mid-run silently mixes two trainings.
 RESUME_FIXED_OPTIONS = ("asr", "model_size", "batch_size", "lr", "lr_schedule", "grad_accum", "augment",
                         "val_fraction", "seed", "use_syncnet", "sync_weight", "sync_balance", "sync_ratio",
-                        "sync_warmup_epochs", "lip_weight", "reference_frames", "perceptual")
+                        "sync_warmup_epochs", "lip_weight", "reference_frames", "perceptual", "ema_decay")
 # Options of the sync loss: compared on --resume only when both runs use it.
 SYNC_LOSS_OPTIONS = ("sync_weight", "sync_balance", "sync_ratio", "sync_warmup_epochs")
 # What a run saved before these options existed trained with (the objective was L1 + 10 x sync).
 OPTION_VALUES_BEFORE_THEY_EXISTED = {"sync_balance": "fixed", "sync_warmup_epochs": 0, "lip_weight": 1.0,
-                                     "reference_frames": 1}
+                                     "reference_frames": 1, "ema_decay": 0.0}
 # SyncNet sees one small mouth band per sample: bigger batches, more epochs than the U-Net.
 SYNCNET_BATCH_SIZE = 32
 SYNCNET_LR = 1e-4
@@ -85,6 +86,7 @@ class TrainConfig(Options):
     sync_warmup_epochs: int = SYNC_WARMUP_EPOCHS
     lip_weight: float = LIP_WEIGHT
     reference_frames: int = REFERENCE_FRAMES
+    ema_decay: float = EMA_DECAY
     perceptual: str = "auto"                # auto | on | off
     vgg_weights: Optional[Path] = None
     show_progress: bool = True
@@ -114,6 +116,9 @@ class TrainConfig(Options):
         if self.lip_weight < 1:
             raise UserError(f"--lip_weight counts the lips' pixels that many times; it must be at least 1, "
                             f"got {self.lip_weight:g}")
+        if not 0 <= self.ema_decay < 1:
+            raise UserError(f"--ema_decay is the share of the averaged weights kept at each step: at least 0 "
+                            f"(no average) and below 1, got {self.ema_decay:g}")
         if self.sync_balance not in SYNC_BALANCES:
             raise UserError(f"--sync_balance must be one of {', '.join(SYNC_BALANCES)}")
         if self.num_workers < 0 or self.patience < 0:
@@ -246,6 +251,10 @@ def build_unet_parser(description: str) -> argparse.ArgumentParser:
     losses.add_argument("--reference_frames", type=int, default=REFERENCE_FRAMES,
                         help=f"reference crops (random other frames) the U-Net sees beside the masked target "
                              f"(default {REFERENCE_FRAMES}); inference adds fixed frames spread over the recording")
+    losses.add_argument("--ema_decay", type=float, default=EMA_DECAY,
+                        help=f"validate and save an exponential moving average of the weights over the optimizer "
+                             f"steps, each step keeping this share of it (e.g. 0.995: about the last 200 steps); "
+                             f"training itself is unchanged (default {EMA_DECAY:g}: the last step's weights)")
     losses.add_argument("--syncnet_checkpoint",
                         help="SyncNet .pth (default: checkpoint/NAME/syncnet/best.pth)")
     losses.add_argument("--perceptual", choices=PERCEPTUAL_MODES, default=TrainConfig.perceptual,

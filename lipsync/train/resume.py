@@ -41,7 +41,7 @@ class Resumable:
             raise UserError(f"{path} was trained with {differences} — --resume continues that run as it was: "
                             f"{fixes}; or add --accept_changed_options to use the new value from "
                             f"epoch {int(state['epoch']) + 1} on (the LR schedule is recomputed for it)")
-        self.model.load_state_dict(state["model"])
+        self._load_weights(state)
         self.optimizer.load_state_dict(state["optimizer"])
         if state.get("scaler"):
             self.scaler.load_state_dict(state["scaler"])
@@ -76,6 +76,8 @@ class Resumable:
         state = ckpt.read_checkpoint(path, "cpu")
         self._check_compatible(path, state["config"])
         self.model.load_state_dict(state["model"])
+        if self.average is not None:        # numbered checkpoints hold the averaged weights: start from them
+            self.average.reset(self.model)
         self.start_epoch = int(state["epoch"])
         self.history = self._history_until(self.start_epoch)
         seed_everything(self.config.seed + self.dist.rank + RESUMED_RANK_SEED_STEP * self.start_epoch)
@@ -83,6 +85,21 @@ class Resumable:
         if self.dist.is_main:
             log.warning("resuming from %s (epoch %d): weights and epoch counter; the optimizer starts afresh "
                         "(numbered checkpoints keep no optimizer state)", path, self.start_epoch)
+
+    def _load_weights(self, state: Dict) -> None:
+        """The live weights, and the average beside them, from latest.pth.
+
+        With --ema_decay, latest.pth's ``model`` is the average and ``live_model`` the weights the
+        optimizer steps; a run saved without an average (or resumed without one) has only ``model``.
+        """
+        live = state.get("live_model", state["model"])
+        self.model.load_state_dict(live)
+        if self.average is None:
+            return
+        if "weight_average" in state:
+            self.average.load(state["model"], state["weight_average"])
+        else:
+            self.average.reset(self.model)
 
     def _check_compatible(self, path: Path, config: Dict) -> None:
         ckpt.check_config(path, config, self.task.kind, self.config.asr, self.task.model_config()["model_size"])

@@ -4,8 +4,9 @@ The Trainer owns what both trainings share: the data loaders (batches of
 uint8 crops from the memory-mapped cache, turned into model inputs on the
 training device), DistributedDataParallel under torchrun, mixed precision,
 gradient accumulation, LR schedules, validation on the held-out tail,
-training.log / TensorBoard / loss curve, checkpoints every --save_interval
-epochs, best.pth, latest.pth and exact resume, and the two early stops
+training.log / TensorBoard / loss curve, the averaged weights (--ema_decay,
+weight_average.py: what is validated and saved for inference), checkpoints every
+--save_interval epochs, best.pth, latest.pth and exact resume, and the two early stops
 (--patience on the held-out score, --max_minutes on the clock). A task says what one step
 computes and how the held-out part is scored:
 
@@ -36,6 +37,7 @@ from lipsync.train.distributed import Distributed, peak_memory_mb, rng_state
 from lipsync.train.options import STEP_LR_EPOCHS, STEP_LR_GAMMA, TrainConfig
 from lipsync.train.pictures import plot_history
 from lipsync.train.resume import Resumable
+from lipsync.train.weight_average import WeightAverage
 
 log = logging.getLogger("training")
 
@@ -70,6 +72,8 @@ class Trainer(Resumable):
         task.to(self.device)
         self.model = model
         self.train_model = model
+        # The averaged weights are validated and saved; the optimizer steps the live ones (self.model).
+        self.average = WeightAverage(model, config.ema_decay) if config.ema_decay > 0 else None
         if self.dist.enabled:
             self.train_model = nn.parallel.DistributedDataParallel(
                 model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
@@ -117,10 +121,21 @@ class Trainer(Resumable):
     def autocast(self):
         return torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.config.amp)
 
+    @property
+    def eval_model(self) -> nn.Module:
+        """The weights validated and written for inference: the average when there is one."""
+        return self.average.model if self.average is not None else self.model
+
     # ----------------------------------------------------------------- checkpoints
     def _state(self, epoch: int) -> Dict:
-        return {"model_state": self.model.state_dict(), "config": self.task.model_config(),
+        return {"model_state": self.eval_model.state_dict(), "config": self.task.model_config(),
                 "epoch": epoch}
+
+    def _live_weights(self) -> Dict:
+        """What latest.pth needs beside the averaged weights for an exact resume (nothing without them)."""
+        if self.average is None:
+            return {}
+        return {"live_model": self.model.state_dict(), "weight_average": self.average.state()}
 
     def save_epoch_files(self, epoch: int, metrics: Dict, improved: bool, final: bool,
                          numbered: bool = False) -> None:
@@ -140,7 +155,7 @@ class Trainer(Resumable):
             args=self.config.as_dict(), rng=[rng_state(self.device)] + self._other_ranks_rng[1:],
             history=self.history,
             best_score=self.best_score, epochs_without_improvement=self.epochs_without_improvement,
-            finished=final)
+            finished=final, **self._live_weights())
 
     def _best_was_chosen_by_evaluation(self) -> bool:
         """evaluate_328.py's choice (a best.pth with a ``selection``) outranks the held-out L1.
@@ -215,6 +230,8 @@ class Trainer(Resumable):
             self.scaler.step(self.optimizer)
             self.scaler.update()
             self.optimizer.zero_grad(set_to_none=True)
+            if self.average is not None:
+                self.average.update(self.model)
         return {key: float(value.detach()) for key, value in terms.items()}
 
     def train_epoch(self, epoch: int) -> Dict[str, float]:
@@ -297,9 +314,10 @@ class Trainer(Resumable):
     def _end_epoch_main(self, epoch: int, entry: Dict) -> bool:
         """Validate, log, plot and checkpoint (rank 0); True when --patience or --max_minutes says stop."""
         config = self.config
-        self.model.eval()
+        model = self.eval_model
+        model.eval()
         if self.val_loader is not None:
-            entry.update(self.task.validate(self.model, self.val_loader, self.device, self.autocast))
+            entry.update(self.task.validate(model, self.val_loader, self.device, self.autocast))
         score = entry.get(self.task.score_name, entry["train_loss"])
         improved = score < self.best_score
         if improved:
@@ -312,7 +330,7 @@ class Trainer(Resumable):
         self.history.append(entry)
         self._log_epoch(entry)
         if config.see_res:
-            grid = self.task.samples(self.model, self.device, self.autocast)
+            grid = self.task.samples(model, self.device, self.autocast)
             if grid is not None:
                 write_png_atomic(self.save_dir / "samples" / f"epoch_{epoch:04d}.png", grid)
         plot_history(self.history, self.save_dir / "loss_curve.png",
