@@ -97,6 +97,8 @@ ARMS = {arm.name: arm for arm in (
         LIPS_4 + ("--ema_decay", "0.995"), uses_syncnet=False),
     Arm("l1_lips4_ema999", "L1 only, the lips' box counted 4 times, weights averaged (--ema_decay 0.999)",
         LIPS_4 + ("--ema_decay", "0.999"), uses_syncnet=False),
+    Arm("l1_lips4_ema990", "L1 only, the lips' box counted 4 times, weights averaged (--ema_decay 0.99)",
+        LIPS_4 + ("--ema_decay", "0.99"), uses_syncnet=False),
     Arm("l1_refs2", "L1 only, two reference frames", EVERY_PIXEL_ALIKE + TWO_REFERENCES, uses_syncnet=False),
     Arm("l1_lips4_refs2", "L1 only, the lips' box counted 4 times, two reference frames", LIPS_4 + TWO_REFERENCES,
         uses_syncnet=False),

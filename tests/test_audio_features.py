@@ -693,3 +693,22 @@ def test_ave_audio_augmentation_changes_level_masks_a_band_and_frames_and_stays_
     originally_silent = ((windows - SILENCE_MEL_VALUE).abs() < 0.2).all(dim=3)[:, 0]
     masked_rows = (near_silence & ~originally_silent).sum(dim=1)
     assert int(masked_rows.max()) <= MAX_MASKED_BANDS and int(masked_rows.sum()) > 0
+
+
+@pytest.mark.parametrize("frames", [250, 1004])
+def test_ave_learning_folds_hold_out_each_part_once_apart_from_training(frames):
+    sys.path.insert(0, str(REPO_ROOT / "benchmarks"))
+    from bench_ave_learning import fold_orders
+
+    orders = fold_orders(frames, 4, AveTrainConfig().heldout_fraction)
+    starts = []
+    for order, fraction in orders:
+        assert len(set(order.tolist())) == len(order)                     # no frame twice
+        train_end, heldout_start = ave_training.split_frames(len(order), fraction)
+        held, train = order[heldout_start:], order[:train_end]
+        assert np.array_equal(held, np.arange(held[0], held[0] + len(held)))     # one contiguous part
+        assert np.abs(held[:, None] - train[None, :]).min() > ave_training.HELDOUT_GAP
+        assert len(held) == len(orders[0][0][ave_training.split_frames(len(orders[0][0]), orders[0][1])[1]:])
+        starts.append(held[0])
+    assert starts[0] == 0 and starts[-1] + len(held) == frames              # from the start to the end
+    assert fold_orders(frames, 1, 0.15)[0][0].tolist() == list(range(frames))

@@ -80,6 +80,8 @@ class AveTrainConfig:
     learning_rate: float = 1e-3
     temperature: float = 0.1
     audio_augment: bool = True          # level, band and time masking, noise on the mel windows (RESULTS.md)
+    mouth_shift_px: int = SHIFT_PX      # the mouth crops' random shift
+    weight_decay: float = 0.0           # AdamW's decoupled decay (0: Adam)
     heldout_fraction: float = 0.15
     seed: int = 0
 
@@ -136,9 +138,14 @@ def mouth_stacks(crops, indices) -> np.ndarray:
     return crops[frame_index]
 
 
+def heldout_count(frames: int, heldout_fraction: float) -> int:
+    """How many frames at the end of a recording of ``frames`` frames are held out."""
+    return max(MIN_HELDOUT_FRAMES, int(np.ceil(frames * heldout_fraction)))
+
+
 def split_frames(frames: int, heldout_fraction: float) -> Tuple[int, int]:
     """(training frames 0..train_end-1, held-out frames heldout_start..frames-1)."""
-    heldout = max(MIN_HELDOUT_FRAMES, int(np.ceil(frames * heldout_fraction)))
+    heldout = heldout_count(frames, heldout_fraction)
     heldout_start = frames - heldout
     train_end = heldout_start - HELDOUT_GAP
     if train_end < MIN_TRAIN_FRAMES:
@@ -156,12 +163,12 @@ def _as_tensor_crops(stacks: np.ndarray, device):
     return torch.from_numpy(stacks).to(device).float().div_(127.5).sub_(1.0)
 
 
-def _jitter(crops, generator):
+def _jitter(crops, generator, shift_px: int = SHIFT_PX):
     """Random shift (same for a sample's 5 crops) and brightness/contrast change."""
     batch = crops.shape[0]
-    padded = F.pad(crops, (SHIFT_PX,) * 4, mode="replicate")
+    padded = F.pad(crops, (shift_px,) * 4, mode="replicate")
     height, width = crops.shape[-2:]
-    shifts = torch.randint(0, 2 * SHIFT_PX + 1, (batch, 2), generator=generator)
+    shifts = torch.randint(0, 2 * shift_px + 1, (batch, 2), generator=generator)
     shifted = torch.stack([padded[b, :, y:y + height, x:x + width] for b, (y, x) in enumerate(shifts.tolist())])
     gain = 1 + 0.2 * (torch.rand(batch, 1, 1, 1, generator=generator) - 0.5)
     bias = 0.2 * (torch.rand(batch, 1, 1, 1, generator=generator) - 0.5)
@@ -241,7 +248,8 @@ def train_sync_model(mel_windows: np.ndarray, crops: np.ndarray, config: AveTrai
     model = SyncScorer(config.width, 2 * MOUTH_CONTEXT + 1, config.embed_dim).to(device)
     heldout = np.arange(heldout_start, frames)
     before = sync_accuracy(model, mel_windows, crops, heldout, device)
-    optimiser = torch.optim.Adam(model.parameters(), lr=config.learning_rate)
+    optimiser = (torch.optim.AdamW(model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay)
+                 if config.weight_decay else torch.optim.Adam(model.parameters(), lr=config.learning_rate))
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimiser, max_lr=config.learning_rate, total_steps=max(steps, 1),
                                                    pct_start=0.1)
     losses = []
@@ -254,7 +262,8 @@ def train_sync_model(mel_windows: np.ndarray, crops: np.ndarray, config: AveTrai
         if config.audio_augment:
             windows = _augment_audio(windows, generator)
         audio = model.embed_audio(windows)
-        mouth = model.embed_mouth(_jitter(_as_tensor_crops(mouth_stacks(crops, indices), device), generator))
+        mouth = model.embed_mouth(_jitter(_as_tensor_crops(mouth_stacks(crops, indices), device), generator,
+                                          config.mouth_shift_px))
         loss = contrastive_loss(audio, mouth, torch.from_numpy(indices).to(device), config.temperature)
         optimiser.zero_grad(set_to_none=True)
         loss.backward()
