@@ -77,7 +77,7 @@ def main(argv=None):
     crops = load_mouth_crops(layout, frames, progress=False)
     rows = []
     for name in args.variants:
-        accuracies, seconds = [], []
+        accuracies, seconds, by_fold = [], [], []
         for seed in args.seeds:
             config = replace(AveTrainConfig(), seed=seed, **VARIANTS[name])
             per_fold = []
@@ -88,13 +88,17 @@ def main(argv=None):
                 seconds.append(time.perf_counter() - started)
                 per_fold.append(report["heldout_sync_accuracy"])
             accuracies.append(float(np.mean(per_fold)))
+            by_fold.append(per_fold)
         row = {"variant": name, "changes": VARIANTS[name], "steps": report["steps"], "frames": frames,
                "train_frames": report["train_frames"], "heldout_frames": report["heldout_frames"],
-               "accuracies": accuracies, "mean": float(np.mean(accuracies)), "seconds": float(np.mean(seconds))}
+               "accuracies": accuracies, "by_fold": by_fold, "mean": float(np.mean(accuracies)),
+               "seconds": float(np.mean(seconds))}
         rows.append(row)
         print(f"{name}: held-out sync accuracy {' '.join(f'{value:.3f}' for value in accuracies)} "
               f"(mean {row['mean']:.3f}; {row['steps']} steps, {row['seconds']:.0f} s each; "
-              f"{row['train_frames']} train / {row['heldout_frames']} held-out frames)", flush=True)
+              f"{row['train_frames']} train / {row['heldout_frames']} held-out frames"
+              + (f"; by fold {' '.join(f'{value:.2f}' for value in by_fold[-1])}" if args.folds > 1 else "")
+              + ")", flush=True)
     if args.json:
         args.json.write_text(json.dumps(rows, indent=2))
     return rows
