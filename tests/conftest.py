@@ -73,3 +73,11 @@ def one_cpu_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture
+def small(processed_clip, tmp_path) -> Path:
+    """The processed clip cut to its first SMALL_FRAMES frames: a CPU epoch of the tiny U-Net in seconds."""
+    from tests.training_helpers import SMALL_FRAMES, make_small_dataset
+
+    return make_small_dataset(processed_clip, tmp_path / "talker", SMALL_FRAMES)

@@ -27,10 +27,9 @@ from lipsync.train.options import TrainConfig
 from lipsync.train.trainer import Trainer
 from lipsync.train.unet_task import UNetTask
 from models.unet_328 import WIDTHS, LipSyncUNet
-from tests.training_helpers import make_small_dataset, write_test_features
+from tests.training_helpers import SMALL_FRAMES, base_args, make_small_dataset, run_main, write_test_features
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-SMALL_FRAMES = 12          # 11 train + 1 held-out frame: an epoch is two CPU steps
 
 
 @pytest.fixture(autouse=True)
@@ -42,23 +41,6 @@ def one_cpu_thread():
     yield
     torch.set_num_threads(threads)
 
-
-@pytest.fixture
-def small(processed_clip, tmp_path) -> Path:
-    return make_small_dataset(processed_clip, tmp_path / "talker", SMALL_FRAMES)
-
-
-def base_args(dataset_dir, save_dir, *extra):
-    return ["--dataset_dir", str(dataset_dir), "--save_dir", str(save_dir), "--asr", "ave",
-            "--model_size", "tiny", "--batch_size", "4", "--num_workers", "0", "--device", "cpu",
-            "--perceptual", "off", "--quiet", *map(str, extra)]
-
-
-def run_main(main, argv, capsys):
-    """main(argv) that must fail with a UserError: (exit code, stderr lines)."""
-    with pytest.raises(SystemExit) as stopped:
-        main(argv)
-    return stopped.value.code, capsys.readouterr().err.strip().splitlines()
 
 
 # --------------------------------------------------------------------------- data

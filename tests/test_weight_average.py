@@ -6,7 +6,7 @@ from torch import nn
 import train_328
 from lipsync.train.options import TrainConfig
 from lipsync.train.weight_average import WeightAverage
-from tests.test_training import SMALL_FRAMES, base_args, run_main, small  # noqa: F401  (fixture)
+from tests.training_helpers import SMALL_FRAMES, base_args, run_main
 
 DECAY = 0.9
 
@@ -49,12 +49,12 @@ def test_resetting_and_loading_an_average():
 
 
 @pytest.mark.parametrize("decay", ["1", "-0.1", "1.5"])
-def test_a_decay_outside_0_to_1_is_one_line(small, tmp_path, capsys, decay):  # noqa: F811
+def test_a_decay_outside_0_to_1_is_one_line(small, tmp_path, capsys, decay):
     code, lines = run_main(train_328.main, base_args(small, tmp_path / "run", "--ema_decay", decay), capsys)
     assert code == 2 and len(lines) == 1 and "--ema_decay" in lines[0] and "below 1" in lines[0]
 
 
-def test_training_steps_the_same_weights_and_saves_their_average_and_resumes_exactly(small, tmp_path):  # noqa: F811
+def test_training_steps_the_same_weights_and_saves_their_average_and_resumes_exactly(small, tmp_path):
     plain, averaged, parts = tmp_path / "plain", tmp_path / "averaged", tmp_path / "parts"
     train_328.main(base_args(small, plain, "--epochs", 3))
     train_328.main(base_args(small, averaged, "--epochs", 3, "--ema_decay", "0.5"))
@@ -82,7 +82,7 @@ def test_training_steps_the_same_weights_and_saves_their_average_and_resumes_exa
             assert torch.equal(value, resumed[part][key]), (part, key)
 
 
-def test_a_run_saved_without_an_average_resumes_with_one_from_its_weights(small, tmp_path, capsys):  # noqa: F811
+def test_a_run_saved_without_an_average_resumes_with_one_from_its_weights(small, tmp_path, capsys):
     run = tmp_path / "run"
     train_328.main(base_args(small, run, "--epochs", 1))
     before = torch.load(run / "latest.pth", weights_only=False)["model"]

@@ -11,6 +11,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
+import pytest
 import torch
 import torch.nn as nn
 
@@ -52,6 +53,23 @@ def write_test_features(dataset_dir, asr: str = "ave", per_frame_shape=None) -> 
          "per_frame_shape": list(per_frame_shape), "frames": frames}))
     assert FEATURE_SPECS[asr].window_shape(per_frame_shape)
     return path
+
+
+SMALL_FRAMES = 12          # 11 train + 1 held-out frame: an epoch is two CPU steps (the ``small`` fixture)
+
+
+def base_args(dataset_dir, save_dir, *extra):
+    """train_328.py's options for a few-second CPU run on a small dataset."""
+    return ["--dataset_dir", str(dataset_dir), "--save_dir", str(save_dir), "--asr", "ave",
+            "--model_size", "tiny", "--batch_size", "4", "--num_workers", "0", "--device", "cpu",
+            "--perceptual", "off", "--quiet", *map(str, extra)]
+
+
+def run_main(main, argv, capsys):
+    """main(argv) that must fail with a UserError: (exit code, stderr lines)."""
+    with pytest.raises(SystemExit) as stopped:
+        main(argv)
+    return stopped.value.code, capsys.readouterr().err.strip().splitlines()
 
 
 def make_small_dataset(processed_clip, destination, frames: int = 20, asr: str = "ave") -> Path:
