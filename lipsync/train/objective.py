@@ -5,8 +5,6 @@
     reconstruction = L1 over the crop, the lips' box (data_utils.crop.LIP_*) counted
                      --lip_weight times (default 4; the weights scaled to mean 1)
                    + 0.01 x VGG19 perceptual (when its weights are at hand)
-                   (with --opening_balance, each sample's L1 weighted by how rare its
-                   mouth opening is in the recording: opening_balance.py)
     sync           = binary cross-entropy of the frozen SyncNet saying "in sync" for the
                      drawn mouth and its audio window
 
@@ -88,17 +86,12 @@ class UNetObjective:
     def sync_active(self) -> bool:
         return self.syncnet is not None and self.epoch >= self.settings.sync_warmup_epochs
 
-    def reconstruction_l1(self, prediction: torch.Tensor, truth: torch.Tensor,
-                          sample_weights: Optional[torch.Tensor] = None) -> torch.Tensor:
-        """L1 with the lips' weight; ``sample_weights`` (B,), mean 1 over the recording, scale each sample's."""
-        if self.settings.lip_weight == 1 and sample_weights is None:
+    def reconstruction_l1(self, prediction: torch.Tensor, truth: torch.Tensor) -> torch.Tensor:
+        if self.settings.lip_weight == 1:
             return F.l1_loss(prediction, truth)         # bit for bit the objective before the lips' weight
         if self._weights is None or self._weights.device != prediction.device:
             self._weights = pixel_weights(self.settings.lip_weight, prediction.device)
-        error = (prediction - truth).abs() * self._weights
-        if sample_weights is None:
-            return error.mean()
-        return (error.mean(dim=(1, 2, 3)) * sample_weights.to(error.dtype)).mean()
+        return ((prediction - truth).abs() * self._weights).mean()
 
     def sync_weight(self, reconstruction: torch.Tensor, sync: torch.Tensor, prediction: torch.Tensor) -> float:
         """w_sync for this batch (module docstring); the gradients are taken on the picture only."""
@@ -111,10 +104,9 @@ class UNetObjective:
         weight = settings.sync_ratio * ratio
         return 0.0 if math.isnan(weight) else min(weight, settings.sync_weight)   # NaN (an fp16 overflow): skip
 
-    def __call__(self, prediction: torch.Tensor, truth: torch.Tensor, audio: torch.Tensor,
-                 sample_weights: Optional[torch.Tensor] = None) -> Dict[str, torch.Tensor]:
+    def __call__(self, prediction: torch.Tensor, truth: torch.Tensor, audio: torch.Tensor) -> Dict[str, torch.Tensor]:
         prediction, truth = prediction.float(), truth.float()
-        terms = {"l1": self.reconstruction_l1(prediction, truth, sample_weights)}
+        terms = {"l1": self.reconstruction_l1(prediction, truth)}
         reconstruction = L1_WEIGHT * terms["l1"]
         if self.perceptual is not None:
             terms["perceptual"] = self.perceptual(prediction, truth)

@@ -30,8 +30,6 @@ SYNC_WARMUP_EPOCHS = 2
 LIP_WEIGHT = 4.0                # the lips' box counts 4 times in L1 (before 2026-12-02: 1, every pixel alike)
 REFERENCE_FRAMES = 1            # reference crops the U-Net sees (SyncTalk_2D's one)
 EMA_DECAY = 0.0                 # the averaged weights (weight_average.py); 0: the last step's weights
-OPENING_BALANCE = 0.0           # rarer mouth openings counted more (opening_balance.py); 0: every frame alike
-MAX_OPENING_BALANCE = 2.0
 # --lr_schedule step: halve the LR every 50 epochs (the user guide's StepLR).
 STEP_LR_EPOCHS = 50
 STEP_LR_GAMMA = 0.5
@@ -39,13 +37,12 @@ LR_SCHEDULES = ("none", "step", "cosine")
 # What a resumed run must keep: changing one mid-run silently mixes two trainings.
 RESUME_FIXED_OPTIONS = ("asr", "model_size", "batch_size", "lr", "lr_schedule", "grad_accum", "augment",
                         "val_fraction", "seed", "use_syncnet", "sync_weight", "sync_balance", "sync_ratio",
-                        "sync_warmup_epochs", "lip_weight", "reference_frames", "perceptual", "ema_decay",
-                        "opening_balance")
+                        "sync_warmup_epochs", "lip_weight", "reference_frames", "perceptual", "ema_decay")
 # Options of the sync loss: compared on --resume only when both runs use it.
 SYNC_LOSS_OPTIONS = ("sync_weight", "sync_balance", "sync_ratio", "sync_warmup_epochs")
 # What a run saved before these options existed trained with (the objective was L1 + 10 x sync).
 OPTION_VALUES_BEFORE_THEY_EXISTED = {"sync_balance": "fixed", "sync_warmup_epochs": 0, "lip_weight": 1.0,
-                                     "reference_frames": 1, "ema_decay": 0.0, "opening_balance": 0.0}
+                                     "reference_frames": 1, "ema_decay": 0.0}
 # SyncNet sees one small mouth band per sample: bigger batches, more epochs than the U-Net.
 SYNCNET_BATCH_SIZE = 32
 SYNCNET_LR = 1e-4
@@ -90,7 +87,6 @@ class TrainConfig(Options):
     lip_weight: float = LIP_WEIGHT
     reference_frames: int = REFERENCE_FRAMES
     ema_decay: float = EMA_DECAY
-    opening_balance: float = OPENING_BALANCE
     perceptual: str = "auto"                # auto | on | off
     vgg_weights: Optional[Path] = None
     show_progress: bool = True
@@ -123,9 +119,6 @@ class TrainConfig(Options):
         if not 0 <= self.ema_decay < 1:
             raise UserError(f"--ema_decay is the share of the averaged weights kept at each step: at least 0 "
                             f"(no average) and below 1, got {self.ema_decay:g}")
-        if not 0 <= self.opening_balance <= MAX_OPENING_BALANCE:
-            raise UserError(f"--opening_balance is the power of the openings' rarity each frame is weighted by: "
-                            f"0 (every frame alike) to {MAX_OPENING_BALANCE:g}, got {self.opening_balance:g}")
         if self.sync_balance not in SYNC_BALANCES:
             raise UserError(f"--sync_balance must be one of {', '.join(SYNC_BALANCES)}")
         if self.num_workers < 0 or self.patience < 0:
@@ -262,11 +255,6 @@ def build_unet_parser(description: str) -> argparse.ArgumentParser:
                         help=f"validate and save an exponential moving average of the weights over the optimizer "
                              f"steps, each step keeping this share of it (e.g. 0.995: about the last 200 steps); "
                              f"training itself is unchanged (default {EMA_DECAY:g}: the last step's weights)")
-    losses.add_argument("--opening_balance", type=float, default=OPENING_BALANCE,
-                        help=f"weight each frame's reconstruction by how rare its mouth opening is in the recording, "
-                             f"to this power (0.5: the inverse square root of its share; 1: every opening alike), "
-                             f"so the wide openings few frames show count more (default {OPENING_BALANCE:g}: "
-                             f"every frame alike)")
     losses.add_argument("--syncnet_checkpoint",
                         help="SyncNet .pth (default: checkpoint/NAME/syncnet/best.pth)")
     losses.add_argument("--perceptual", choices=PERCEPTUAL_MODES, default=TrainConfig.perceptual,

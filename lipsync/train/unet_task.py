@@ -18,7 +18,6 @@ from data_utils.dataset import LipSyncDataset, PersonData
 from data_utils.model_input import ColourJitter, model_input_batch
 from lipsync.core import checkpoints as ckpt
 from lipsync.train.objective import ObjectiveSettings, UNetObjective
-from lipsync.train.opening_balance import frame_weights
 from lipsync.train.options import TrainConfig
 from lipsync.train.pictures import sample_grid
 from models.unet_328 import width_name
@@ -52,9 +51,6 @@ class UNetTask:
         count = config.reference_frames
         self.train_set = LipSyncDataset(person, train_frames, train_frames, config.seed, count)
         self.val_set = LipSyncDataset(person, val_frames, val_frames, config.seed, count) if len(val_frames) else None
-        self.frame_weights = None
-        if config.opening_balance > 0:
-            self.frame_weights = torch.from_numpy(frame_weights(person.layout, train_frames, config.opening_balance))
 
     def model_config(self) -> Dict:
         return ckpt.model_config(self.kind, self.config.asr, width_name(self.model.widths),
@@ -79,10 +75,7 @@ class UNetTask:
 
     def losses(self, model, batch, device) -> Dict[str, torch.Tensor]:
         image6, truth, audio = self.inputs(batch, device, train=True)
-        sample_weights = None
-        if self.frame_weights is not None:
-            sample_weights = self.frame_weights[torch.as_tensor(batch["frame"])].to(device, non_blocking=True)
-        return self.objective(model(image6, audio), truth, audio, sample_weights)
+        return self.objective(model(image6, audio), truth, audio)
 
     @torch.no_grad()
     def validate(self, model, loader, device, autocast) -> Dict[str, float]:
