@@ -30,17 +30,7 @@ from models.unet_328 import WIDTHS, LipSyncUNet
 from tests.training_helpers import SMALL_FRAMES, base_args, make_small_dataset, run_main, write_test_features
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-
-
-@pytest.fixture(autouse=True)
-def one_cpu_thread():
-    """Tiny models gain nothing from threads; on a shared machine OpenMP threads
-    spinning against other processes make each step 5-10x slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
+pytestmark = pytest.mark.usefixtures("one_cpu_thread")
 
 
 # --------------------------------------------------------------------------- data
