@@ -11,7 +11,11 @@ pasting back has real pixels to blend into. Output (B, 3, 320, 320) RGB in
 Shape of the network: a stem at full resolution, five stride-2 encoder stages
 (320 -> 10) of MobileNetV2 inverted-residual blocks, the audio branch fused at
 the 10 x 10 bottleneck, and five decoder stages that upsample by 2 and merge
-the encoder output of the same resolution (skip connection).
+the encoder output of the same resolution (skip connection). With
+``audio_stages`` N > 0 the audio embedding also scales and shifts each channel
+of the first N decoder stages' outputs (FiLM), so the audio reaches the
+resolutions where the lips' edges are drawn and not only the 10 x 10 grid,
+whose cells are a third of the mouth's width.
 """
 from typing import Dict, Tuple
 
@@ -51,6 +55,7 @@ EXPANSION_HIGH_RES = 2
 EXPANSION_LOW_RES = 4
 HIGH_RES_STAGES = 2
 DOWNSAMPLINGS = 5
+AUDIO_STAGES = 0                # decoder stages the audio modulates besides the bottleneck (the layout before: 0)
 BOTTLENECK_SIZE = INNER_SIZE >> DOWNSAMPLINGS        # 10
 
 
@@ -119,10 +124,12 @@ class LipSyncUNet(nn.Module):
 
     ``asr`` and ``audio_shape`` (C, H, W) describe the audio input; ``widths``
     is one of WIDTHS (or any 5 increasing channel counts); ``reference_frames``
-    how many reference crops come before the masked target.
+    how many reference crops come before the masked target; ``audio_stages`` how
+    many decoder stages, from the 20 x 20 one up, the audio embedding modulates.
     """
 
-    def __init__(self, asr: str, audio_shape: tuple, widths=WIDTHS[DEFAULT_MODEL_SIZE], reference_frames: int = 1):
+    def __init__(self, asr: str, audio_shape: tuple, widths=WIDTHS[DEFAULT_MODEL_SIZE], reference_frames: int = 1,
+                 audio_stages: int = AUDIO_STAGES):
         super().__init__()
         widths = tuple(int(value) for value in widths)
         if len(widths) != DOWNSAMPLINGS:
@@ -133,6 +140,9 @@ class LipSyncUNet(nn.Module):
         if int(reference_frames) < 1:
             raise ValueError(f"reference_frames must be at least 1, got {reference_frames}")
         self.reference_frames = int(reference_frames)
+        if not 0 <= int(audio_stages) <= DOWNSAMPLINGS:
+            raise ValueError(f"audio_stages must be 0..{DOWNSAMPLINGS}, got {audio_stages}")
+        self.audio_stages = int(audio_stages)
 
         def expansion(level):
             return EXPANSION_HIGH_RES if level < HIGH_RES_STAGES else EXPANSION_LOW_RES
@@ -158,6 +168,23 @@ class LipSyncUNet(nn.Module):
         self.head = nn.Conv2d(widths[0], IMAGE_CHANNELS, kernel_size=1)
         if self.reference_frames > 1:
             self._widen_stem()
+        self.audio_film = self._film_layers(bottleneck, encoder_widths)
+
+    def _film_layers(self, bottleneck: int, encoder_widths) -> nn.ModuleList:
+        """One linear map per modulated decoder stage: embedding -> (scale, shift) per channel.
+
+        Drawn after every other weight and set to zero, so that with the same seed the
+        network starts exactly as the one without them (the modulation starts as the
+        identity) and only what training makes of them differs.
+        """
+        layers = nn.ModuleList()
+        for index in range(self.audio_stages):
+            channels = encoder_widths[DOWNSAMPLINGS - 1 - index]
+            layer = nn.Linear(bottleneck, 2 * channels)
+            nn.init.zeros_(layer.weight)
+            nn.init.zeros_(layer.bias)
+            layers.append(layer)
+        return layers
 
     def _widen_stem(self) -> None:
         """Give the stem's first convolution the extra references' input channels.
@@ -182,8 +209,12 @@ class LipSyncUNet(nn.Module):
             skips.append(x)
         skips.pop()                                   # the bottleneck itself is not a skip
         # (B, bottleneck) audio embedding, the same at every bottleneck position.
-        audio_map = self.audio(audio)[:, :, None, None].expand(-1, -1, x.shape[2], x.shape[3])
+        embedding = self.audio(audio)
+        audio_map = embedding[:, :, None, None].expand(-1, -1, x.shape[2], x.shape[3])
         x = self.fuse(torch.cat([x, audio_map], dim=1))
-        for stage in self.up:
+        for index, stage in enumerate(self.up):
             x = stage(x, skips.pop())
+            if index < self.audio_stages:
+                scale, shift = self.audio_film[index](embedding)[:, :, None, None].chunk(2, dim=1)
+                x = x * (1 + scale) + shift
         return torch.sigmoid(self.head(x))

@@ -248,18 +248,30 @@ def lip_sync_scores(generated_landmarks: np.ndarray, real_landmarks: np.ndarray,
     """
     per_frame = lip_distance(generated_landmarks, real_landmarks)
     generated_opening = mouth_opening(generated_landmarks)
-    real_opening = mouth_opening(real_landmarks)
-    track = offset_correlation(generated_opening, real_opening, max_offset)
     found = np.isfinite(generated_opening)
-    real_mean = float(np.nanmean(real_opening)) if np.isfinite(real_opening).any() else float("nan")
-    generated_mean = float(np.nanmean(generated_opening)) if found.any() else float("nan")
     return {
         "lmd": float(np.nanmean(per_frame)) if np.isfinite(per_frame).any() else float("nan"),
+        **opening_scores(generated_opening, mouth_opening(real_landmarks), max_offset),
+        "face_found": float(found.mean()) if len(found) else float("nan"),
+    }
+
+
+def opening_scores(generated_opening: np.ndarray, real_opening: np.ndarray,
+                   max_offset: int = MAX_SYNC_OFFSET_FRAMES) -> Dict[str, float]:
+    """How a track of mouth openings (any source: landmarks, a read-out) follows the real one.
+
+    ``opening_correlation`` at 0 offset, ``opening_offset`` (frames, positive = late),
+    ``opening_best_correlation`` there, ``opening_ratio`` = mean opening / the real mean.
+    """
+    track = offset_correlation(generated_opening, real_opening, max_offset)
+    real_mean = float(np.nanmean(real_opening)) if np.isfinite(real_opening).any() else float("nan")
+    generated_mean = (float(np.nanmean(generated_opening)) if np.isfinite(generated_opening).any()
+                      else float("nan"))
+    return {
         "opening_correlation": track["correlation"],
         "opening_offset": track["best_offset"],
         "opening_best_correlation": track["best_correlation"],
         "opening_ratio": generated_mean / real_mean if real_mean > 0 else float("nan"),
-        "face_found": float(found.mean()) if len(found) else float("nan"),
     }
 
 

@@ -19,7 +19,7 @@ from lipsync.core.errors import UserError
 from lipsync.core.options import Options
 from lipsync.train.objective import SYNC_BALANCES
 from models.perceptual import PERCEPTUAL_MODES
-from models.unet_328 import DEFAULT_MODEL_SIZE, MODEL_SIZES
+from models.unet_328 import AUDIO_STAGES, DEFAULT_MODEL_SIZE, DOWNSAMPLINGS, MODEL_SIZES
 
 # The U-Net objective's defaults (lipsync/train/objective.py), chosen by the ablation in
 # benchmarks/RESULTS.md ("The training objective").
@@ -37,12 +37,13 @@ LR_SCHEDULES = ("none", "step", "cosine")
 # What a resumed run must keep: changing one mid-run silently mixes two trainings.
 RESUME_FIXED_OPTIONS = ("asr", "model_size", "batch_size", "lr", "lr_schedule", "grad_accum", "augment",
                         "val_fraction", "seed", "use_syncnet", "sync_weight", "sync_balance", "sync_ratio",
-                        "sync_warmup_epochs", "lip_weight", "reference_frames", "perceptual", "ema_decay")
+                        "sync_warmup_epochs", "lip_weight", "reference_frames", "audio_stages", "perceptual",
+                        "ema_decay")
 # Options of the sync loss: compared on --resume only when both runs use it.
 SYNC_LOSS_OPTIONS = ("sync_weight", "sync_balance", "sync_ratio", "sync_warmup_epochs")
 # What a run saved before these options existed trained with (the objective was L1 + 10 x sync).
 OPTION_VALUES_BEFORE_THEY_EXISTED = {"sync_balance": "fixed", "sync_warmup_epochs": 0, "lip_weight": 1.0,
-                                     "reference_frames": 1, "ema_decay": 0.0}
+                                     "reference_frames": 1, "audio_stages": 0, "ema_decay": 0.0}
 # SyncNet sees one small mouth band per sample: bigger batches, more epochs than the U-Net.
 SYNCNET_BATCH_SIZE = 32
 SYNCNET_LR = 1e-4
@@ -86,6 +87,7 @@ class TrainConfig(Options):
     sync_warmup_epochs: int = SYNC_WARMUP_EPOCHS
     lip_weight: float = LIP_WEIGHT
     reference_frames: int = REFERENCE_FRAMES
+    audio_stages: int = AUDIO_STAGES
     ema_decay: float = EMA_DECAY
     perceptual: str = "auto"                # auto | on | off
     vgg_weights: Optional[Path] = None
@@ -113,6 +115,8 @@ class TrainConfig(Options):
                 raise UserError(f"--{name} cannot be negative, got {getattr(self, name)}")
         if self.reference_frames < 1:
             raise UserError(f"--reference_frames must be at least 1, got {self.reference_frames}")
+        if not 0 <= self.audio_stages <= DOWNSAMPLINGS:
+            raise UserError(f"--audio_stages counts decoder stages: 0 to {DOWNSAMPLINGS}, got {self.audio_stages}")
         if self.lip_weight < 1:
             raise UserError(f"--lip_weight counts the lips' pixels that many times; it must be at least 1, "
                             f"got {self.lip_weight:g}")
@@ -251,6 +255,9 @@ def build_unet_parser(description: str) -> argparse.ArgumentParser:
     losses.add_argument("--reference_frames", type=int, default=REFERENCE_FRAMES,
                         help=f"reference crops (random other frames) the U-Net sees beside the masked target "
                              f"(default {REFERENCE_FRAMES}); inference adds fixed frames spread over the recording")
+    losses.add_argument("--audio_stages", type=int, default=AUDIO_STAGES,
+                        help=f"decoder stages, from the 20 x 20 one up, whose channels the audio scales and shifts "
+                             f"besides its fusion at the bottleneck (0-{DOWNSAMPLINGS}; default {AUDIO_STAGES})")
     losses.add_argument("--ema_decay", type=float, default=EMA_DECAY,
                         help=f"validate and save an exponential moving average of the weights over the optimizer "
                              f"steps, each step keeping this share of it (e.g. 0.995: about the last 200 steps); "

@@ -78,7 +78,8 @@ def _train_unet(config: TrainConfig, dist: Distributed, callbacks) -> List[Dict]
     seed_everything(config.seed + dist.rank)        # each rank its own augmentation draws
     person = prepare_run(config, dist)
     # The U-Net first: its initial weights follow from --seed alone, with or without the sync loss.
-    model = LipSyncUNet(config.asr, person.audio_shape, WIDTHS[config.model_size], config.reference_frames)
+    model = LipSyncUNet(config.asr, person.audio_shape, WIDTHS[config.model_size], config.reference_frames,
+                        config.audio_stages)
     syncnet = None
     if config.use_syncnet:
         path = config.syncnet_checkpoint or ckpt.syncnet_dir(config.save_dir) / ckpt.BEST

@@ -55,7 +55,8 @@ class UNetTask:
     def model_config(self) -> Dict:
         return ckpt.model_config(self.kind, self.config.asr, width_name(self.model.widths),
                                  self.model.widths, self.model.audio_shape,
-                                 self.person.describe_features(), self.config.reference_frames)
+                                 self.person.describe_features(), self.config.reference_frames,
+                                 self.model.audio_stages)
 
     def to(self, device):
         self.objective.to(device)

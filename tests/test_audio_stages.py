@@ -1,0 +1,133 @@
+"""--audio_stages N: the audio embedding scales and shifts the channels of the first N decoder
+stages (FiLM) besides its fusion at the bottleneck. The model of N starts exactly as the one
+without (zero modulation, every other weight drawn alike), the modulation learns and reaches the
+picture, a checkpoint keeps N and renders the same through torch and ONNX, and checkpoints saved
+before the option load as N = 0."""
+import numpy as np
+import pytest
+import torch
+
+import train_328
+from benchmarks.audio_readout import fit_readout
+from data_utils.audio import load_audio
+from data_utils.layout import DatasetLayout
+from lipsync.core import checkpoints as ckpt
+from lipsync.evaluate.metrics import opening_scores
+from lipsync.render.api import load_renderer
+from models.unet_328 import DOWNSAMPLINGS, WIDTHS, LipSyncUNet
+from tests.training_helpers import cut_to_frames, person_with_ave_features, responsive_random_weights
+
+TINY_AUDIO = (4, 16, 16)
+AVE_WIDTH = 0.25
+FRAMES = 12
+
+pytestmark = pytest.mark.usefixtures("one_cpu_thread")
+
+
+def _inputs(batch: int = 2):
+    generator = torch.Generator().manual_seed(1)
+    return (torch.rand(batch, 6, 320, 320, generator=generator),
+            torch.randn(batch, *TINY_AUDIO, generator=generator))
+
+
+def test_the_modulated_model_starts_as_the_plain_one():
+    torch.manual_seed(3)
+    plain = LipSyncUNet("ave", TINY_AUDIO, WIDTHS["tiny"]).eval()
+    torch.manual_seed(3)
+    modulated = LipSyncUNet("ave", TINY_AUDIO, WIDTHS["tiny"], audio_stages=3).eval()
+    plain_state, modulated_state = plain.state_dict(), modulated.state_dict()
+    assert all(torch.equal(modulated_state[name], value) for name, value in plain_state.items())
+    extra = sorted(set(modulated_state) - set(plain_state))
+    assert extra == sorted(f"audio_film.{index}.{kind}" for index in range(3) for kind in ("weight", "bias"))
+    # Each stage's (scale, shift) has its stage's channels: tiny decoder outputs 16, 16, 8 wide.
+    assert [layer.out_features for layer in modulated.audio_film] == [32, 32, 16]
+    image, audio = _inputs()
+    with torch.no_grad():
+        assert torch.equal(plain(image, audio), modulated(image, audio))
+
+
+def test_the_modulation_learns_and_changes_the_picture():
+    torch.manual_seed(0)
+    model = LipSyncUNet("ave", TINY_AUDIO, WIDTHS["tiny"], audio_stages=DOWNSAMPLINGS)
+    image, audio = _inputs()
+    model(image, audio).mean().backward()
+    for layer in model.audio_film:
+        assert layer.weight.grad.abs().sum() > 0 and layer.bias.grad.abs().sum() > 0
+    model.eval()
+    responsive_random_weights(model)       # torch's default init paints the same face for any input
+    with torch.no_grad():
+        for layer in model.audio_film:
+            torch.nn.init.zeros_(layer.weight)
+        before = model(image, audio)
+        torch.nn.init.normal_(model.audio_film[0].weight, std=0.5)
+        after = model(image, audio)
+    assert (after - before).abs().mean() > 1e-3
+
+
+def test_out_of_range_stages_are_refused_in_one_line(capsys):
+    with pytest.raises(ValueError, match="audio_stages"):
+        LipSyncUNet("ave", TINY_AUDIO, WIDTHS["tiny"], audio_stages=DOWNSAMPLINGS + 1)
+    with pytest.raises(SystemExit) as exit_info:
+        train_328.main(["--name", "nobody", "--audio_stages", str(DOWNSAMPLINGS + 1), "--quiet"])
+    assert exit_info.value.code == 2
+    assert capsys.readouterr().err.strip() == f"error: --audio_stages counts decoder stages: 0 to {DOWNSAMPLINGS}, " \
+                                             f"got {DOWNSAMPLINGS + 1}"
+
+
+def test_train_then_render_with_modulated_stages_through_torch_and_onnx(processed_clip, tmp_path):
+    person = person_with_ave_features(processed_clip, tmp_path, "talker", AVE_WIDTH)
+    cut_to_frames(person.layout, FRAMES)
+    run_dir = tmp_path / "checkpoint"
+    train_328.main(["--dataset_dir", str(person.root), "--save_dir", str(run_dir), "--asr", "ave",
+                    "--model_size", "tiny", "--batch_size", "4", "--num_workers", "0", "--device", "cpu",
+                    "--perceptual", "off", "--quiet", "--epochs", "1", "--audio_stages", "3"])
+    checkpoint = run_dir / "1.pth"
+    assert ckpt.read_checkpoint(checkpoint)["config"]["audio_stages"] == 3
+    model, _ = ckpt.load_unet(checkpoint)
+    assert model.audio_stages == 3 and float(model.audio_film[0].weight.detach().abs().sum()) > 0   # trained away from 0
+
+    samples = load_audio(DatasetLayout(person.root).audio_wav)[:int(0.4 * 16000)]
+    renders = {}
+    for backend in ("torch", "onnx"):
+        with load_renderer(dataset_dir=person.root, checkpoint=str(checkpoint), device="cpu", backend=backend,
+                           silence_hold=False) as renderer:
+            renders[backend] = list(renderer.render(samples))
+    assert len(renders["torch"]) == len(renders["onnx"]) == 10
+    for mine, reference in zip(renders["onnx"], renders["torch"]):
+        assert np.abs(mine.astype(int) - reference).max() <= 2
+
+    # The modulation reaches the picture: with weights that respond to their input (one epoch's
+    # barely do), silencing it draws another lower face.
+    with load_renderer(dataset_dir=person.root, checkpoint=str(checkpoint), device="cpu",
+                       silence_hold=False) as renderer:
+        torch.manual_seed(0)
+        responsive_random_weights(renderer.unet.model)
+        modulated = list(renderer.render(samples))
+        for layer in renderer.unet.model.audio_film:
+            torch.nn.init.zeros_(layer.weight)
+            torch.nn.init.zeros_(layer.bias)
+        unmodulated = list(renderer.render(samples))
+    assert min(np.abs(a.astype(int) - b).mean() for a, b in zip(modulated, unmodulated)) > 0.5
+
+
+def test_a_checkpoint_saved_before_the_option_loads_unmodulated(tmp_path):
+    torch.manual_seed(0)
+    model = LipSyncUNet("ave", TINY_AUDIO, WIDTHS["tiny"])
+    config = ckpt.model_config(ckpt.UNET_KIND, "ave", "tiny", WIDTHS["tiny"], TINY_AUDIO, {})
+    del config["audio_stages"]
+    path = ckpt.save_checkpoint(tmp_path / "1.pth", model.state_dict(), config, 1)
+    loaded, loaded_config = ckpt.load_unet(path)
+    assert loaded.audio_stages == 0 and ckpt.audio_stages_of(loaded_config) == 0 and len(loaded.audio_film) == 0
+
+
+def test_the_readout_recovers_an_opening_the_embedding_holds():
+    rng = np.random.default_rng(0)
+    embeddings = rng.normal(size=(400, 16))
+    openings = 0.03 + 0.01 * embeddings[:, 2] - 0.005 * embeddings[:, 7]
+    openings[::50] = np.nan                       # frames without a face are skipped, not fitted
+    predict = fit_readout(embeddings[:300], openings[:300])
+    scores = opening_scores(predict(embeddings[300:]), openings[300:])
+    assert scores["opening_correlation"] > 0.999 and scores["opening_offset"] == 0
+    assert abs(scores["opening_ratio"] - 1) < 0.01
+    noise = fit_readout(rng.normal(size=(300, 16)), openings[:300])
+    assert opening_scores(noise(embeddings[300:]), openings[300:])["opening_correlation"] < 0.5
