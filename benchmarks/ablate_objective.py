@@ -107,6 +107,11 @@ ARMS = {arm.name: arm for arm in (
     # The audio embedding as the U-Net's bottleneck holds it already tells the unseen speech's opening
     # (a linear read-out: r 0.93, ratio 0.93 at seed 0, epoch 20) better than the drawn mouth shows it
     # (r 0.85, ratio 0.73): the loss is on the way down the decoder, so these let the audio modulate it.
+    # Measured 2026-12-06 (RESULTS.md, "Where the motion is lost, and the audio in the decoder"), 13 epochs:
+    # film1 met both motion targets at seed 0 and not at seed 1, the mouth a little sharper at both; film3
+    # and film5 were worse. --audio_stages stays an option (default 0).
+    Arm("l1_lips4_film1", "L1 only, the lips' box counted 4 times, the audio modulating the 20 x 20 decoder stage",
+        LIPS_4 + ("--audio_stages", "1"), uses_syncnet=False),
     Arm("l1_lips4_film3", "L1 only, the lips' box counted 4 times, the audio modulating 3 decoder stages",
         LIPS_4 + ("--audio_stages", "3"), uses_syncnet=False),
     Arm("l1_lips4_film5", "L1 only, the lips' box counted 4 times, the audio modulating every decoder stage",
@@ -132,6 +137,8 @@ ARMS = {arm.name: arm for arm in (
         ADAPTIVE_AFTER_5 + ("--sync_ratio", "3") + LIPS_4),
     Arm("adaptive_r3_lips4_refs2", "adaptive ratio 3 with the lips' box counted 4 times, two reference frames",
         ADAPTIVE + ("--sync_ratio", "3") + LIPS_4 + TWO_REFERENCES),
+    Arm("adaptive_r3_lips4_film1", "adaptive ratio 3 with the lips' box counted 4 times, the audio modulating the "
+        "20 x 20 decoder stage", ADAPTIVE + ("--sync_ratio", "3") + LIPS_4 + ("--audio_stages", "1")),
     Arm("adaptive_r10", "adaptive, ratio 10, after a 2-epoch warm-up",
         ADAPTIVE + ("--sync_ratio", "10") + EVERY_PIXEL_ALIKE),
     Arm("adaptive_r03", "adaptive, ratio 0.3, after a 2-epoch warm-up",
