@@ -15,7 +15,8 @@ from lipsync.core import checkpoints as ckpt
 from lipsync.evaluate.metrics import opening_scores
 from lipsync.render.api import load_renderer
 from models.unet_328 import DOWNSAMPLINGS, WIDTHS, LipSyncUNet
-from tests.training_helpers import cut_to_frames, person_with_ave_features, responsive_random_weights
+from tests.training_helpers import (cut_to_frames, person_with_ave_features, responsive_random_weights,
+                                    tiny_unet_saved_before)
 
 TINY_AUDIO = (4, 16, 16)
 AVE_WIDTH = 0.25
@@ -111,11 +112,7 @@ def test_train_then_render_with_modulated_stages_through_torch_and_onnx(processe
 
 
 def test_a_checkpoint_saved_before_the_option_loads_unmodulated(tmp_path):
-    torch.manual_seed(0)
-    model = LipSyncUNet("ave", TINY_AUDIO, WIDTHS["tiny"])
-    config = ckpt.model_config(ckpt.UNET_KIND, "ave", "tiny", WIDTHS["tiny"], TINY_AUDIO, {})
-    del config["audio_stages"]
-    path = ckpt.save_checkpoint(tmp_path / "1.pth", model.state_dict(), config, 1)
+    path = tiny_unet_saved_before(tmp_path, "audio_stages", TINY_AUDIO)
     loaded, loaded_config = ckpt.load_unet(path)
     assert loaded.audio_stages == 0 and ckpt.audio_stages_of(loaded_config) == 0 and len(loaded.audio_film) == 0
 

@@ -16,7 +16,8 @@ from data_utils.model_input import (choose_reference_index, choose_reference_ind
 from lipsync.core import checkpoints as ckpt
 from lipsync.render.api import load_renderer
 from models.unet_328 import WIDTHS, LipSyncUNet
-from tests.training_helpers import cut_to_frames, person_with_ave_features, responsive_random_weights
+from tests.training_helpers import (cut_to_frames, person_with_ave_features, responsive_random_weights,
+                                    tiny_unet_saved_before)
 
 TINY_AUDIO = (4, 16, 16)
 AVE_WIDTH = 0.25            # a small AVE encoder: inference needs one, its quality does not matter here
@@ -98,10 +99,6 @@ def test_train_then_render_with_two_references_through_torch_and_onnx(processed_
 
 
 def test_a_one_reference_checkpoint_saved_before_the_option_loads_as_one_reference(tmp_path):
-    torch.manual_seed(0)
-    model = LipSyncUNet("ave", TINY_AUDIO, WIDTHS["tiny"])
-    config = ckpt.model_config(ckpt.UNET_KIND, "ave", "tiny", WIDTHS["tiny"], TINY_AUDIO, {})
-    del config["reference_frames"]
-    path = ckpt.save_checkpoint(tmp_path / "1.pth", model.state_dict(), config, 1)
+    path = tiny_unet_saved_before(tmp_path, "reference_frames", TINY_AUDIO)
     loaded, loaded_config = ckpt.load_unet(path)
     assert loaded.reference_frames == 1 and ckpt.reference_frames_of(loaded_config) == 1

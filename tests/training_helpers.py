@@ -23,7 +23,7 @@ from data_utils.timebase import FEATURE_SPECS, SAMPLES_PER_FRAME
 from lipsync.core.checkpoints import UNET_KIND, model_config, save_checkpoint
 from lipsync.render.video_writer import write_wav
 from models.audio_encoders import AveAudioEncoder
-from models.unet_328 import WIDTHS
+from models.unet_328 import WIDTHS, LipSyncUNet
 
 PROJECTION_SEED = 1234
 # Small per-frame sizes keep tiny models tiny: 16 x 64 values -> (4, 16, 16) for ave.
@@ -139,3 +139,12 @@ def cut_to_frames(layout, frames: int) -> None:
         if int(path.stem) >= frames:
             path.unlink()
     write_wav(layout.audio_wav, load_audio(layout.audio_wav)[:frames * SAMPLES_PER_FRAME])
+
+
+def tiny_unet_saved_before(tmp_path, option: str, audio_shape=(4, 16, 16)) -> Path:
+    """A tiny U-Net checkpoint whose config lacks ``option``, as one saved before the option existed."""
+    torch.manual_seed(0)
+    model = LipSyncUNet("ave", audio_shape, WIDTHS["tiny"])
+    config = model_config(UNET_KIND, "ave", "tiny", WIDTHS["tiny"], audio_shape, {})
+    del config[option]
+    return save_checkpoint(tmp_path / "1.pth", model.state_dict(), config, 1)
