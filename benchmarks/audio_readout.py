@@ -42,6 +42,7 @@ from lipsync.render.featurizer import AudioFeaturizer, feature_encoder_source  #
 # The embedding is standardised per dimension first, so one small ridge suits every width:
 # the scores hardly move between 0.01 and 100 (talker_a, tiny and base widths).
 RIDGE = 1.0
+MIN_READOUT_FRAMES = 8          # the ridge fits fewer frames than dimensions, but not a handful
 EMBEDDING_BATCH = 64
 
 
@@ -59,7 +60,7 @@ def audio_embeddings(model, features: np.ndarray, asr: str) -> np.ndarray:
 def fit_readout(embeddings: np.ndarray, openings: np.ndarray):
     """A ridge map embedding -> opening fitted on the rows where the opening is known."""
     known = np.isfinite(openings)
-    if known.sum() < embeddings.shape[1]:
+    if known.sum() < MIN_READOUT_FRAMES:
         raise UserError(f"{int(known.sum())} frames with a face are too few to fit a read-out")
     mean, scale = embeddings[known].mean(axis=0), embeddings[known].std(axis=0) + 1e-8
     inputs = (embeddings[known] - mean) / scale

@@ -168,6 +168,12 @@ def markdown(results: Dict) -> str:
         lines += ["", f"Evaluation on {trained['evaluation']['against']} ({trained['evaluation']['frames']} frames):",
                   "", "| " + " | ".join(scores) + " |", "|" + "---:|" * len(scores),
                   "| " + " | ".join(number(value, "{:.4g}") for value in scores.values()) + " |"]
+    readout = trained.get("audio_readout")
+    if readout:
+        said = readout.get("failed") or (
+            f"opening r {number(readout['opening_correlation'], '{:.2f}')} at offset "
+            f"{number(readout['opening_offset'], '{:+.0f}')}, ratio {number(readout['opening_ratio'], '{:.2f}')}")
+        lines += ["", f"Read-out of the trained audio embedding (benchmarks/audio_readout.py): {said}"]
     served = parts["inference"]["figures"]
     if served.get("end_to_end") or served.get("model_only"):
         lines += ["", f"| inference ({served.get('model_size')}) | frames/s | note |", "|---|---:|---|"]

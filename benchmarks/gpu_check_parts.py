@@ -35,6 +35,7 @@ EPOCH_OVERHEAD = 1.5             # an epoch against its compute: data loading, v
 FALLBACK_EPOCH_SECONDS = 30      # when the throughput part gave no figure
 EVALUATION_SHARE, SYNCNET_SHARE = 0.25, 0.3    # of the training part's time; the U-Net gets the rest
 EVALUATION_SECONDS = (60, 120)   # the evaluation's share, clamped
+READOUT_SECONDS = 90             # the audio read-out beside it: the truth's landmarks, one model's embeddings
 # bench_inference.py's end-to-end backends under the issue's names
 END_TO_END_NAMES = {"torch": "torch fp32", "torch fp16": "torch fp16", "onnx": "onnxruntime"}
 # The issue's measures of the evaluation, and the others reported beside them.
@@ -289,7 +290,8 @@ def training(check: Check, seconds: float, epoch_seconds: float) -> Dict:
     """SyncNet, the U-Net with the sync loss, each stopped by --max_minutes, then the evaluation."""
     started = time.monotonic()
     evaluation_seconds = min(max(EVALUATION_SHARE * seconds, EVALUATION_SECONDS[0]), EVALUATION_SECONDS[1])
-    training_seconds = seconds - evaluation_seconds
+    with_truth = check.heldout_audio is not None and check.truth_video is not None
+    training_seconds = seconds - evaluation_seconds - (READOUT_SECONDS if with_truth else 0)
     figures, failures = {"device": check.mode.device, "model_size": check.mode.model_size}, []
     shutil.rmtree(check.run_dir, ignore_errors=True)
     common = ["--dataset_dir", check.dataset_dir, "--asr", check.asr, "--model_size", check.mode.model_size,
@@ -309,7 +311,14 @@ def training(check: Check, seconds: float, epoch_seconds: float) -> Dict:
         figures["unet"] = train_stage(check, "train_unet", arguments + (["--use_syncnet"] if use_syncnet else []),
                                       share, epoch_seconds)
         figures["unet"]["use_syncnet"] = use_syncnet
-        figures["evaluation"] = evaluate(check, figures["unet"]["checkpoint"], seconds - (time.monotonic() - started))
+        figures["evaluation"] = evaluate(check, figures["unet"]["checkpoint"],
+                                         seconds - (time.monotonic() - started) - (READOUT_SECONDS if with_truth else 0))
+        if with_truth:
+            try:
+                figures["audio_readout"] = audio_readout(check, figures["unet"]["checkpoint"],
+                                                         max(seconds - (time.monotonic() - started), MIN_PART_SECONDS))
+            except Exception as error:     # the read-out explains the scores; failing, it must not cost them
+                figures["audio_readout"] = {"failed": failure_reason(error)}
         missing = figures["evaluation"]["missing"]
         if missing:             # the check exists to report these: without them it has not done its job
             said = "; ".join(figures["evaluation"]["warnings"]) or f"see {check.logs / 'evaluate.log'}"
@@ -365,6 +374,19 @@ def evaluate(check: Check, checkpoint: str, seconds: float) -> Dict:
             "warnings": [line.strip() for line in output.splitlines()
                          if any(marker in line.lower() for marker in ("warning", "not installed"))][:3],
             "table": str(output_dir / "table.md")}
+
+
+def audio_readout(check: Check, checkpoint: str, seconds: float) -> Dict:
+    """benchmarks/audio_readout.py on the trained checkpoint: how much of the unseen speech's opening its
+    audio embedding holds, to set beside what its drawn mouth shows (the evaluation)."""
+    output = check.output_dir / "audio_readout.json"
+    output.unlink(missing_ok=True)
+    run_step(check, "audio_readout", python_script(
+        REPO_ROOT / "benchmarks" / "audio_readout.py", "--dataset_dir", check.dataset_dir, "--checkpoints", checkpoint,
+        "--heldout_audio", check.heldout_audio, "--truth_video", check.truth_video,
+        "--val_fraction", check.val_fraction, "--json", output), seconds)
+    result = json.loads(output.read_text())[0]
+    return {name: result[name] for name in ("opening_correlation", "opening_offset", "opening_ratio")}
 
 
 def predicted_epoch_seconds(check: Check, throughput_figures: Optional[Dict]) -> float:

@@ -83,6 +83,9 @@ def test_smoke_check_runs_every_part_and_reports_numbers(smoke):
     evaluation = trained["evaluation"]
     assert evaluation["frames"] == HELDOUT_FRAMES and "against held out_truth.mp4" in evaluation["against"]
     assert all(is_number(evaluation["scores"][name]) for name in EVALUATION_METRICS), evaluation["scores"]
+    readout = trained["audio_readout"]
+    assert "failed" not in readout, readout
+    assert all(is_number(readout[name]) for name in ("opening_correlation", "opening_offset", "opening_ratio")), readout
 
     served = parts["inference"]["figures"]
     end_to_end = served["end_to_end"]
@@ -98,6 +101,7 @@ def test_smoke_check_runs_every_part_and_reports_numbers(smoke):
     assert parts["serve"]["status"] == ("skipped" if serve_present else "not present"), parts["serve"]
     table = (output / "results.md").read_text()
     assert "| part | status | seconds | note |" in table and "| cuda_tests | skipped |" in table
+    assert "Read-out of the trained audio embedding (benchmarks/audio_readout.py): opening r " in table
     assert "| part | status | seconds | note |" in finished.stdout
     assert (output / "logs" / "train_unet.log").is_file()
     # --copy_results: what a lent machine's output folder brings back, three files
