@@ -15,6 +15,7 @@ bottleneck and is lost on the way to the pixels; a read-out as low means the aud
 the features) is what limits the motion. No training, no rendering: seconds per checkpoint.
 """
 import argparse
+import functools
 import json
 import sys
 from pathlib import Path
@@ -29,7 +30,7 @@ if __package__ in (None, ""):
 import torch  # noqa: E402
 
 from data_utils.audio import load_audio  # noqa: E402
-from data_utils.dataset import DEFAULT_VAL_FRACTION, load_features, split_frames  # noqa: E402
+from data_utils.dataset import DEFAULT_VAL_FRACTION, load_crop_boxes, load_features, split_frames  # noqa: E402
 from data_utils.layout import DATASET_ROOT, DatasetLayout  # noqa: E402
 from data_utils.timebase import frame_count_for_samples, model_audio_input  # noqa: E402
 from lipsync.core.checkpoints import load_unet  # noqa: E402
@@ -74,17 +75,34 @@ def truth_openings(truth_video: Path, frame_count: int) -> np.ndarray:
     return mouth_opening(detect_landmarks(video_frames(truth_video, frame_count)))
 
 
-def readout(checkpoint: Path, layout: DatasetLayout, heldout_samples: np.ndarray, truth: np.ndarray,
-            val_fraction: float) -> Dict:
+class Inputs:
+    """What every checkpoint's read-out needs, each loaded or computed once: the recording's features
+    and mouth openings per encoder, the unseen audio's features per encoder source."""
+
+    def __init__(self, layout: DatasetLayout, heldout_samples: np.ndarray, truth: np.ndarray):
+        self.layout, self.heldout_samples, self.truth = layout, heldout_samples, truth
+
+    @functools.cached_property
+    def openings(self) -> np.ndarray:
+        return mouth_opening(np.load(self.layout.landmarks_array))
+
+    @functools.lru_cache(maxsize=None)
+    def recording(self, asr: str) -> np.ndarray:
+        return load_features(self.layout, asr, len(load_crop_boxes(self.layout)))
+
+    @functools.lru_cache(maxsize=None)
+    def unseen(self, asr: str, source: str) -> np.ndarray:
+        return AudioFeaturizer(asr, source)(self.heldout_samples, len(self.truth))
+
+
+def readout(checkpoint: Path, inputs: Inputs, val_fraction: float) -> Dict:
     model, config = load_unet(checkpoint)
     asr = config["asr"]
-    recording = load_features(layout, asr, len(np.load(layout.crop_boxes)))
-    featurizer = AudioFeaturizer(asr, feature_encoder_source(config, layout))
-    unseen = featurizer(heldout_samples, len(truth))
-    openings = mouth_opening(np.load(layout.landmarks_array))
+    recording = inputs.recording(asr)
+    unseen = inputs.unseen(asr, feature_encoder_source(config, inputs.layout))
     train_frames, _ = split_frames(len(recording), val_fraction)
-    predict = fit_readout(audio_embeddings(model, recording, asr)[train_frames], openings[train_frames])
-    scores = opening_scores(predict(audio_embeddings(model, unseen, asr)), truth)
+    predict = fit_readout(audio_embeddings(model, recording, asr)[train_frames], inputs.openings[train_frames])
+    scores = opening_scores(predict(audio_embeddings(model, unseen, asr)), inputs.truth)
     return {"checkpoint": str(checkpoint), "epoch": config.get("epoch"), **scores}
 
 
@@ -109,10 +127,11 @@ def main(argv: Sequence[str] = None) -> int:
     layout = DatasetLayout(Path(options.dataset_dir or DATASET_ROOT / options.name))
     samples = load_audio(options.heldout_audio)
     truth = truth_openings(options.truth_video, frame_count_for_samples(len(samples)))
+    inputs = Inputs(layout, samples, truth)
     results = []
     print("checkpoint | read-out r | offset | ratio")
     for checkpoint in options.checkpoints:
-        result = readout(checkpoint, layout, samples, truth, options.val_fraction)
+        result = readout(checkpoint, inputs, options.val_fraction)
         results.append(result)
         print(f"{checkpoint} | {result['opening_correlation']:.2f} | {result['opening_offset']:+.0f} | "
               f"{result['opening_ratio']:.2f}")

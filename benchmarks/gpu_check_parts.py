@@ -291,7 +291,8 @@ def training(check: Check, seconds: float, epoch_seconds: float) -> Dict:
     started = time.monotonic()
     evaluation_seconds = min(max(EVALUATION_SHARE * seconds, EVALUATION_SECONDS[0]), EVALUATION_SECONDS[1])
     with_truth = check.heldout_audio is not None and check.truth_video is not None
-    training_seconds = seconds - evaluation_seconds - (READOUT_SECONDS if with_truth else 0)
+    readout_seconds = READOUT_SECONDS if with_truth else 0
+    training_seconds = seconds - evaluation_seconds - readout_seconds
     figures, failures = {"device": check.mode.device, "model_size": check.mode.model_size}, []
     shutil.rmtree(check.run_dir, ignore_errors=True)
     common = ["--dataset_dir", check.dataset_dir, "--asr", check.asr, "--model_size", check.mode.model_size,
@@ -312,7 +313,7 @@ def training(check: Check, seconds: float, epoch_seconds: float) -> Dict:
                                       share, epoch_seconds)
         figures["unet"]["use_syncnet"] = use_syncnet
         figures["evaluation"] = evaluate(check, figures["unet"]["checkpoint"],
-                                         seconds - (time.monotonic() - started) - (READOUT_SECONDS if with_truth else 0))
+                                         seconds - (time.monotonic() - started) - readout_seconds)
         if with_truth:
             try:
                 figures["audio_readout"] = audio_readout(check, figures["unet"]["checkpoint"],

@@ -12,6 +12,7 @@ from benchmarks.audio_readout import fit_readout
 from data_utils.audio import load_audio
 from data_utils.layout import DatasetLayout
 from lipsync.core import checkpoints as ckpt
+from lipsync.core.errors import UserError
 from lipsync.evaluate.metrics import opening_scores
 from lipsync.render.api import load_renderer
 from models.unet_328 import DOWNSAMPLINGS, WIDTHS, LipSyncUNet
@@ -128,3 +129,10 @@ def test_the_readout_recovers_an_opening_the_embedding_holds():
     assert abs(scores["opening_ratio"] - 1) < 0.01
     noise = fit_readout(rng.normal(size=(300, 16)), openings[:300])
     assert opening_scores(noise(embeddings[300:]), openings[300:])["opening_correlation"] < 0.5
+
+
+def test_a_readout_from_too_few_faces_is_refused_in_one_line():
+    openings = np.full(20, np.nan)
+    openings[:5] = 0.02
+    with pytest.raises(UserError, match="^5 frames with a face are too few to fit a read-out$"):
+        fit_readout(np.random.default_rng(0).normal(size=(20, 16)), openings)
