@@ -39,8 +39,9 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 if __package__ in (None, ""):
     sys.path.insert(0, str(REPO_ROOT))
 
-from data_utils.layout import DATASET_ROOT, DatasetLayout  # noqa: E402
+from data_utils.layout import DatasetLayout, chosen_dataset_dir  # noqa: E402
 from lipsync.core import checkpoints as ckpt  # noqa: E402
+from lipsync.core.errors import exit_on_user_error  # noqa: E402
 from lipsync.evaluate.pictures import LABEL_STROKES  # noqa: E402
 
 DEFAULT_OUTPUT = REPO_ROOT / "benchmarks" / "ablation_out"
@@ -116,6 +117,8 @@ ARMS = {arm.name: arm for arm in (
         LIPS_4 + ("--audio_stages", "3"), uses_syncnet=False),
     Arm("l1_lips4_film5", "L1 only, the lips' box counted 4 times, the audio modulating every decoder stage",
         LIPS_4 + ("--audio_stages", "5"), uses_syncnet=False),
+    Arm("l1_lips4_l2x10", "L1 only, the lips' box counted 4 times, plus 10 x the squared error over the lips' box",
+        LIPS_4 + ("--lip_l2_weight", "10"), uses_syncnet=False),
     Arm("l1_refs2", "L1 only, two reference frames", EVERY_PIXEL_ALIKE + TWO_REFERENCES, uses_syncnet=False),
     Arm("l1_lips4_refs2", "L1 only, the lips' box counted 4 times, two reference frames", LIPS_4 + TWO_REFERENCES,
         uses_syncnet=False),
@@ -394,11 +397,10 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+@exit_on_user_error
 def main(argv=None):
     options = build_parser().parse_args(argv)
-    if bool(options.name) == bool(options.dataset_dir):
-        raise SystemExit("give --name or --dataset_dir")
-    options.dataset_dir = Path(options.dataset_dir or DATASET_ROOT / options.name)
+    options.dataset_dir = chosen_dataset_dir(options.name, options.dataset_dir, "train the arms on")
     if options.epochs is not None and options.epochs < 1:
         raise SystemExit(f"--epochs must be at least 1, got {options.epochs}")
     if options.score_last < 1:

@@ -31,7 +31,7 @@ import torch  # noqa: E402
 
 from data_utils.audio import load_audio  # noqa: E402
 from data_utils.dataset import DEFAULT_VAL_FRACTION, load_crop_boxes, load_features, split_frames  # noqa: E402
-from data_utils.layout import DATASET_ROOT, DatasetLayout  # noqa: E402
+from data_utils.layout import DatasetLayout, chosen_dataset_dir  # noqa: E402
 from data_utils.timebase import frame_count_for_samples, model_audio_input  # noqa: E402
 from lipsync.core.checkpoints import load_unet  # noqa: E402
 from lipsync.core.errors import UserError, exit_on_user_error  # noqa: E402
@@ -122,9 +122,7 @@ def build_parser() -> argparse.ArgumentParser:
 @exit_on_user_error
 def main(argv: Sequence[str] = None) -> int:
     options = build_parser().parse_args(argv)
-    if bool(options.name) == bool(options.dataset_dir):
-        raise SystemExit("give --name or --dataset_dir")
-    layout = DatasetLayout(Path(options.dataset_dir or DATASET_ROOT / options.name))
+    layout = DatasetLayout(chosen_dataset_dir(options.name, options.dataset_dir, "read out"))
     samples = load_audio(options.heldout_audio)
     truth = truth_openings(options.truth_video, frame_count_for_samples(len(samples)))
     inputs = Inputs(layout, samples, truth)

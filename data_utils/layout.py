@@ -117,5 +117,15 @@ def process_command(layout: DatasetLayout, asr: Optional[str] = None) -> str:
                          "--output_dir", layout.root, *(("--asr", asr) if asr else ()))
 
 
+def chosen_dataset_dir(name: Optional[str], dataset_dir, purpose: str) -> Path:
+    """The processed recording a command line names: dataset/NAME (--name) or --dataset_dir, exactly one of
+    them. ``purpose`` completes "say which person to ..." when neither is given."""
+    if not name and not dataset_dir:
+        raise UserError(f"say which person to {purpose}: --name NAME (dataset/NAME) or --dataset_dir DIR")
+    if name and dataset_dir:
+        raise UserError("give either --name or --dataset_dir, not both")
+    return Path(dataset_dir) if dataset_dir else DATASET_ROOT / name
+
+
 def checkpoint_dir(name: str, checkpoint_root=CHECKPOINT_ROOT) -> Path:
     return Path(checkpoint_root) / name

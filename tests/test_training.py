@@ -321,6 +321,15 @@ def test_unprocessed_dataset_names_the_command(tmp_path, capsys):
     assert len(lines) == 1 and "does not exist" in lines[0] and "process.py" in lines[0]
 
 
+def test_the_person_is_named_once(tmp_path, capsys):
+    # --name and --dataset_dir resolve in one place (data_utils.layout.chosen_dataset_dir) for
+    # train_328.py, train_syncnet.py and the benchmarks that train or read a dataset.
+    code, lines = run_main(train_328.main, ["--asr", "ave"], capsys)
+    assert code == 2 and lines == ["error: say which person to train: --name NAME (dataset/NAME) or --dataset_dir DIR"]
+    code, lines = run_main(train_328.main, ["--name", "May", "--dataset_dir", str(tmp_path)], capsys)
+    assert code == 2 and lines == ["error: give either --name or --dataset_dir, not both"]
+
+
 def test_features_for_another_asr(small, tmp_path, capsys):
     argv = base_args(small, tmp_path / "ck")
     argv[argv.index("ave")] = "hubert"
@@ -392,6 +401,7 @@ def test_batch_size_larger_than_the_dataset(small, tmp_path, capsys):
     ("--max_minutes", "-1", "--max_minutes cannot be negative, got -1"),
     ("--lip_weight", "0.5", "--lip_weight counts the lips' pixels that many times; it must be at least 1, got 0.5"),
     ("--reference_frames", "0", "--reference_frames must be at least 1, got 0"),
+    ("--lip_l2_weight", "-1", "--lip_l2_weight cannot be negative, got -1.0"),
 ])
 def test_option_values_out_of_range(small, tmp_path, capsys, option, value, message):
     code, lines = run_main(train_328.main, base_args(small, tmp_path / "ck") + [option, value], capsys)

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional
 
 from data_utils.dataset import DEFAULT_VAL_FRACTION
-from data_utils.layout import DATASET_ROOT, checkpoint_dir
+from data_utils.layout import checkpoint_dir, chosen_dataset_dir
 from data_utils.timebase import ASR_CHOICES
 from lipsync.core.devices import DEVICES
 from lipsync.core.errors import UserError
@@ -28,6 +28,7 @@ SYNC_BALANCE = "adaptive"
 SYNC_RATIO = 3.0                # sync gradient on the picture / reconstruction gradient
 SYNC_WARMUP_EPOCHS = 2
 LIP_WEIGHT = 4.0                # the lips' box counts 4 times in L1 (before 2026-12-02: 1, every pixel alike)
+LIP_L2_WEIGHT = 0.0             # the squared error over the lips' box, added to L1 (0: none)
 REFERENCE_FRAMES = 1            # reference crops the U-Net sees (SyncTalk_2D's one)
 EMA_DECAY = 0.0                 # the averaged weights (weight_average.py); 0: the last step's weights
 # --lr_schedule step: halve the LR every 50 epochs (the user guide's StepLR).
@@ -37,13 +38,13 @@ LR_SCHEDULES = ("none", "step", "cosine")
 # What a resumed run must keep: changing one mid-run silently mixes two trainings.
 RESUME_FIXED_OPTIONS = ("asr", "model_size", "batch_size", "lr", "lr_schedule", "grad_accum", "augment",
                         "val_fraction", "seed", "use_syncnet", "sync_weight", "sync_balance", "sync_ratio",
-                        "sync_warmup_epochs", "lip_weight", "reference_frames", "audio_stages", "perceptual",
-                        "ema_decay")
+                        "sync_warmup_epochs", "lip_weight", "lip_l2_weight", "reference_frames", "audio_stages",
+                        "perceptual", "ema_decay")
 # Options of the sync loss: compared on --resume only when both runs use it.
 SYNC_LOSS_OPTIONS = ("sync_weight", "sync_balance", "sync_ratio", "sync_warmup_epochs")
 # What a run saved before these options existed trained with (the objective was L1 + 10 x sync).
 OPTION_VALUES_BEFORE_THEY_EXISTED = {"sync_balance": "fixed", "sync_warmup_epochs": 0, "lip_weight": 1.0,
-                                     "reference_frames": 1, "audio_stages": 0, "ema_decay": 0.0}
+                                     "lip_l2_weight": 0.0, "reference_frames": 1, "audio_stages": 0, "ema_decay": 0.0}
 # SyncNet sees one small mouth band per sample: bigger batches, more epochs than the U-Net.
 SYNCNET_BATCH_SIZE = 32
 SYNCNET_LR = 1e-4
@@ -86,6 +87,7 @@ class TrainConfig(Options):
     sync_ratio: float = SYNC_RATIO
     sync_warmup_epochs: int = SYNC_WARMUP_EPOCHS
     lip_weight: float = LIP_WEIGHT
+    lip_l2_weight: float = LIP_L2_WEIGHT
     reference_frames: int = REFERENCE_FRAMES
     audio_stages: int = AUDIO_STAGES
     ema_decay: float = EMA_DECAY
@@ -110,7 +112,7 @@ class TrainConfig(Options):
                 raise UserError(f"--{name} must be at least 1, got {getattr(self, name)}")
         if self.lr <= 0:
             raise UserError(f"--lr must be positive, got {self.lr}")
-        for name in ("sync_weight", "sync_ratio", "sync_warmup_epochs"):
+        for name in ("sync_weight", "sync_ratio", "sync_warmup_epochs", "lip_l2_weight"):
             if getattr(self, name) < 0:
                 raise UserError(f"--{name} cannot be negative, got {getattr(self, name)}")
         if self.reference_frames < 1:
@@ -252,6 +254,9 @@ def build_unet_parser(description: str) -> argparse.ArgumentParser:
     losses.add_argument("--lip_weight", type=float, default=LIP_WEIGHT,
                         help=f"count the lips' box this many times in the L1 loss (default {LIP_WEIGHT:g}; "
                              "1: every pixel alike)")
+    losses.add_argument("--lip_l2_weight", type=float, default=LIP_L2_WEIGHT,
+                        help=f"add this many times the mean squared error over the lips' box (default "
+                             f"{LIP_L2_WEIGHT:g}): the mean of what the U-Net is unsure between instead of L1's median")
     losses.add_argument("--reference_frames", type=int, default=REFERENCE_FRAMES,
                         help=f"reference crops (random other frames) the U-Net sees beside the masked target "
                              f"(default {REFERENCE_FRAMES}); inference adds fixed frames spread over the recording")
@@ -281,11 +286,7 @@ def build_syncnet_parser(description: str) -> argparse.ArgumentParser:
 
 def paths_from_args(args, subdir: Optional[str] = None):
     """Fill args.dataset_dir / args.save_dir from --name (or the dataset folder's name)."""
-    if args.name is None and args.dataset_dir is None:
-        raise UserError("say which person to train: --name NAME (dataset/NAME) or --dataset_dir DIR")
-    if args.name is not None and args.dataset_dir is not None:
-        raise UserError("give either --name or --dataset_dir, not both")
-    dataset_dir = Path(args.dataset_dir) if args.dataset_dir else DATASET_ROOT / args.name
+    dataset_dir = chosen_dataset_dir(args.name, args.dataset_dir, "train")
     save_dir = Path(args.save_dir) if args.save_dir else checkpoint_dir(args.name or dataset_dir.name)
     if subdir and not args.save_dir:
         save_dir = save_dir / subdir
