@@ -97,37 +97,6 @@ def test_lip_weight_counts_errors_in_the_lips_box_that_many_times_more_at_the_sa
     assert weighted(everywhere, truth, None)["l1"] == pytest.approx(float(plain(everywhere, truth, None)["l1"]))
 
 
-def fitted_lips(objective: UNetObjective, truths: torch.Tensor, steps: int = 300) -> float:
-    """The one grey value that ``objective`` prefers for a picture whose truths are ``truths``."""
-    value = torch.zeros(1, requires_grad=True)
-    optimizer = torch.optim.Adam([value], lr=0.01)
-    for _ in range(steps):
-        optimizer.zero_grad()
-        prediction = value.expand_as(truths)
-        objective(prediction, truths, None)["total"].backward()
-        optimizer.step()
-    return float(value.detach())
-
-
-def test_the_lips_squared_error_draws_the_mean_of_uncertain_lips_where_l1_draws_the_median():
-    # Three of ten truths show the mouth open (1) where the rest show it shut (0): L1's choice is the
-    # median, shut; the squared error's is the mean, 0.3 open. Outside the lips' box it adds nothing.
-    truths = torch.zeros(10, 1, 320, 320)
-    truths[:3] = 1.0
-    l1_only = fitted_lips(UNetObjective(settings()), truths)
-    with_l2 = fitted_lips(UNetObjective(settings(lip_l2_weight=100.0)), truths)
-    assert abs(l1_only) < 0.02
-    assert with_l2 == pytest.approx(0.3, abs=0.03)
-    inside, outside, truth = torch.zeros(1, 3, 320, 320), torch.zeros(1, 3, 320, 320), torch.zeros(1, 3, 320, 320)
-    inside[..., crop.LIP_TOP, crop.LIP_LEFT] = 1.0
-    outside[..., 300, 10] = 1.0
-    objective = UNetObjective(settings(lip_l2_weight=2.0))
-    assert float(objective(outside, truth, None)["lip_l2"]) == 0.0
-    terms = objective(inside, truth, None)
-    assert float(terms["lip_l2"]) > 0
-    assert float(terms["total"]) == pytest.approx(float(terms["l1"]) + 2.0 * float(terms["lip_l2"]))
-
-
 def test_the_sync_balance_is_computed_in_float32_under_float16_autocast():
     # Under --amp on a GPU the model runs in float16, but the balance takes the sync gradient on the
     # picture from the unscaled loss: in float16 its small values would underflow and push the weight

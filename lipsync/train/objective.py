@@ -4,7 +4,6 @@
 
     reconstruction = L1 over the crop, the lips' box (data_utils.crop.LIP_*) counted
                      --lip_weight times (default 4; the weights scaled to mean 1)
-                   + --lip_l2_weight x the mean squared error over the lips' box (default 0)
                    + 0.01 x VGG19 perceptual (when its weights are at hand)
     sync           = binary cross-entropy of the frozen SyncNet saying "in sync" for the
                      drawn mouth and its audio window
@@ -48,7 +47,6 @@ class ObjectiveSettings:
     sync_weight: float
     sync_warmup_epochs: int
     lip_weight: float
-    lip_l2_weight: float = 0.0
 
     @classmethod
     def from_config(cls, config) -> "ObjectiveSettings":
@@ -95,12 +93,6 @@ class UNetObjective:
             self._weights = pixel_weights(self.settings.lip_weight, prediction.device)
         return ((prediction - truth).abs() * self._weights).mean()
 
-    def lip_l2(self, prediction: torch.Tensor, truth: torch.Tensor) -> torch.Tensor:
-        """The mean squared error inside the lips' box: L1 draws the per-pixel median of what the U-Net is
-        unsure between, which shrinks a mouth whose opening it cannot time exactly; the square draws the mean."""
-        top, bottom, left, right = crop.LIP_TOP, crop.LIP_BOTTOM, crop.LIP_LEFT, crop.LIP_RIGHT
-        return F.mse_loss(prediction[..., top:bottom, left:right], truth[..., top:bottom, left:right])
-
     def sync_weight(self, reconstruction: torch.Tensor, sync: torch.Tensor, prediction: torch.Tensor) -> float:
         """w_sync for this batch (module docstring); the gradients are taken on the picture only."""
         settings = self.settings
@@ -116,9 +108,6 @@ class UNetObjective:
         prediction, truth = prediction.float(), truth.float()
         terms = {"l1": self.reconstruction_l1(prediction, truth)}
         reconstruction = L1_WEIGHT * terms["l1"]
-        if self.settings.lip_l2_weight > 0:
-            terms["lip_l2"] = self.lip_l2(prediction, truth)
-            reconstruction = reconstruction + self.settings.lip_l2_weight * terms["lip_l2"]
         if self.perceptual is not None:
             terms["perceptual"] = self.perceptual(prediction, truth)
             reconstruction = reconstruction + PERCEPTUAL_WEIGHT * terms["perceptual"]

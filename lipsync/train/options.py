@@ -28,7 +28,6 @@ SYNC_BALANCE = "adaptive"
 SYNC_RATIO = 3.0                # sync gradient on the picture / reconstruction gradient
 SYNC_WARMUP_EPOCHS = 2
 LIP_WEIGHT = 4.0                # the lips' box counts 4 times in L1 (before 2026-12-02: 1, every pixel alike)
-LIP_L2_WEIGHT = 0.0             # the squared error over the lips' box, added to L1 (0: none)
 REFERENCE_FRAMES = 1            # reference crops the U-Net sees (SyncTalk_2D's one)
 EMA_DECAY = 0.0                 # the averaged weights (weight_average.py); 0: the last step's weights
 # --lr_schedule step: halve the LR every 50 epochs (the user guide's StepLR).
@@ -38,13 +37,13 @@ LR_SCHEDULES = ("none", "step", "cosine")
 # What a resumed run must keep: changing one mid-run silently mixes two trainings.
 RESUME_FIXED_OPTIONS = ("asr", "model_size", "batch_size", "lr", "lr_schedule", "grad_accum", "augment",
                         "val_fraction", "seed", "use_syncnet", "sync_weight", "sync_balance", "sync_ratio",
-                        "sync_warmup_epochs", "lip_weight", "lip_l2_weight", "reference_frames", "audio_stages",
-                        "perceptual", "ema_decay")
+                        "sync_warmup_epochs", "lip_weight", "reference_frames", "audio_stages", "perceptual",
+                        "ema_decay")
 # Options of the sync loss: compared on --resume only when both runs use it.
 SYNC_LOSS_OPTIONS = ("sync_weight", "sync_balance", "sync_ratio", "sync_warmup_epochs")
 # What a run saved before these options existed trained with (the objective was L1 + 10 x sync).
 OPTION_VALUES_BEFORE_THEY_EXISTED = {"sync_balance": "fixed", "sync_warmup_epochs": 0, "lip_weight": 1.0,
-                                     "lip_l2_weight": 0.0, "reference_frames": 1, "audio_stages": 0, "ema_decay": 0.0}
+                                     "reference_frames": 1, "audio_stages": 0, "ema_decay": 0.0}
 # SyncNet sees one small mouth band per sample: bigger batches, more epochs than the U-Net.
 SYNCNET_BATCH_SIZE = 32
 SYNCNET_LR = 1e-4
@@ -87,7 +86,6 @@ class TrainConfig(Options):
     sync_ratio: float = SYNC_RATIO
     sync_warmup_epochs: int = SYNC_WARMUP_EPOCHS
     lip_weight: float = LIP_WEIGHT
-    lip_l2_weight: float = LIP_L2_WEIGHT
     reference_frames: int = REFERENCE_FRAMES
     audio_stages: int = AUDIO_STAGES
     ema_decay: float = EMA_DECAY
@@ -112,7 +110,7 @@ class TrainConfig(Options):
                 raise UserError(f"--{name} must be at least 1, got {getattr(self, name)}")
         if self.lr <= 0:
             raise UserError(f"--lr must be positive, got {self.lr}")
-        for name in ("sync_weight", "sync_ratio", "sync_warmup_epochs", "lip_l2_weight"):
+        for name in ("sync_weight", "sync_ratio", "sync_warmup_epochs"):
             if getattr(self, name) < 0:
                 raise UserError(f"--{name} cannot be negative, got {getattr(self, name)}")
         if self.reference_frames < 1:
@@ -254,9 +252,6 @@ def build_unet_parser(description: str) -> argparse.ArgumentParser:
     losses.add_argument("--lip_weight", type=float, default=LIP_WEIGHT,
                         help=f"count the lips' box this many times in the L1 loss (default {LIP_WEIGHT:g}; "
                              "1: every pixel alike)")
-    losses.add_argument("--lip_l2_weight", type=float, default=LIP_L2_WEIGHT,
-                        help=f"add this many times the mean squared error over the lips' box (default "
-                             f"{LIP_L2_WEIGHT:g}): the mean of what the U-Net is unsure between instead of L1's median")
     losses.add_argument("--reference_frames", type=int, default=REFERENCE_FRAMES,
                         help=f"reference crops (random other frames) the U-Net sees beside the masked target "
                              f"(default {REFERENCE_FRAMES}); inference adds fixed frames spread over the recording")
