@@ -110,7 +110,9 @@ ARMS = {arm.name: arm for arm in (
     # (r 0.85, ratio 0.73): the loss is on the way down the decoder, so these let the audio modulate it.
     # Measured 2026-12-06 (RESULTS.md, "Where the motion is lost, and the audio in the decoder"), 13 epochs:
     # film1 met both motion targets at seed 0 and not at seed 1, the mouth a little sharper at both; film3
-    # and film5 were worse. --audio_stages stays an option (default 0).
+    # and film5 were worse. With the sync term at seeds 0-2 (RESULTS.md, "training_328.sh's objective with the
+    # audio in the decoder"): r 0.86/0.86/0.81 against 0.83/0.87/0.78, opening 0.74/0.77/0.68 against
+    # 0.64/0.82/0.94. --audio_stages stays an option (default 0).
     Arm("l1_lips4_film1", "L1 only, the lips' box counted 4 times, the audio modulating the 20 x 20 decoder stage",
         LIPS_4 + ("--audio_stages", "1"), uses_syncnet=False),
     Arm("l1_lips4_film3", "L1 only, the lips' box counted 4 times, the audio modulating 3 decoder stages",
