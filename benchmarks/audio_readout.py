@@ -122,7 +122,7 @@ def build_parser() -> argparse.ArgumentParser:
 @exit_on_user_error
 def main(argv: Sequence[str] = None) -> int:
     options = build_parser().parse_args(argv)
-    layout = DatasetLayout(chosen_dataset_dir(options.name, options.dataset_dir, "read out"))
+    layout = DatasetLayout(chosen_dataset_dir(options.name, options.dataset_dir, "score"))
     samples = load_audio(options.heldout_audio)
     truth = truth_openings(options.truth_video, frame_count_for_samples(len(samples)))
     inputs = Inputs(layout, samples, truth)
