@@ -124,7 +124,7 @@ def chosen_dataset_dir(name: Optional[str], dataset_dir, purpose: str) -> Path:
         raise UserError(f"say which person to {purpose}: --name NAME (dataset/NAME) or --dataset_dir DIR")
     if name and dataset_dir:
         raise UserError("give either --name or --dataset_dir, not both")
-    return Path(dataset_dir) if dataset_dir else DATASET_ROOT / name
+    return Path(dataset_dir) if dataset_dir else DatasetLayout.for_name(name).root
 
 
 def checkpoint_dir(name: str, checkpoint_root=CHECKPOINT_ROOT) -> Path:
