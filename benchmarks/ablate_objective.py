@@ -43,6 +43,7 @@ from data_utils.layout import DatasetLayout, chosen_dataset_dir  # noqa: E402
 from lipsync.core import checkpoints as ckpt  # noqa: E402
 from lipsync.core.errors import exit_on_user_error  # noqa: E402
 from lipsync.evaluate.pictures import LABEL_STROKES  # noqa: E402
+from models.unet_328 import DOWNSAMPLINGS  # noqa: E402
 
 DEFAULT_OUTPUT = REPO_ROOT / "benchmarks" / "ablation_out"
 NO_EPOCH_LIMIT = 100000            # arms stop on the clock (--max_minutes), never on --epochs
@@ -171,6 +172,8 @@ def train_command(arm: Arm, options, run_dir: Path, resume: bool = False) -> Lis
                      "--lr", options.lr, *budget, "--save_interval", save_interval(options), "--num_workers", 0,
                      "--device", "cpu", "--perceptual", "off", "--see_res", "--seed", options.seed, "--quiet",
                      *arm.options)
+    if options.widths:
+        command += ["--widths", *map(str, options.widths)]
     if arm.schedule_over_budget:
         command += ["--epochs", str(options.budget_epochs)]     # after the budget's: the last one counts
     if arm.uses_syncnet:
@@ -320,7 +323,8 @@ def table(results: Sequence[Dict], options) -> str:
               "± the standard deviation of the motion scores among them" if options.score_last > 1
               else "scored at the last epoch")
     budget = (f"Budget: {per_arm} per arm on one pinned core (one torch thread), "
-              f"{options.model_size} width, batch {options.batch_size}, lr {options.lr:g}, seed {options.seed}; "
+              + (f"widths {' '.join(map(str, options.widths))}" if options.widths else f"{options.model_size} width")
+              + f", batch {options.batch_size}, lr {options.lr:g}, seed {options.seed}; "
               f"scored on {Path(options.heldout_audio).name}"
               + (f" against {Path(options.truth_video).name}" if options.truth_video else " (no truth)")
               + f"; {scored}")
@@ -390,6 +394,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--cores", type=int, nargs="+",
                         help="the cores to pin the arms to (default 0 .. --parallel - 1)")
     parser.add_argument("--model_size", default="tiny")
+    parser.add_argument("--widths", type=int, nargs=DOWNSAMPLINGS, metavar="C",
+                        help="the U-Net's channel widths instead of --model_size's (train_328.py --widths)")
     parser.add_argument("--batch_size", type=int, default=8)
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--seed", type=int, default=0)

@@ -59,12 +59,15 @@ AUDIO_STAGES = 0                # decoder stages the audio modulates besides the
 BOTTLENECK_SIZE = INNER_SIZE >> DOWNSAMPLINGS        # 10
 
 
+CUSTOM_WIDTHS = "custom"        # the model size of widths no WIDTHS entry has (train_328.py --widths)
+
+
 def width_name(widths) -> str:
-    """The WIDTHS key of ``widths``, or "custom"."""
+    """The WIDTHS key of ``widths``, or CUSTOM_WIDTHS."""
     for name, value in WIDTHS.items():
         if tuple(widths) == value:
             return name
-    return "custom"
+    return CUSTOM_WIDTHS
 
 
 class ConvBNReLU(nn.Sequential):

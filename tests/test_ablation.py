@@ -136,6 +136,17 @@ def test_an_epoch_budget_replaces_the_clock(tmp_path):
     assert parse_train_args(train_command(ARMS["l1_lips4"], options, tmp_path, resume=True)).resume
 
 
+def test_the_arms_train_the_widths_the_harness_is_given(tmp_path):
+    from benchmarks.ablate_objective import ARMS, table, train_command
+
+    options = harness_options(tmp_path, "--epochs", "9", "--widths", "4", "8", "16", "64", "128")
+    for arm in ("l1", "adaptive_r3_lips4"):
+        assert parse_train_args(train_command(ARMS[arm], options, tmp_path)).widths == [4, 8, 16, 64, 128]
+    assert parse_train_args(train_command(ARMS["l1"], harness_options(tmp_path), tmp_path)).widths is None
+    assert "Budget: 9 epochs per arm on one pinned core (one torch thread), widths 4 8 16 64 128, batch 8" \
+        in table([], options)
+
+
 def test_resumed_arms_continue_their_run_to_the_epoch_budget(ablation, tmp_path):
     import shutil
 

@@ -9,7 +9,7 @@ latest.pth stores ``config.as_dict()`` so a resumed run knows what it was.
 import argparse
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Tuple
 
 from data_utils.dataset import DEFAULT_VAL_FRACTION
 from data_utils.layout import checkpoint_dir, chosen_dataset_dir
@@ -19,7 +19,7 @@ from lipsync.core.errors import UserError
 from lipsync.core.options import Options
 from lipsync.train.objective import SYNC_BALANCES
 from models.perceptual import PERCEPTUAL_MODES
-from models.unet_328 import AUDIO_STAGES, DEFAULT_MODEL_SIZE, DOWNSAMPLINGS, MODEL_SIZES
+from models.unet_328 import AUDIO_STAGES, DEFAULT_MODEL_SIZE, DOWNSAMPLINGS, MODEL_SIZES, WIDTHS
 
 # The U-Net objective's defaults (lipsync/train/objective.py), chosen by the ablation in
 # benchmarks/RESULTS.md ("The training objective").
@@ -35,14 +35,14 @@ STEP_LR_EPOCHS = 50
 STEP_LR_GAMMA = 0.5
 LR_SCHEDULES = ("none", "step", "cosine")
 # What a resumed run must keep: changing one mid-run silently mixes two trainings.
-RESUME_FIXED_OPTIONS = ("asr", "model_size", "batch_size", "lr", "lr_schedule", "grad_accum", "augment",
+RESUME_FIXED_OPTIONS = ("asr", "model_size", "widths", "batch_size", "lr", "lr_schedule", "grad_accum", "augment",
                         "val_fraction", "seed", "use_syncnet", "sync_weight", "sync_balance", "sync_ratio",
                         "sync_warmup_epochs", "lip_weight", "reference_frames", "audio_stages", "perceptual",
                         "ema_decay")
 # Options of the sync loss: compared on --resume only when both runs use it.
 SYNC_LOSS_OPTIONS = ("sync_weight", "sync_balance", "sync_ratio", "sync_warmup_epochs")
 # What a run saved before these options existed trained with (the objective was L1 + 10 x sync).
-OPTION_VALUES_BEFORE_THEY_EXISTED = {"sync_balance": "fixed", "sync_warmup_epochs": 0, "lip_weight": 1.0,
+OPTION_VALUES_BEFORE_THEY_EXISTED = {"widths": None, "sync_balance": "fixed", "sync_warmup_epochs": 0, "lip_weight": 1.0,
                                      "reference_frames": 1, "audio_stages": 0, "ema_decay": 0.0}
 # SyncNet sees one small mouth band per sample: bigger batches, more epochs than the U-Net.
 SYNCNET_BATCH_SIZE = 32
@@ -59,6 +59,7 @@ class TrainConfig(Options):
     save_dir: Path
     asr: str = "ave"
     model_size: str = DEFAULT_MODEL_SIZE
+    widths: Optional[List[int]] = None      # U-Net only: channel widths instead of model_size's
     batch_size: int = 8
     lr: float = 1e-4
     epochs: int = 200
@@ -113,6 +114,9 @@ class TrainConfig(Options):
         for name in ("sync_weight", "sync_ratio", "sync_warmup_epochs"):
             if getattr(self, name) < 0:
                 raise UserError(f"--{name} cannot be negative, got {getattr(self, name)}")
+        if self.widths is not None and (len(self.widths) != DOWNSAMPLINGS or min(self.widths) < 1):
+            raise UserError(f"--widths takes {DOWNSAMPLINGS} channel counts of at least 1, got "
+                            f"{' '.join(map(str, self.widths))}")
         if self.reference_frames < 1:
             raise UserError(f"--reference_frames must be at least 1, got {self.reference_frames}")
         if not 0 <= self.audio_stages <= DOWNSAMPLINGS:
@@ -136,6 +140,10 @@ class TrainConfig(Options):
         if self.resume_from is not None and (self.resume or self.overwrite):
             raise UserError("--resume_from continues from a numbered checkpoint: give it without --resume "
                             "or --overwrite")
+
+    def unet_widths(self) -> Tuple[int, ...]:
+        """The U-Net's channel widths: --widths when given, else --model_size's."""
+        return tuple(self.widths) if self.widths is not None else WIDTHS[self.model_size]
 
     def changed_since(self, stored: Dict) -> List[str]:
         """The options whose value differs from ``stored`` (a resumed run's saved as_dict()) and must not.
@@ -161,8 +169,13 @@ class TrainConfig(Options):
         if isinstance(before, bool):
             return f"add --{name}" if before else f"drop --{name}"
         if before == type(self).__dataclass_fields__[name].default:
-            return f"drop --{name} {getattr(self, name)}"
-        return f"use --{name} {before}"
+            return f"drop --{name} {as_typed(getattr(self, name))}"
+        return f"use --{name} {as_typed(before)}"
+
+
+def as_typed(value: Any) -> str:
+    """An option's value as it is typed on a command line (a list: its items, spaced)."""
+    return " ".join(map(str, value)) if isinstance(value, (list, tuple)) else str(value)
 
 
 def stored_value(name: str, stored: Dict, missing: Any = None) -> Any:
@@ -252,6 +265,10 @@ def build_unet_parser(description: str) -> argparse.ArgumentParser:
     losses.add_argument("--lip_weight", type=float, default=LIP_WEIGHT,
                         help=f"count the lips' box this many times in the L1 loss (default {LIP_WEIGHT:g}; "
                              "1: every pixel alike)")
+    losses.add_argument("--widths", type=int, nargs=DOWNSAMPLINGS, metavar="C",
+                        help=f"the U-Net's channel widths (stem and encoder stages, {DOWNSAMPLINGS} counts) instead "
+                             f"of --model_size's, e.g. {' '.join(map(str, WIDTHS['tiny']))} for tiny; the "
+                             f"checkpoint records them")
     losses.add_argument("--reference_frames", type=int, default=REFERENCE_FRAMES,
                         help=f"reference crops (random other frames) the U-Net sees beside the masked target "
                              f"(default {REFERENCE_FRAMES}); inference adds fixed frames spread over the recording")

@@ -11,7 +11,7 @@ from typing import Dict, List
 from lipsync.core import checkpoints as ckpt
 from lipsync.core.errors import UserError
 from lipsync.train.distributed import seed_everything, set_rng_state
-from lipsync.train.options import stored_value
+from lipsync.train.options import as_typed, stored_value
 
 log = logging.getLogger("training")
 
@@ -36,7 +36,8 @@ class Resumable:
         if changed and not self.config.accept_changed_options:
             stored = state["args"]
             now = self.config.as_dict()
-            differences = ", ".join(f"--{name} {stored_value(name, stored)} (now {now[name]})" for name in changed)
+            differences = ", ".join(f"--{name} {as_typed(stored_value(name, stored))} (now {as_typed(now[name])})"
+                                    for name in changed)
             fixes = "; ".join(self.config.how_to_keep(name, stored) for name in changed)
             raise UserError(f"{path} was trained with {differences} — --resume continues that run as it was: "
                             f"{fixes}; or add --accept_changed_options to use the new value from "

@@ -24,7 +24,7 @@ from lipsync.train.trainer import Trainer, log    # what a run says goes to the 
 from lipsync.train.unet_task import UNetTask
 from models.perceptual import build_perceptual_loss
 from models.syncnet import SyncNet
-from models.unet_328 import WIDTHS, LipSyncUNet
+from models.unet_328 import LipSyncUNet
 
 
 def prepare_run(config: TrainConfig, dist: Distributed) -> PersonData:
@@ -78,7 +78,7 @@ def _train_unet(config: TrainConfig, dist: Distributed, callbacks) -> List[Dict]
     seed_everything(config.seed + dist.rank)        # each rank its own augmentation draws
     person = prepare_run(config, dist)
     # The U-Net first: its initial weights follow from --seed alone, with or without the sync loss.
-    model = LipSyncUNet(config.asr, person.audio_shape, WIDTHS[config.model_size], config.reference_frames,
+    model = LipSyncUNet(config.asr, person.audio_shape, config.unet_widths(), config.reference_frames,
                         config.audio_stages)
     syncnet = None
     if config.use_syncnet:
