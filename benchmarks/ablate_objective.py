@@ -41,7 +41,7 @@ if __package__ in (None, ""):
 
 from data_utils.layout import DatasetLayout, chosen_dataset_dir  # noqa: E402
 from lipsync.core import checkpoints as ckpt  # noqa: E402
-from lipsync.core.errors import exit_on_user_error  # noqa: E402
+from lipsync.core.errors import UserError, exit_on_user_error  # noqa: E402
 from lipsync.evaluate.pictures import LABEL_STROKES  # noqa: E402
 from models.unet_328 import DOWNSAMPLINGS  # noqa: E402
 
@@ -412,14 +412,14 @@ def main(argv=None):
     options = build_parser().parse_args(argv)
     options.dataset_dir = chosen_dataset_dir(options.name, options.dataset_dir, "train the arms on")
     if options.epochs is not None and options.epochs < 1:
-        raise SystemExit(f"--epochs must be at least 1, got {options.epochs}")
+        raise UserError(f"--epochs must be at least 1, got {options.epochs}")
     if options.score_last < 1:
-        raise SystemExit(f"--score_last must be at least 1, got {options.score_last}")
+        raise UserError(f"--score_last must be at least 1, got {options.score_last}")
     options.budget_epochs = options.budget_epochs or options.epochs     # an epoch budget is the schedule's
     scheduled = [name for name in options.arms if ARMS[name].schedule_over_budget]
     if scheduled and (options.budget_epochs or 0) < 1:
-        raise SystemExit(f"{', '.join(scheduled)} need --budget_epochs: the epochs {options.minutes:g} minutes "
-                         "hold on this machine (from an L1 arm's epoch time)")
+        raise UserError(f"{', '.join(scheduled)} need --budget_epochs: the epochs {options.minutes:g} minutes "
+                        "hold on this machine (from an L1 arm's epoch time)")
     options.earlier = earlier_figures(options.output_dir) if options.resume_arms else {}
     options.output_dir.mkdir(parents=True, exist_ok=True)
     results = run_all([ARMS[name] for name in options.arms], options)

@@ -17,7 +17,7 @@ from lipsync.core import checkpoints as ckpt
 from lipsync.render.video_writer import write_wav
 from models.syncnet import SYNC_WIDTHS, SyncNet
 from tests.conftest import ffmpeg
-from tests.training_helpers import cut_to_frames, person_with_ave_features
+from tests.training_helpers import cut_to_frames, person_with_ave_features, run_main
 
 FRAMES, HELDOUT_FRAMES = 24, 12
 AVE_WIDTH = 0.25
@@ -107,10 +107,11 @@ def test_an_arm_whose_schedule_spreads_over_the_budget_trains_for_budget_epochs(
     assert parse_train_args(train_command(ARMS["l1_lips4"], options, tmp_path)).epochs > 1000
 
 
-def test_a_scheduled_arm_without_budget_epochs_is_refused_before_training(tmp_path):
-    with pytest.raises(SystemExit, match="l1_lips4_cosine need --budget_epochs"):
-        ablate(["--dataset_dir", str(tmp_path), "--syncnet_checkpoint", "s.pth", "--heldout_audio", "h.wav",
-                "--arms", "l1_lips4_cosine", "--output_dir", str(tmp_path / "out")])
+def test_a_scheduled_arm_without_budget_epochs_is_refused_before_training(tmp_path, capsys):
+    code, lines = run_main(ablate, ["--dataset_dir", str(tmp_path), "--syncnet_checkpoint", "s.pth", "--heldout_audio",
+                                    "h.wav", "--arms", "l1_lips4_cosine", "--output_dir", str(tmp_path / "out")], capsys)
+    assert code == 2 and lines == ["error: l1_lips4_cosine need --budget_epochs: the epochs 30 minutes hold on this "
+                                   "machine (from an L1 arm's epoch time)"]
     assert not (tmp_path / "out").exists()
 
 
@@ -177,7 +178,7 @@ def test_resumed_arms_continue_their_run_to_the_epoch_budget(ablation, tmp_path)
         json.dumps(results[1], default=str))
 
 
-def test_every_epoch_is_kept_only_when_the_last_few_are_averaged(tmp_path):
+def test_every_epoch_is_kept_only_when_the_last_few_are_averaged(tmp_path, capsys):
     from benchmarks.ablate_objective import ARMS, NO_EPOCH_LIMIT, evaluate_command, train_command
 
     averaged, last_only = harness_options(tmp_path), harness_options(tmp_path, "--score_last", "1")
@@ -185,14 +186,15 @@ def test_every_epoch_is_kept_only_when_the_last_few_are_averaged(tmp_path):
     assert parse_train_args(train_command(ARMS["l1_lips4"], last_only, tmp_path)).save_interval == NO_EPOCH_LIMIT
     scoring = evaluate_command(averaged, tmp_path / "run", tmp_path / "evaluation")
     assert scoring[scoring.index("--last") + 1] == "3" and "--no_select" in scoring
-    with pytest.raises(SystemExit, match="--score_last must be at least 1, got 0"):
-        ablate(["--dataset_dir", str(tmp_path), "--syncnet_checkpoint", "s.pth", "--heldout_audio", "h.wav",
-                "--score_last", "0", "--output_dir", str(tmp_path / "out")])
+    code, lines = run_main(ablate, ["--dataset_dir", str(tmp_path), "--syncnet_checkpoint", "s.pth", "--heldout_audio",
+                                    "h.wav", "--score_last", "0", "--output_dir", str(tmp_path / "out")], capsys)
+    assert code == 2 and lines == ["error: --score_last must be at least 1, got 0"]
     assert not (tmp_path / "out").exists()
 
 
-def test_an_epoch_budget_below_one_is_refused_before_training(tmp_path):
-    with pytest.raises(SystemExit, match="--epochs must be at least 1, got 0"):
-        ablate(["--dataset_dir", str(tmp_path), "--syncnet_checkpoint", "s.pth", "--heldout_audio", "h.wav",
-                "--arms", "l1_lips4_cosine", "--epochs", "0", "--output_dir", str(tmp_path / "out")])
+def test_an_epoch_budget_below_one_is_refused_before_training(tmp_path, capsys):
+    code, lines = run_main(ablate, ["--dataset_dir", str(tmp_path), "--syncnet_checkpoint", "s.pth", "--heldout_audio",
+                                    "h.wav", "--arms", "l1_lips4_cosine", "--epochs", "0", "--output_dir",
+                                    str(tmp_path / "out")], capsys)
+    assert code == 2 and lines == ["error: --epochs must be at least 1, got 0"]
     assert not (tmp_path / "out").exists()
