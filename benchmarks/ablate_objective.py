@@ -145,6 +145,9 @@ ARMS = {arm.name: arm for arm in (
         ADAPTIVE + ("--sync_ratio", "1") + LIPS_4),
     Arm("adaptive_r3_lips4", "adaptive, ratio 3, after a 2-epoch warm-up, the lips' box counted 4 times",
         ADAPTIVE + ("--sync_ratio", "3") + LIPS_4),
+    # training_328.sh's training seen through the average of its weights (the live weights step alike).
+    Arm("adaptive_r3_lips4_ema990", "adaptive, ratio 3, after a 2-epoch warm-up, the lips' box counted 4 times, "
+        "weights averaged (--ema_decay 0.99)", ADAPTIVE + ("--sync_ratio", "3") + LIPS_4 + ("--ema_decay", "0.99")),
     Arm("adaptive_r3_lips4_warm5", "adaptive, ratio 3, after a 5-epoch warm-up, the lips' box counted 4 times",
         ADAPTIVE_AFTER_5 + ("--sync_ratio", "3") + LIPS_4),
     Arm("adaptive_r3_lips4_refs2", "adaptive ratio 3 with the lips' box counted 4 times, two reference frames",

@@ -144,6 +144,9 @@ def test_the_arms_train_the_widths_the_harness_is_given(tmp_path):
     for arm in ("l1", "adaptive_r3_lips4"):
         assert parse_train_args(train_command(ARMS[arm], options, tmp_path)).widths == [4, 8, 16, 64, 128]
     assert parse_train_args(train_command(ARMS["l1"], harness_options(tmp_path), tmp_path)).widths is None
+    averaged = parse_train_args(train_command(ARMS["adaptive_r3_lips4_ema990"], options, tmp_path))
+    plain = parse_train_args(train_command(ARMS["adaptive_r3_lips4"], options, tmp_path))
+    assert averaged.ema_decay == 0.99 and vars(averaged) == {**vars(plain), "ema_decay": 0.99}
     assert "Budget: 9 epochs per arm on one pinned core (one torch thread), widths 4 8 16 64 128, batch 8" \
         in table([], options)
 
