@@ -8,8 +8,8 @@ then is scored on unseen audio against the true video of it.
         --minutes 30 --parallel 2 [--arms l1 sync_fixed ...]
 
 The U-Net's width is --model_size (tiny by default, as every table before 2026-12-06) or
---widths: 4 8 16 64 128 trains 9 epochs in the tiny width's 13 epochs' CPU time and its seeds agree
-where the tiny width's did not (benchmarks/RESULTS.md, "Wider low-resolution stages").
+--widths: 4 8 16 64 128 trains 9 epochs in the tiny width's 13 epochs' CPU time and draws a better
+mouth at two seeds of three (benchmarks/RESULTS.md, "Wider low-resolution stages").
 
 Each arm is train_328.py from scratch (--max_minutes M, one torch thread, no data-loader
 workers) and evaluate_328.py on its last --score_last K epochs' checkpoints (default 3; the table
