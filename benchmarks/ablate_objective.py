@@ -47,6 +47,7 @@ from data_utils.layout import DatasetLayout, chosen_dataset_dir  # noqa: E402
 from lipsync.core import checkpoints as ckpt  # noqa: E402
 from lipsync.core.errors import UserError, exit_on_user_error  # noqa: E402
 from lipsync.evaluate.pictures import LABEL_STROKES  # noqa: E402
+from lipsync.train.options import as_typed  # noqa: E402
 from models.unet_328 import DOWNSAMPLINGS  # noqa: E402
 
 DEFAULT_OUTPUT = REPO_ROOT / "benchmarks" / "ablation_out"
@@ -330,7 +331,7 @@ def table(results: Sequence[Dict], options) -> str:
               "± the standard deviation of the motion scores among them" if options.score_last > 1
               else "scored at the last epoch")
     budget = (f"Budget: {per_arm} per arm on one pinned core (one torch thread), "
-              + (f"widths {' '.join(map(str, options.widths))}" if options.widths else f"{options.model_size} width")
+              + (f"widths {as_typed(options.widths)}" if options.widths else f"{options.model_size} width")
               + f", batch {options.batch_size}, lr {options.lr:g}, seed {options.seed}; "
               f"scored on {Path(options.heldout_audio).name}"
               + (f" against {Path(options.truth_video).name}" if options.truth_video else " (no truth)")

@@ -116,7 +116,7 @@ class TrainConfig(Options):
                 raise UserError(f"--{name} cannot be negative, got {getattr(self, name)}")
         if self.widths is not None and (len(self.widths) != DOWNSAMPLINGS or min(self.widths) < 1):
             raise UserError(f"--widths takes {DOWNSAMPLINGS} channel counts of at least 1, got "
-                            f"{' '.join(map(str, self.widths))}")
+                            f"{as_typed(self.widths)}")
         if self.reference_frames < 1:
             raise UserError(f"--reference_frames must be at least 1, got {self.reference_frames}")
         if not 0 <= self.audio_stages <= DOWNSAMPLINGS:
@@ -267,7 +267,7 @@ def build_unet_parser(description: str) -> argparse.ArgumentParser:
                              "1: every pixel alike)")
     losses.add_argument("--widths", type=int, nargs=DOWNSAMPLINGS, metavar="C",
                         help=f"the U-Net's channel widths (stem and encoder stages, {DOWNSAMPLINGS} counts) instead "
-                             f"of --model_size's, e.g. {' '.join(map(str, WIDTHS['tiny']))} for tiny; the "
+                             f"of --model_size's, e.g. {as_typed(WIDTHS['tiny'])} for tiny; the "
                              f"checkpoint records them")
     losses.add_argument("--reference_frames", type=int, default=REFERENCE_FRAMES,
                         help=f"reference crops (random other frames) the U-Net sees beside the masked target "
