@@ -47,7 +47,7 @@ from data_utils.layout import DatasetLayout, chosen_dataset_dir  # noqa: E402
 from lipsync.core import checkpoints as ckpt  # noqa: E402
 from lipsync.core.errors import UserError, exit_on_user_error  # noqa: E402
 from lipsync.evaluate.pictures import LABEL_STROKES  # noqa: E402
-from lipsync.train.options import as_typed  # noqa: E402
+from lipsync.core.options import as_typed  # noqa: E402
 from models.unet_328 import DOWNSAMPLINGS  # noqa: E402
 
 DEFAULT_OUTPUT = REPO_ROOT / "benchmarks" / "ablation_out"
@@ -149,6 +149,9 @@ ARMS = {arm.name: arm for arm in (
     # training_328.sh's training seen through the average of its weights (the live weights step alike).
     Arm("adaptive_r3_lips4_ema990", "adaptive, ratio 3, after a 2-epoch warm-up, the lips' box counted 4 times, "
         "weights averaged (--ema_decay 0.99)", ADAPTIVE + ("--sync_ratio", "3") + LIPS_4 + ("--ema_decay", "0.99")),
+    Arm("adaptive_r3_lips4_truth", "adaptive, ratio 3, after a 2-epoch warm-up, the lips' box counted 4 times, "
+        "the sync loss only where the drawn mouth convinces SyncNet less than the true one (--sync_target truth)",
+        ADAPTIVE + ("--sync_ratio", "3") + LIPS_4 + ("--sync_target", "truth")),
     Arm("adaptive_r3_lips4_warm5", "adaptive, ratio 3, after a 5-epoch warm-up, the lips' box counted 4 times",
         ADAPTIVE_AFTER_5 + ("--sync_ratio", "3") + LIPS_4),
     Arm("adaptive_r3_lips4_refs2", "adaptive ratio 3 with the lips' box counted 4 times, two reference frames",

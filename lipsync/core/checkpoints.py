@@ -27,6 +27,7 @@ from data_utils.layout import CHECKPOINT_ROOT
 from lipsync.core.atomic import save_torch_atomic
 from lipsync.core.commands import train_command
 from lipsync.core.errors import UserError
+from lipsync.core.options import as_typed
 from models.syncnet import SYNC_WIDTHS, SyncNet
 from models.unet_328 import CUSTOM_WIDTHS, LipSyncUNet
 
@@ -206,7 +207,7 @@ def check_config(path, config: Dict, kind: str, asr: Optional[str] = None,
         raise UserError(f"{path} was trained with --asr {config.get('asr')}, not --asr {asr} — "
                         f"use --asr {config.get('asr')} or a checkpoint trained with --asr {asr}")
     if model_size is not None and config.get("model_size") != model_size:
-        found_size, found_widths = config.get("model_size"), " ".join(map(str, config.get("widths") or ()))
+        found_size, found_widths = config.get("model_size"), as_typed(config.get("widths") or ())
         keep = (f"--widths {found_widths}" if found_size == CUSTOM_WIDTHS
                 else f"--model_size {found_size}" + (" without --widths" if model_size == CUSTOM_WIDTHS else ""))
         raise UserError(f"{path} has model size {found_size} (widths {found_widths}), not {model_size} — "

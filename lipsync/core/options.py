@@ -32,3 +32,8 @@ class Options:
 
     def as_dict(self) -> Dict[str, Any]:
         return dataclasses.asdict(self)
+
+
+def as_typed(value: Any) -> str:
+    """An option's value as it is typed on a command line (a list: its items, spaced)."""
+    return " ".join(map(str, value)) if isinstance(value, (list, tuple)) else str(value)

@@ -10,8 +10,9 @@ from typing import Dict, List
 
 from lipsync.core import checkpoints as ckpt
 from lipsync.core.errors import UserError
+from lipsync.core.options import as_typed
 from lipsync.train.distributed import seed_everything, set_rng_state
-from lipsync.train.options import as_typed, stored_value
+from lipsync.train.options import stored_value
 
 log = logging.getLogger("training")
 
