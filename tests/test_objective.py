@@ -1,6 +1,5 @@
 """The U-Net objective (lipsync/train/objective.py): the adaptive balance of the sync
-term, its cap, the fixed weight, the warm-up, the lips' weight in L1, and the sync
-loss measured against the true frame's."""
+term, its cap, the fixed weight, the warm-up, and the lips' weight in L1."""
 import pytest
 import torch
 
@@ -15,8 +14,7 @@ pytestmark = pytest.mark.usefixtures("one_cpu_thread")
 
 
 def settings(**changes) -> ObjectiveSettings:
-    values = dict(sync_balance="adaptive", sync_ratio=1.0, sync_weight=10.0, sync_warmup_epochs=0, lip_weight=1.0,
-                  sync_target="certain")
+    values = dict(sync_balance="adaptive", sync_ratio=1.0, sync_weight=10.0, sync_warmup_epochs=0, lip_weight=1.0)
     values.update(changes)
     return ObjectiveSettings(**values)
 
@@ -114,37 +112,3 @@ def test_the_sync_balance_is_computed_in_float32_under_float16_autocast():
     # SyncNet in float16 put the weight 1.3 % off on this batch)
     assert float(under_amp["sync_weight"]) == pytest.approx(float(plain["sync_weight"]), rel=1e-3)
 
-
-
-def test_the_truth_target_asks_no_drawn_mouth_to_convince_syncnet_more_than_the_true_one():
-    syncnet = frozen_syncnet()
-    prediction, truth, audio = batch(size=4)
-    with torch.no_grad():
-        drawn_logits, true_logits = syncnet(prediction, audio), syncnet(truth, audio)
-    behind = (drawn_logits < true_logits).flatten()
-    assert behind.any() and not behind.all(), "the batch needs drawn mouths on both sides of the true ones' verdict"
-    certain = UNetObjective(settings(sync_ratio=1.0, sync_weight=1e6), syncnet=syncnet)(prediction, truth, audio)
-    against_truth = UNetObjective(settings(sync_ratio=1.0, sync_weight=1e6, sync_target="truth"),
-                                  syncnet=syncnet)(prediction, truth, audio)
-    drawn_cost = torch.nn.functional.softplus(-drawn_logits)
-    true_cost = torch.nn.functional.softplus(-true_logits)
-    assert float(certain["sync"].detach()) == pytest.approx(float(drawn_cost.mean()), rel=1e-5)
-    assert float(against_truth["sync"].detach()) == pytest.approx(float((drawn_cost - true_cost).clamp(min=0).mean()),
-                                                                  rel=1e-5)
-    # Only the mouths SyncNet finds less in sync than the truth are pushed; the others get no sync gradient.
-    sync_gradient, = torch.autograd.grad(against_truth["sync"], prediction, retain_graph=True)
-    per_sample = sync_gradient.flatten(1).norm(dim=1)
-    assert torch.all(per_sample[behind] > 0) and torch.all(per_sample[~behind] == 0)
-    # The balance still holds the pushed mouths' gradient at the ratio of the reconstruction's.
-    reconstruction_gradient, = torch.autograd.grad(against_truth["l1"], prediction, retain_graph=True)
-    weighted = float(against_truth["sync_weight"]) * sync_gradient
-    assert float(weighted.norm()) == pytest.approx(float(reconstruction_gradient.norm()), rel=1e-3)
-
-
-def test_a_drawn_mouth_as_convincing_as_the_truth_costs_nothing_under_the_truth_target():
-    syncnet = frozen_syncnet()
-    _, truth, audio = batch()
-    prediction = truth.clone().requires_grad_(True)
-    terms = UNetObjective(settings(sync_target="truth"), syncnet=syncnet)(prediction, truth, audio)
-    assert float(terms["sync"].detach()) == 0.0
-    assert float(terms["total"].detach()) == pytest.approx(float(terms["l1"].detach()))

@@ -643,11 +643,6 @@ def test_a_sync_run_saved_before_the_balance_options_resumes_as_it_trained(tmp_p
         ["lip_weight"]
     assert TrainConfig(dataset_dir=tmp_path, save_dir=tmp_path, reference_frames=2).changed_since(
         {"use_syncnet": False, "lip_weight": 4.0}) == ["reference_frames"]
-    # A sync run saved before --sync_target asked SyncNet for certainty.
-    truth_target = TrainConfig(dataset_dir=tmp_path, save_dir=tmp_path, use_syncnet=True, sync_target="truth")
-    assert "sync_target" in truth_target.changed_since(old_run)
-    assert truth_target.how_to_keep("sync_target", old_run) == "drop --sync_target truth"
-    assert "sync_target" not in kept.changed_since(old_run)
 
 
 def test_resume_may_train_longer_without_a_cosine_schedule(small, tmp_path):

@@ -6,8 +6,7 @@
                      --lip_weight times (default 4; the weights scaled to mean 1)
                    + 0.01 x VGG19 perceptual (when its weights are at hand)
     sync           = binary cross-entropy of the frozen SyncNet saying "in sync" for the
-                     drawn mouth and its audio window (--sync_target certain), or only how
-                     much more that costs than for the true mouth (--sync_target truth)
+                     drawn mouth and its audio window
 
 The lips are a fifth of the crop but nearly all of what the audio decides; counted 4 times,
 they pull the U-Net onto the audio sooner: after the same 30 CPU minutes from the same start
@@ -23,11 +22,6 @@ picture (with a fixed 10 its gradient was ~2000x L1's, and the mouth smudged;
 benchmarks/RESULTS.md, "The training objective", which also measured a SyncNet
 face-feature loss and a patch discriminator on the mouth band balanced the same way:
 neither helped, so neither is here).
-
-With --sync_target truth a drawn mouth that SyncNet finds as much in sync as the true
-frame's is left alone: the adaptive balance scales the sync gradient up to its ratio
-however nearly SyncNet is satisfied, and a mouth pushed towards certainty opens wider
-than the person's (the overshoot in benchmarks/RESULTS.md, "Wider low-resolution stages").
 """
 import math
 from dataclasses import dataclass
@@ -42,8 +36,6 @@ from data_utils import crop
 L1_WEIGHT = 1.0
 PERCEPTUAL_WEIGHT = 0.01                 # VGG19 term (SyncTalk_2D's recipe)
 SYNC_BALANCES = ("adaptive", "fixed")
-# certain: SyncNet's "in sync" asked for with certainty; truth: asked for as far as the true frame earns it.
-SYNC_TARGETS = ("certain", "truth")
 GRADIENT_EPS = 1e-12                     # a zero sync gradient (SyncNet saturated) gives the cap, not inf
 
 
@@ -55,7 +47,6 @@ class ObjectiveSettings:
     sync_weight: float
     sync_warmup_epochs: int
     lip_weight: float
-    sync_target: str
 
     @classmethod
     def from_config(cls, config) -> "ObjectiveSettings":
@@ -113,16 +104,6 @@ class UNetObjective:
         weight = settings.sync_ratio * ratio
         return 0.0 if math.isnan(weight) else min(weight, settings.sync_weight)   # NaN (an fp16 overflow): skip
 
-    @staticmethod
-    def sync_loss(logits: torch.Tensor, true_logits: Optional[torch.Tensor]) -> torch.Tensor:
-        """The cross-entropy of "in sync" for each drawn mouth; with the true frames' logits, only
-        what it costs beyond the true mouth's (0 where the drawn one convinces SyncNet as much)."""
-        drawn = F.binary_cross_entropy_with_logits(logits, torch.ones_like(logits), reduction="none")
-        if true_logits is None:
-            return drawn.mean()
-        true = F.binary_cross_entropy_with_logits(true_logits, torch.ones_like(true_logits), reduction="none")
-        return (drawn - true).clamp(min=0).mean()
-
     def __call__(self, prediction: torch.Tensor, truth: torch.Tensor, audio: torch.Tensor) -> Dict[str, torch.Tensor]:
         prediction, truth = prediction.float(), truth.float()
         terms = {"l1": self.reconstruction_l1(prediction, truth)}
@@ -137,10 +118,7 @@ class UNetObjective:
             # read as a weak sync gradient and push its weight to the cap (the smudging it exists to stop).
             with torch.autocast(prediction.device.type, enabled=False):
                 logits = self.syncnet(prediction, audio.float()).float()
-                if self.settings.sync_target == "truth":
-                    with torch.no_grad():
-                        true_logits = self.syncnet(truth, audio.float()).float()
-            terms["sync"] = self.sync_loss(logits, true_logits if self.settings.sync_target == "truth" else None)
+            terms["sync"] = F.binary_cross_entropy_with_logits(logits, torch.ones_like(logits))
             weight = self.sync_weight(reconstruction, terms["sync"], prediction)
             terms["sync_weight"] = torch.tensor(weight)
             total = total + weight * terms["sync"]

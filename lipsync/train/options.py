@@ -17,7 +17,7 @@ from data_utils.timebase import ASR_CHOICES
 from lipsync.core.devices import DEVICES
 from lipsync.core.errors import UserError
 from lipsync.core.options import Options, as_typed
-from lipsync.train.objective import SYNC_BALANCES, SYNC_TARGETS
+from lipsync.train.objective import SYNC_BALANCES
 from models.perceptual import PERCEPTUAL_MODES
 from models.unet_328 import AUDIO_STAGES, DEFAULT_MODEL_SIZE, DOWNSAMPLINGS, MODEL_SIZES, WIDTHS
 
@@ -27,7 +27,6 @@ SYNC_WEIGHT = 10.0              # SyncTalk_2D's fixed weight; with adaptive bala
 SYNC_BALANCE = "adaptive"
 SYNC_RATIO = 3.0                # sync gradient on the picture / reconstruction gradient
 SYNC_WARMUP_EPOCHS = 2
-SYNC_TARGET = "certain"         # the sync loss asks SyncNet for certainty, not only the true frame's verdict
 LIP_WEIGHT = 4.0                # the lips' box counts 4 times in L1 (before 2026-12-02: 1, every pixel alike)
 REFERENCE_FRAMES = 1            # reference crops the U-Net sees (SyncTalk_2D's one)
 EMA_DECAY = 0.0                 # the averaged weights (weight_average.py); 0: the last step's weights
@@ -38,14 +37,13 @@ LR_SCHEDULES = ("none", "step", "cosine")
 # What a resumed run must keep: changing one mid-run silently mixes two trainings.
 RESUME_FIXED_OPTIONS = ("asr", "model_size", "widths", "batch_size", "lr", "lr_schedule", "grad_accum", "augment",
                         "val_fraction", "seed", "use_syncnet", "sync_weight", "sync_balance", "sync_ratio",
-                        "sync_warmup_epochs", "sync_target", "lip_weight", "reference_frames", "audio_stages",
-                        "perceptual", "ema_decay")
+                        "sync_warmup_epochs", "lip_weight", "reference_frames", "audio_stages", "perceptual",
+                        "ema_decay")
 # Options of the sync loss: compared on --resume only when both runs use it.
-SYNC_LOSS_OPTIONS = ("sync_weight", "sync_balance", "sync_ratio", "sync_warmup_epochs", "sync_target")
+SYNC_LOSS_OPTIONS = ("sync_weight", "sync_balance", "sync_ratio", "sync_warmup_epochs")
 # What a run saved before these options existed trained with (the objective was L1 + 10 x sync).
 OPTION_VALUES_BEFORE_THEY_EXISTED = {"widths": None, "sync_balance": "fixed", "sync_warmup_epochs": 0, "lip_weight": 1.0,
-                                     "reference_frames": 1, "audio_stages": 0, "ema_decay": 0.0,
-                                     "sync_target": "certain"}
+                                     "reference_frames": 1, "audio_stages": 0, "ema_decay": 0.0}
 # SyncNet sees one small mouth band per sample: bigger batches, more epochs than the U-Net.
 SYNCNET_BATCH_SIZE = 32
 SYNCNET_LR = 1e-4
@@ -88,7 +86,6 @@ class TrainConfig(Options):
     sync_balance: str = SYNC_BALANCE
     sync_ratio: float = SYNC_RATIO
     sync_warmup_epochs: int = SYNC_WARMUP_EPOCHS
-    sync_target: str = SYNC_TARGET
     lip_weight: float = LIP_WEIGHT
     reference_frames: int = REFERENCE_FRAMES
     audio_stages: int = AUDIO_STAGES
@@ -132,8 +129,6 @@ class TrainConfig(Options):
                             f"(no average) and below 1, got {self.ema_decay:g}")
         if self.sync_balance not in SYNC_BALANCES:
             raise UserError(f"--sync_balance must be one of {', '.join(SYNC_BALANCES)}")
-        if self.sync_target not in SYNC_TARGETS:
-            raise UserError(f"--sync_target must be one of {', '.join(SYNC_TARGETS)}")
         if self.num_workers < 0 or self.patience < 0:
             raise UserError("--num_workers and --patience cannot be negative")
         if self.max_minutes < 0:
@@ -262,9 +257,6 @@ def build_unet_parser(description: str) -> argparse.ArgumentParser:
     losses.add_argument("--sync_warmup_epochs", type=int, default=SYNC_WARMUP_EPOCHS,
                         help=f"train this many epochs on reconstruction alone before the sync loss joins "
                              f"(default {SYNC_WARMUP_EPOCHS})")
-    losses.add_argument("--sync_target", choices=SYNC_TARGETS, default=SYNC_TARGET,
-                        help=f"certain: the sync loss asks SyncNet to find the drawn mouth in sync with "
-                             f"certainty; truth: only as much as it finds the true frame (default {SYNC_TARGET})")
     losses.add_argument("--lip_weight", type=float, default=LIP_WEIGHT,
                         help=f"count the lips' box this many times in the L1 loss (default {LIP_WEIGHT:g}; "
                              "1: every pixel alike)")
