@@ -436,6 +436,12 @@ def main(argv=None):
         raise UserError(f"{', '.join(scheduled)} need --budget_epochs: the epochs {options.minutes:g} minutes "
                         "hold on this machine (from an L1 arm's epoch time)")
     options.earlier = earlier_figures(options.output_dir) if options.resume_arms else {}
+    unrecorded = [name for name in options.arms if options.resume_arms and name not in options.earlier
+                  and (options.output_dir / name / "run" / ckpt.LATEST).is_file()]
+    if unrecorded:      # resuming it without its earlier figures would start it over, deleting its training
+        raise UserError(f"{options.output_dir / 'ablation.json'} has no figures for {', '.join(unrecorded)}, so "
+                        f"--resume_arms would train {options.output_dir / unrecorded[0] / 'run'} over again: put "
+                        "back the ablation.json its run wrote, or move that run away to train the arm afresh")
     options.output_dir.mkdir(parents=True, exist_ok=True)
     results = run_all([ARMS[name] for name in options.arms], options)
     print(table(results, options))

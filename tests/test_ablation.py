@@ -181,6 +181,22 @@ def test_resumed_arms_continue_their_run_to_the_epoch_budget(ablation, tmp_path)
         json.dumps(results[1], default=str))
 
 
+def test_resuming_an_arm_without_its_earlier_figures_is_refused_and_keeps_its_run(ablation, tmp_path, capsys):
+    import shutil
+
+    _, output, person_and_scoring = ablation
+    copy = tmp_path / "out"
+    shutil.copytree(output, copy)
+    (copy / "ablation.json").unlink()
+    trained = ckpt.read_checkpoint(copy / "l1" / "run" / ckpt.LATEST)["history"]
+    code, lines = run_main(ablate, person_and_scoring + ["--arms", "l1", "--epochs", "2", "--resume_arms",
+                                                         "--output_dir", str(copy)], capsys)
+    assert code == 2 and lines == [
+        f"error: {copy / 'ablation.json'} has no figures for l1, so --resume_arms would train {copy / 'l1' / 'run'} "
+        "over again: put back the ablation.json its run wrote, or move that run away to train the arm afresh"]
+    assert ckpt.read_checkpoint(copy / "l1" / "run" / ckpt.LATEST)["history"] == trained
+
+
 def test_every_epoch_is_kept_only_when_the_last_few_are_averaged(tmp_path, capsys):
     from benchmarks.ablate_objective import ARMS, NO_EPOCH_LIMIT, evaluate_command, train_command
 
