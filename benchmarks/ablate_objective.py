@@ -23,8 +23,9 @@ arm sees the same machine. An arm with an LR schedule (l1_lips4_cosine) spreads 
 epoch, rounded up), so that it has decayed when the clock stops it. On a host whose speed
 varies (a shared VM), the clock gives arms different numbers of epochs: --epochs N trains every
 arm exactly N epochs instead, and --resume_arms continues the arms an OUTPUT_DIR already holds
-from their latest.pth (to --epochs N), adding up their CPU minutes. Writes OUT/ablation.json,
-OUT/ablation.md (the table) and OUT/strip.png (the truth's mouths above every arm's, same frames).
+from their latest.pth (to --epochs N), adding up their CPU minutes (so it needs the ablation.json
+that wrote them). Writes OUT/ablation.json, OUT/ablation.md (the table) and OUT/strip.png (the
+truth's mouths above every arm's, same frames).
 """
 import argparse
 import json
