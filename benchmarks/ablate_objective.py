@@ -47,8 +47,8 @@ if __package__ in (None, ""):
 from data_utils.layout import DatasetLayout, chosen_dataset_dir  # noqa: E402
 from lipsync.core import checkpoints as ckpt  # noqa: E402
 from lipsync.core.errors import UserError, exit_on_user_error  # noqa: E402
-from lipsync.evaluate.pictures import LABEL_STROKES  # noqa: E402
 from lipsync.core.options import as_typed  # noqa: E402
+from lipsync.evaluate.pictures import LABEL_STROKES  # noqa: E402
 from models.unet_328 import DOWNSAMPLINGS  # noqa: E402
 
 DEFAULT_OUTPUT = REPO_ROOT / "benchmarks" / "ablation_out"
@@ -223,7 +223,7 @@ def run_arm(arm: Arm, options, core: Optional[int]) -> Dict:
     """Train and score one arm (both pinned to ``core``); its figures and CPU seconds."""
     arm_dir = options.output_dir / arm.name
     earlier = options.earlier.get(arm.name)
-    resume = earlier is not None and (arm_dir / "run" / ckpt.LATEST).is_file()
+    resume = earlier is not None and trained_run(options.output_dir, arm.name).is_file()
     for stale in ([arm_dir / "evaluation", arm_dir / "evaluation_own_motion"] if resume else [arm_dir]):
         if stale.exists():
             shutil.rmtree(stale)
@@ -272,6 +272,11 @@ def summary(report: Dict) -> tuple:
     if report.get("mean"):
         return report["mean"]["scores"], report["mean"]["sd"]
     return report["checkpoints"][-1]["scores"], {}
+
+
+def trained_run(output_dir: Path, arm_name: str) -> Path:
+    """The latest.pth an earlier run of this harness left for ``arm_name`` in ``output_dir``."""
+    return output_dir / arm_name / "run" / ckpt.LATEST
 
 
 def earlier_figures(output_dir: Path) -> Dict[str, Dict]:
@@ -437,12 +442,15 @@ def main(argv=None):
         raise UserError(f"{', '.join(scheduled)} need --budget_epochs: the epochs {options.minutes:g} minutes "
                         "hold on this machine (from an L1 arm's epoch time)")
     options.earlier = earlier_figures(options.output_dir) if options.resume_arms else {}
-    unrecorded = [name for name in options.arms if options.resume_arms and name not in options.earlier
-                  and (options.output_dir / name / "run" / ckpt.LATEST).is_file()]
-    if unrecorded:      # resuming it without its earlier figures would start it over, deleting its training
-        raise UserError(f"{options.output_dir / 'ablation.json'} has no figures for {', '.join(unrecorded)}, so "
-                        f"--resume_arms would train {options.output_dir / unrecorded[0] / 'run'} over again: put "
-                        "back the ablation.json its run wrote, or move that run away to train the arm afresh")
+    if options.resume_arms:
+        # Resuming an arm without its earlier figures would start it over, deleting its training.
+        unrecorded = [name for name in options.arms
+                      if name not in options.earlier and trained_run(options.output_dir, name).is_file()]
+        if unrecorded:
+            raise UserError(f"{options.output_dir / 'ablation.json'} has no figures for {', '.join(unrecorded)}, "
+                            f"so --resume_arms would train {trained_run(options.output_dir, unrecorded[0]).parent} "
+                            "over again: put back the ablation.json its run wrote, or move that run away to train "
+                            "the arm afresh")
     options.output_dir.mkdir(parents=True, exist_ok=True)
     results = run_all([ARMS[name] for name in options.arms], options)
     print(table(results, options))
