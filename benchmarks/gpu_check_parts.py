@@ -35,6 +35,9 @@ EPOCH_OVERHEAD = 1.5             # an epoch against its compute: data loading, v
 FALLBACK_EPOCH_SECONDS = 30      # when the throughput part gave no figure
 EVALUATION_SHARE, SYNCNET_SHARE = 0.25, 0.3    # of the training part's time; the U-Net gets the rest
 EVALUATION_SECONDS = (60, 120)   # the evaluation's share, clamped
+# A folder holding mediapipe and the protobuf 4.25 it needs (gpu_check.sh installs it): only the
+# steps that measure landmarks get it on their PYTHONPATH, as it breaks onnx (newer protobuf) elsewhere.
+LANDMARKS_SITE_ENV = "LIPSYNC_LANDMARKS_SITE"
 READOUT_SECONDS = 90             # the audio read-out beside it: the truth's landmarks, one model's embeddings
 # bench_inference.py's end-to-end backends under the issue's names
 END_TO_END_NAMES = {"torch": "torch fp32", "torch fp16": "torch fp16", "onnx": "onnxruntime"}
@@ -124,10 +127,20 @@ def one_line(text: str) -> str:
     return (lines[-1] if lines else "no output")[:REASON_CHARS]
 
 
-def run_step(check: Check, label: str, command: List, seconds: float, ok_codes=(0,)) -> str:
+def step_environment(check: Check, landmarks: bool = False) -> Dict[str, str]:
+    """A step's environment: this process's, the mode's, and with ``landmarks`` the landmark
+    site (LANDMARKS_SITE_ENV) first on PYTHONPATH where gpu_check.sh installed one."""
+    environment = {**os.environ, **check.mode.environment}
+    site = os.environ.get(LANDMARKS_SITE_ENV)
+    if landmarks and site:
+        environment["PYTHONPATH"] = os.pathsep.join(filter(None, (site, environment.get("PYTHONPATH"))))
+    return environment
+
+
+def run_step(check: Check, label: str, command: List, seconds: float, ok_codes=(0,), landmarks: bool = False) -> str:
     """Run ``command`` (an argument list) from the repository root for at most ``seconds``;
     its output goes to logs/LABEL.log and is returned. PartFailed on a timeout or an exit code
-    outside ``ok_codes``."""
+    outside ``ok_codes``. ``landmarks``: the step measures face landmarks (step_environment)."""
     if seconds < MIN_PART_SECONDS:
         raise PartFailed(f"{label}: only {seconds:.0f} s of the budget left")
     check.logs.mkdir(parents=True, exist_ok=True)
@@ -137,7 +150,7 @@ def run_step(check: Check, label: str, command: List, seconds: float, ok_codes=(
     # A session of its own, so that a timeout ends what the command started too (torchrun's
     # workers, bench_serve's server), not only the command, and frees the GPU for the next part.
     process = subprocess.Popen(command, cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                               text=True, errors="replace", env={**os.environ, **check.mode.environment},
+                               text=True, errors="replace", env=step_environment(check, landmarks),
                                start_new_session=True)
     try:
         output, _ = process.communicate(timeout=seconds)
@@ -366,7 +379,8 @@ def evaluate(check: Check, checkpoint: str, seconds: float) -> Dict:
         if check.truth_video is not None:
             arguments += ["--truth_video", check.truth_video]
             against = f"{check.heldout_audio.name} against {check.truth_video.name}"
-    output = run_step(check, "evaluate", python_script(REPO_ROOT / "evaluate_328.py", *arguments), seconds)
+    output = run_step(check, "evaluate", python_script(REPO_ROOT / "evaluate_328.py", *arguments), seconds,
+                      landmarks=True)
     report = json.loads((output_dir / "scores.json").read_text())
     scores = report["checkpoints"][0]["scores"]
     return {"against": against, "frames": report["frames"]["count"],
@@ -385,7 +399,7 @@ def audio_readout(check: Check, checkpoint: str, seconds: float) -> Dict:
     run_step(check, "audio_readout", python_script(
         REPO_ROOT / "benchmarks" / "audio_readout.py", "--dataset_dir", check.dataset_dir, "--checkpoints", checkpoint,
         "--heldout_audio", check.heldout_audio, "--truth_video", check.truth_video,
-        "--val_fraction", check.val_fraction, "--json", output), seconds)
+        "--val_fraction", check.val_fraction, "--json", output), seconds, landmarks=True)
     result = json.loads(output.read_text())[0]
     return {name: result[name] for name in ("opening_correlation", "opening_offset", "opening_ratio")}
 

@@ -2,10 +2,13 @@
 
     python3 scripts/download_wheels.py                        # -> wheels/*.whl, prints the total size
     python3 scripts/download_wheels.py --with_ffmpeg          # + an ffmpeg binary (imageio-ffmpeg)
-    python3 scripts/download_wheels.py --with_landmarks       # + mediapipe: evaluation's LMD and opening scores
+    python3 scripts/download_wheels.py --with_landmarks       # + wheels/landmarks/: evaluation's LMD and opening scores
     python3 scripts/download_wheels.py --bundle dataset/May.bundle.tar   # count the bundle in the budget
     python3 scripts/download_wheels.py --dry_run              # print the pip command, download nothing
 On the server:  python -m pip install --no-index --no-deps wheels/*.whl
+                 python -m pip install --no-index --no-deps --target ~/lipsync_landmarks wheels/landmarks/*.whl
+                 PYTHONPATH=~/lipsync_landmarks python evaluate_328.py ...    # only where landmarks are measured
+(benchmarks/gpu_check.sh does all three itself.)
 
 The server (Linux x86_64, CPython 3.12, no network) already has torch, torchvision,
 numpy 2, opencv-python-headless, onnx, onnxruntime (CPU), transformers, scipy,
@@ -18,9 +21,11 @@ of the rest only:
   mediapipe       35.6 MB  (--with_landmarks) the face mesh evaluation measures generated
                            frames with (LMD, mouth opening r/offset/ratio); without it those
                            are n/a. 0.10.21 declares numpy<2 but ran with numpy 2.2.6 and 2.5.5;
-  protobuf 4.25    0.3 MB  it does need protobuf<5 (with protobuf 5.29 its graph config fails to
-                           parse), so this one travels with it and shadows the server's copy
-                           (onnx, tensorboard and transformers accept 4.25)
+  protobuf 4.25    0.3 MB  it does need protobuf<5 (under 5.29 and 7.36 its graph config fails
+                           to parse) and attrs (not among the server's packages). These three go
+  attrs            0.1 MB  to wheels/landmarks/, to be installed into a folder of their own: on
+                           the server's PYTHONPATH protobuf 4.25 would break its onnx (1.23 needs
+                           protobuf's runtime_version, new in 5.26), and with it ONNX export.
 Not needed there: the landmarks of the recording itself (they travel in the bundle), librosa (data_utils/audio.py has the mel filterbank in
 numpy), soundfile (only preprocessing writes wav files), onnxruntime-gpu (~300 MB; the
 CPU build serves the audio encoders, the U-Net runs in torch on the GPU).
@@ -38,7 +43,9 @@ TARGET = ["--python-version", "3.12", "--implementation", "cp",
           "--platform", "manylinux2014_x86_64"]
 NEEDED = ["silero-vad==6.2.3"]
 FFMPEG = ["imageio-ffmpeg==0.6.0"]       # ffmpeg 7.1; later releases ship a larger binary
-LANDMARKS = ["mediapipe==0.10.21", "protobuf==4.25.8"]   # the last mediapipe wheel with the face mesh
+# The last mediapipe wheel with the face mesh, and what it needs that the server lacks or has too new.
+LANDMARKS = ["mediapipe==0.10.21", "protobuf==4.25.8", "attrs==26.1.0"]
+LANDMARKS_SUBDIR = "landmarks"           # a folder of their own: see the docstring
 CARRY_LIMIT_BYTES = 64 * 2 ** 20         # what can be brought to the server, project files included
 
 
@@ -47,7 +54,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--dest", type=Path, default=DEFAULT_DEST, help="folder for the wheels (default: wheels/)")
     parser.add_argument("--with_ffmpeg", action="store_true", help="also imageio-ffmpeg (an ffmpeg binary)")
     parser.add_argument("--with_landmarks", action="store_true",
-                        help="also mediapipe (+ protobuf 4.25): landmark scores in evaluation")
+                        help="also mediapipe (+ protobuf 4.25, attrs) in DEST/landmarks/: landmark scores in evaluation")
     parser.add_argument("--bundle", type=Path, action="append", default=[],
                         help="a bundle (or any file) that travels too: counted in the total")
     parser.add_argument("--dry_run", action="store_true", help="print what would be downloaded, download nothing")
@@ -70,19 +77,22 @@ def project_bytes() -> int:
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
-    packages = NEEDED + (FFMPEG if args.with_ffmpeg else []) + (LANDMARKS if args.with_landmarks else [])
-    command = pip_command(packages, args.dest)
-    print("would download: " + " ".join(packages) if args.dry_run else "downloading: " + " ".join(packages))
-    print(" ".join(command))
+    downloads = [(NEEDED + (FFMPEG if args.with_ffmpeg else []), args.dest)]
+    if args.with_landmarks:
+        downloads.append((LANDMARKS, args.dest / LANDMARKS_SUBDIR))
+    for packages, dest in downloads:
+        print(("would download: " if args.dry_run else "downloading: ") + " ".join(packages) + f" -> {dest}")
+        print(" ".join(pip_command(packages, dest)))
     if args.dry_run:
         return 0
-    args.dest.mkdir(parents=True, exist_ok=True)
-    if subprocess.run(command).returncode != 0:
-        print("error: pip could not download the wheels (is a package index reachable?)", file=sys.stderr)
-        return 1
-    wheels = sorted(args.dest.glob("*.whl"))
+    for packages, dest in downloads:
+        dest.mkdir(parents=True, exist_ok=True)
+        if subprocess.run(pip_command(packages, dest)).returncode != 0:
+            print("error: pip could not download the wheels (is a package index reachable?)", file=sys.stderr)
+            return 1
+    wheels = sorted({wheel for _, dest in downloads for wheel in dest.glob("*.whl")})
     for wheel in wheels:
-        print(f"{wheel.stat().st_size / 1e6:8.1f} MB  {wheel.name}")
+        print(f"{wheel.stat().st_size / 1e6:8.1f} MB  {wheel.relative_to(args.dest)}")
     total = sum(wheel.stat().st_size for wheel in wheels)
     print(f"{total / 1e6:8.1f} MB  wheels in {args.dest}")
     carried = total + project_bytes() + sum(path.stat().st_size for path in args.bundle)

@@ -486,9 +486,15 @@ def test_download_wheels_names_what_the_server_lacks_without_downloading(tmp_pat
     assert not (tmp_path / "wheels").exists()
 
 
-def test_landmark_wheels_bring_the_protobuf_mediapipe_needs(tmp_path):
+def test_landmark_wheels_bring_what_mediapipe_needs_into_a_folder_of_their_own(tmp_path):
+    # mediapipe needs protobuf 4.25 and attrs; protobuf 4.25 beside the server's onnx breaks it, so
+    # they go to wheels/landmarks/, which benchmarks/gpu_check.sh installs apart.
     result = subprocess.run([sys.executable, str(REPO_ROOT / "scripts" / "download_wheels.py"), "--dry_run",
                              "--with_landmarks", "--dest", str(tmp_path / "wheels")], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
-    wanted = result.stdout.split("would download:")[-1].splitlines()[0].split()
-    assert "mediapipe==0.10.21" in wanted and "protobuf==4.25.8" in wanted and "silero-vad==6.2.3" in wanted
+    plans = [line.split("would download: ")[1].split(" -> ") for line in result.stdout.splitlines()
+             if line.startswith("would download: ")]
+    wanted = {Path(dest): packages.split() for packages, dest in plans}
+    assert wanted == {tmp_path / "wheels": ["silero-vad==6.2.3"],
+                      tmp_path / "wheels" / "landmarks": ["mediapipe==0.10.21", "protobuf==4.25.8", "attrs==26.1.0"]}
+    assert f"-d {tmp_path / 'wheels' / 'landmarks'} mediapipe==0.10.21" in result.stdout

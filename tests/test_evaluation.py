@@ -417,3 +417,21 @@ def test_a_landmarker_that_is_installed_but_cannot_start_is_one_line_not_a_crash
     reason = landmark_track.landmarks_unavailable()
     assert reason == ("mediapipe is installed but could not start (RuntimeError: numpy.core.multiarray failed to "
                       "import) — reinstall it")
+
+
+def test_a_mediapipe_broken_by_a_new_protobuf_says_to_give_it_its_own_protobuf(monkeypatch):
+    # On the GPU box mediapipe 0.10.21 imports under protobuf 7 and fails on its first graph;
+    # reinstalling it would not help, its own protobuf 4.25 on PYTHONPATH does.
+    import google.protobuf
+
+    from lipsync.evaluate import landmark_track
+
+    def broken(backend):
+        raise AttributeError("'google._upb._message.FieldDescriptor' object has no attribute 'label'")
+
+    monkeypatch.setattr(landmark_track, "create_landmarker", broken)
+    monkeypatch.setattr(google.protobuf, "__version__", "7.36.2")
+    reason = landmark_track.landmarks_unavailable()
+    assert reason.startswith("mediapipe is installed but could not start (AttributeError: ")
+    assert "needs protobuf<5 (here 7.36.2)" in reason and "wheels/landmarks" in reason and "PYTHONPATH" in reason
+    assert "\n" not in reason

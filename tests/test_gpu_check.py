@@ -7,10 +7,15 @@ with numbers. The person is the bundled clip with a small random AVE encoder; it
 heldout_a.wav and heldout_a_truth.mp4. The clip is cut to 24 frames, half held out:
 SyncNet needs 11+ frames per split, and every training step counts on 2 cores.
 Paths have spaces."""
+import base64
+import hashlib
 import json
 import math
+import os
 import subprocess
+import sys
 import tarfile
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -170,3 +175,56 @@ def test_serve_is_skipped_with_its_reason_where_the_webrtc_packages_are_missing(
     assert figures == {"skipped": "av not installed: live serving is not measured (pip install -r requirements.txt "
                                   "where a package index is reachable)"}
     assert not (tmp_path / "out" / "logs").exists()
+
+
+# --------------------------------------------------------------------------- carried wheels
+
+def write_wheel(folder: Path, name: str, version: str = "1.0") -> Path:
+    """A minimal pure-Python wheel whose module ``name`` says which wheel it came from."""
+    folder.mkdir(parents=True, exist_ok=True)
+    info = f"{name}-{version}.dist-info"
+    files = {f"{name}/__init__.py": f"FROM = {name!r}\n",
+             f"{info}/METADATA": f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n",
+             f"{info}/WHEEL": "Wheel-Version: 1.0\nGenerator: tests\nRoot-Is-Purelib: true\nTag: py3-none-any\n"}
+    record = []
+    for path, text in files.items():
+        digest = base64.urlsafe_b64encode(hashlib.sha256(text.encode()).digest()).rstrip(b"=").decode()
+        record.append(f"{path},sha256={digest},{len(text.encode())}")
+    files[f"{info}/RECORD"] = "\n".join(record + [f"{info}/RECORD,,"]) + "\n"
+    wheel = folder / f"{name}-{version}-py3-none-any.whl"
+    with zipfile.ZipFile(wheel, "w") as archive:
+        for path, text in files.items():
+            archive.writestr(path, text)
+    return wheel
+
+
+def test_landmark_wheels_reach_only_the_steps_that_measure_landmarks(tmp_path, monkeypatch):
+    # mediapipe needs protobuf 4.25, which breaks the GPU box's onnx: gpu_check.sh installs the
+    # landmark wheels (wheels/landmarks/, and mediapipe/protobuf/attrs left in a flat wheels/)
+    # into a site of their own, and only steps run with landmarks=True see it.
+    from benchmarks import gpu_check_parts
+    from benchmarks.gpu_check_parts import LANDMARKS_SITE_ENV, SMOKE, Check, run_step
+
+    wheels = tmp_path / "carried wheels"
+    write_wheel(wheels, "mainprobe")
+    write_wheel(wheels / "landmarks", "landmarkprobe")
+    write_wheel(wheels, "attrs", "0.0.1")            # an older flat wheels/ folder's landmark wheel
+    site, landmarks_site = tmp_path / "main site", tmp_path / "landmarks site"
+    environment = {**os.environ, "LIPSYNC_WHEELS": str(wheels), "LIPSYNC_SITE": str(site),
+                   "LIPSYNC_LANDMARKS_SITE": str(landmarks_site)}
+    finished = subprocess.run(["bash", str(REPO_ROOT / "benchmarks" / "gpu_check.sh"), "--help"], env=environment,
+                              capture_output=True, text=True, timeout=120)
+    assert finished.returncode == 0, finished.stderr
+    assert "--smoke" in finished.stdout
+    assert {path.name for path in site.iterdir() if not path.name.endswith(".dist-info")} == {"mainprobe"}
+    assert ({path.name for path in landmarks_site.iterdir() if not path.name.endswith(".dist-info")}
+            == {"landmarkprobe", "attrs"})
+
+    monkeypatch.setattr(gpu_check_parts, "MIN_PART_SECONDS", 1)
+    monkeypatch.setenv(LANDMARKS_SITE_ENV, str(landmarks_site))
+    monkeypatch.setenv("PYTHONPATH", str(site))
+    check = Check("x", SMOKE, tmp_path, tmp_path / "out", None, None, 0.05)
+    probe = "import importlib.util as u; print([n for n in ('mainprobe', 'landmarkprobe') if u.find_spec(n)])"
+    assert "['mainprobe', 'landmarkprobe']" in run_step(check, "with", [sys.executable, "-c", probe], 60,
+                                                          landmarks=True)
+    assert "['mainprobe']" in run_step(check, "without", [sys.executable, "-c", probe], 60)

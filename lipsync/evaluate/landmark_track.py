@@ -30,8 +30,21 @@ def landmarks_unavailable(backend: str = LANDMARK_BACKEND) -> Optional[str]:
     except UserError as error:
         return str(error)
     except Exception as error:      # installed but broken (e.g. a numpy it was not built for): still one line
-        return f"{backend} is installed but could not start ({type(error).__name__}: {error}) — reinstall it"
+        return f"{backend} is installed but could not start ({type(error).__name__}: {error}) — {_repair(backend)}"
     return None
+
+
+def _repair(backend: str) -> str:
+    """What to do about a detector that is installed but does not start."""
+    try:
+        from google.protobuf import __version__ as protobuf_version
+    except ImportError:
+        protobuf_version = ""
+    if backend == "mediapipe" and protobuf_version.split(".")[0].isdigit() and int(protobuf_version.split(".")[0]) >= 5:
+        return (f"mediapipe needs protobuf<5 (here {protobuf_version}): install scripts/download_wheels.py's "
+                f"wheels/landmarks into a folder of their own and put it first on PYTHONPATH for evaluation "
+                f"(docs/another_machine.md)")
+    return "reinstall it"
 
 
 class LandmarkTrack:
