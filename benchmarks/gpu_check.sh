@@ -19,8 +19,9 @@ fi
 # The folders may be set from outside (the tests do); these are the defaults.
 wheel_dir="${LIPSYNC_WHEELS:-$repo/wheels}"
 site="${LIPSYNC_SITE:-/tmp/lipsync_site}"
-landmarks_site="${LIPSYNC_LANDMARKS_SITE:-/tmp/lipsync_landmarks_site}"
-unset LIPSYNC_LANDMARKS_SITE      # set again below only where its wheels were installed
+given_landmarks_site="${LIPSYNC_LANDMARKS_SITE:-}"    # a site installed by hand, used as it is
+landmarks_site="${given_landmarks_site:-/tmp/lipsync_landmarks_site}"
+unset LIPSYNC_LANDMARKS_SITE      # set again below only where the site holds something
 shopt -s nullglob
 wheels=()
 landmark_wheels=("$wheel_dir"/landmarks/*.whl)
@@ -51,6 +52,8 @@ if [ ${#landmark_wheels[@]} -gt 0 ]; then
     else
         echo "warning: installing the landmark wheels failed; LMD and the opening scores will be n/a" >&2
     fi
+elif [ -n "$given_landmarks_site" ] && [ -d "$given_landmarks_site" ]; then
+    export LIPSYNC_LANDMARKS_SITE="$given_landmarks_site"
 fi
 
 exec "$python" "$repo/benchmarks/gpu_check.py" "$@"
