@@ -6,8 +6,8 @@
     python3 scripts/download_wheels.py --bundle dataset/May.bundle.tar   # count the bundle in the budget
     python3 scripts/download_wheels.py --dry_run              # print the pip command, download nothing
 On the server:  python -m pip install --no-index --no-deps wheels/*.whl
-                 python -m pip install --no-index --no-deps --target ~/lipsync_landmarks wheels/landmarks/*.whl
-                 PYTHONPATH=~/lipsync_landmarks python evaluate_328.py ...    # only where landmarks are measured
+                python -m pip install --no-index --no-deps --target ~/lipsync_landmarks wheels/landmarks/*.whl
+                PYTHONPATH=~/lipsync_landmarks python evaluate_328.py ...    # only where landmarks are measured
 (benchmarks/gpu_check.sh does all three itself.)
 
 The server (Linux x86_64, CPython 3.12, no network) already has torch, torchvision,
@@ -54,7 +54,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--dest", type=Path, default=DEFAULT_DEST, help="folder for the wheels (default: wheels/)")
     parser.add_argument("--with_ffmpeg", action="store_true", help="also imageio-ffmpeg (an ffmpeg binary)")
     parser.add_argument("--with_landmarks", action="store_true",
-                        help="also mediapipe (+ protobuf 4.25, attrs) in DEST/landmarks/: landmark scores in evaluation")
+                        help="also mediapipe (+ protobuf 4.25, attrs), in DEST/landmarks/: landmark scores in "
+                             "evaluation")
     parser.add_argument("--bundle", type=Path, action="append", default=[],
                         help="a bundle (or any file) that travels too: counted in the total")
     parser.add_argument("--dry_run", action="store_true", help="print what would be downloaded, download nothing")
