@@ -91,7 +91,7 @@ def main(argv=None) -> int:
         if subprocess.run(pip_command(packages, dest)).returncode != 0:
             print("error: pip could not download the wheels (is a package index reachable?)", file=sys.stderr)
             return 1
-    wheels = sorted({wheel for _, dest in downloads for wheel in dest.glob("*.whl")})
+    wheels = sorted(wheel for _, dest in downloads for wheel in dest.glob("*.whl"))
     for wheel in wheels:
         print(f"{wheel.stat().st_size / 1e6:8.1f} MB  {wheel.relative_to(args.dest)}")
     total = sum(wheel.stat().st_size for wheel in wheels)

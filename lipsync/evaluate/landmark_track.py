@@ -40,10 +40,11 @@ def _repair(backend: str) -> str:
         from google.protobuf import __version__ as protobuf_version
     except ImportError:
         protobuf_version = ""
-    if backend == "mediapipe" and protobuf_version.split(".")[0].isdigit() and int(protobuf_version.split(".")[0]) >= 5:
+    major = protobuf_version.split(".")[0]
+    if backend == "mediapipe" and major.isdigit() and int(major) >= 5:
         return (f"mediapipe needs protobuf<5 (here {protobuf_version}): install scripts/download_wheels.py's "
-                f"wheels/landmarks into a folder of their own and put it first on PYTHONPATH for evaluation "
-                f"(docs/another_machine.md)")
+                "wheels/landmarks into a folder of their own and put it first on PYTHONPATH for evaluation "
+                "(docs/another_machine.md)")
     return "reinstall it"
 
 
