@@ -15,7 +15,9 @@ the encoder output of the same resolution (skip connection). With
 ``audio_stages`` N > 0 the audio embedding also scales and shifts each channel
 of the first N decoder stages' outputs (FiLM), so the audio reaches the
 resolutions where the lips' edges are drawn and not only the 10 x 10 grid,
-whose cells are a third of the mouth's width.
+whose cells are a third of the mouth's width. With ``mask_to_edges`` the model blacks out the masked target from the mask's top
+row to the crop's bottom and side edges before it looks at it: the strips beside
+and below the repainted region show the jaw and its shadow moving with the mouth.
 """
 from typing import Dict, Tuple
 
@@ -23,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from data_utils.crop import INNER_SIZE
+from data_utils.crop import INNER_SIZE, MASK_TOP
 from models.audio_window import AudioWindowEncoder
 
 IMAGE_CHANNELS = 3
@@ -56,6 +58,7 @@ EXPANSION_LOW_RES = 4
 HIGH_RES_STAGES = 2
 DOWNSAMPLINGS = 5
 AUDIO_STAGES = 0                # decoder stages the audio modulates besides the bottleneck (the layout before: 0)
+MASK_TO_EDGES = False           # black the masked target out to the crop's edges (the layout before: no)
 BOTTLENECK_SIZE = INNER_SIZE >> DOWNSAMPLINGS        # 10
 
 
@@ -128,11 +131,12 @@ class LipSyncUNet(nn.Module):
     ``asr`` and ``audio_shape`` (C, H, W) describe the audio input; ``widths``
     is one of WIDTHS (or any 5 increasing channel counts); ``reference_frames``
     how many reference crops come before the masked target; ``audio_stages`` how
-    many decoder stages, from the 20 x 20 one up, the audio embedding modulates.
+    many decoder stages, from the 20 x 20 one up, the audio embedding modulates;
+    ``mask_to_edges`` whether the masked target is blacked out below MASK_TOP to the edges.
     """
 
     def __init__(self, asr: str, audio_shape: tuple, widths=WIDTHS[DEFAULT_MODEL_SIZE], reference_frames: int = 1,
-                 audio_stages: int = AUDIO_STAGES):
+                 audio_stages: int = AUDIO_STAGES, mask_to_edges: bool = MASK_TO_EDGES):
         super().__init__()
         widths = tuple(int(value) for value in widths)
         if len(widths) != DOWNSAMPLINGS:
@@ -172,6 +176,11 @@ class LipSyncUNet(nn.Module):
         if self.reference_frames > 1:
             self._widen_stem()
         self.audio_film = self._film_layers(bottleneck, encoder_widths)
+        self.mask_to_edges = bool(mask_to_edges)
+        keep = torch.ones(1, 1, INNER_SIZE, INNER_SIZE)
+        keep[..., MASK_TOP:, :] = 0
+        # Not in the state dict: the flag (in the checkpoint's config) says whether it is used.
+        self.register_buffer("target_keep", keep, persistent=False)
 
     def _film_layers(self, bottleneck: int, encoder_widths) -> nn.ModuleList:
         """One linear map per modulated decoder stage: embedding -> (scale, shift) per channel.
@@ -205,6 +214,9 @@ class LipSyncUNet(nn.Module):
         self.stem[0][0] = widened
 
     def forward(self, image6: torch.Tensor, audio: torch.Tensor) -> torch.Tensor:
+        if self.mask_to_edges:
+            # The masked target is the last IMAGE_CHANNELS channels, after every reference.
+            image6 = torch.cat([image6[:, :-IMAGE_CHANNELS], image6[:, -IMAGE_CHANNELS:] * self.target_keep], dim=1)
         x = self.stem(image6)
         skips = [x]
         for stage in self.down:

@@ -48,15 +48,16 @@ def syncnet_dir(unet_dir) -> Path:
 
 
 def model_config(kind: str, asr: str, model_size: str, widths, audio_shape, features: Dict,
-                 reference_frames: int = 1, audio_stages: int = 0) -> Dict:
-    """The ``config`` entry of a checkpoint (``reference_frames``, ``audio_stages``: a U-Net's;
-    older ones had 1 and 0)."""
+                 reference_frames: int = 1, audio_stages: int = 0, mask_to_edges: bool = False) -> Dict:
+    """The ``config`` entry of a checkpoint (``reference_frames``, ``audio_stages``, ``mask_to_edges``:
+    a U-Net's; older ones had 1, 0 and no)."""
     config = {"kind": kind, "asr": asr, "model_size": model_size, "widths": list(widths),
               "audio_shape": list(audio_shape), "features": dict(features),
               "crop_size": CROP_SIZE, "inner_size": INNER_SIZE}
     if kind == UNET_KIND:
         config["reference_frames"] = int(reference_frames)
         config["audio_stages"] = int(audio_stages)
+        config["mask_to_edges"] = bool(mask_to_edges)
     return config
 
 
@@ -68,6 +69,11 @@ def reference_frames_of(config: Dict) -> int:
 def audio_stages_of(config: Dict) -> int:
     """How many decoder stages a U-Net checkpoint's audio modulates (0 before the option existed)."""
     return int(config.get("audio_stages", 0))
+
+
+def mask_to_edges_of(config: Dict) -> bool:
+    """Whether a U-Net checkpoint's model blacks its masked target out to the edges (no before the option)."""
+    return bool(config.get("mask_to_edges", False))
 
 
 def save_checkpoint(path, model_state: Dict, config: Dict, epoch: int, **extra) -> Path:
@@ -221,7 +227,8 @@ def load_unet(path, device="cpu", asr: Optional[str] = None,
     config = state["config"]
     check_config(path, config, UNET_KIND, asr, model_size)
     model = LipSyncUNet(config["asr"], tuple(config["audio_shape"]), tuple(config["widths"]),
-                        reference_frames_of(config), audio_stages_of(config))
+                        reference_frames_of(config), audio_stages_of(config),
+                        mask_to_edges_of(config))
     try:
         model.load_state_dict(state["model"])
     except RuntimeError as error:

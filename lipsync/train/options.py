@@ -19,7 +19,8 @@ from lipsync.core.errors import UserError
 from lipsync.core.options import Options, as_typed
 from lipsync.train.objective import SYNC_BALANCES
 from models.perceptual import PERCEPTUAL_MODES
-from models.unet_328 import AUDIO_STAGES, DEFAULT_MODEL_SIZE, DOWNSAMPLINGS, MODEL_SIZES, WIDTHS
+from models.unet_328 import (AUDIO_STAGES, DEFAULT_MODEL_SIZE, DOWNSAMPLINGS, MASK_TO_EDGES, MODEL_SIZES,
+                             WIDTHS)
 
 # The U-Net objective's defaults (lipsync/train/objective.py), chosen by the ablation in
 # benchmarks/RESULTS.md ("The training objective").
@@ -37,13 +38,14 @@ LR_SCHEDULES = ("none", "step", "cosine")
 # What a resumed run must keep: changing one mid-run silently mixes two trainings.
 RESUME_FIXED_OPTIONS = ("asr", "model_size", "widths", "batch_size", "lr", "lr_schedule", "grad_accum", "augment",
                         "val_fraction", "seed", "use_syncnet", "sync_weight", "sync_balance", "sync_ratio",
-                        "sync_warmup_epochs", "lip_weight", "reference_frames", "audio_stages", "perceptual",
-                        "ema_decay")
+                        "sync_warmup_epochs", "lip_weight", "reference_frames", "audio_stages", "mask_to_edges",
+                        "perceptual", "ema_decay")
 # Options of the sync loss: compared on --resume only when both runs use it.
 SYNC_LOSS_OPTIONS = ("sync_weight", "sync_balance", "sync_ratio", "sync_warmup_epochs")
 # What a run saved before these options existed trained with (the objective was L1 + 10 x sync).
 OPTION_VALUES_BEFORE_THEY_EXISTED = {"widths": None, "sync_balance": "fixed", "sync_warmup_epochs": 0, "lip_weight": 1.0,
-                                     "reference_frames": 1, "audio_stages": 0, "ema_decay": 0.0}
+                                     "reference_frames": 1, "audio_stages": 0, "ema_decay": 0.0,
+                                     "mask_to_edges": False}
 # SyncNet sees one small mouth band per sample: bigger batches, more epochs than the U-Net.
 SYNCNET_BATCH_SIZE = 32
 SYNCNET_LR = 1e-4
@@ -89,6 +91,7 @@ class TrainConfig(Options):
     lip_weight: float = LIP_WEIGHT
     reference_frames: int = REFERENCE_FRAMES
     audio_stages: int = AUDIO_STAGES
+    mask_to_edges: bool = MASK_TO_EDGES
     ema_decay: float = EMA_DECAY
     perceptual: str = "auto"                # auto | on | off
     vgg_weights: Optional[Path] = None
@@ -270,6 +273,10 @@ def build_unet_parser(description: str) -> argparse.ArgumentParser:
     losses.add_argument("--audio_stages", type=int, default=AUDIO_STAGES,
                         help=f"decoder stages, from the 20 x 20 one up, whose channels the audio scales and shifts "
                              f"besides its fusion at the bottleneck (0-{DOWNSAMPLINGS}; default {AUDIO_STAGES})")
+    losses.add_argument("--mask_to_edges", action="store_true",
+                        help="black the masked target out from the mask's top to the crop's bottom and side edges, "
+                             "where the jaw and its shadow show the mouth's opening (off by default); the "
+                             "checkpoint records it")
     losses.add_argument("--ema_decay", type=float, default=EMA_DECAY,
                         help=f"validate and save an exponential moving average of the weights over the optimizer "
                              f"steps, each step keeping this share of it (e.g. 0.995: about the last 200 steps); "

@@ -56,7 +56,7 @@ class UNetTask:
         return ckpt.model_config(self.kind, self.config.asr, width_name(self.model.widths),
                                  self.model.widths, self.model.audio_shape,
                                  self.person.describe_features(), self.config.reference_frames,
-                                 self.model.audio_stages)
+                                 self.model.audio_stages, self.model.mask_to_edges)
 
     def to(self, device):
         self.objective.to(device)

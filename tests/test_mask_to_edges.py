@@ -1,0 +1,115 @@
+"""--mask_to_edges: the U-Net blacks its masked target out from the mask's top row to the crop's
+bottom and side edges, where the jaw and its shadow show the mouth's opening
+(benchmarks/mask_leak.py measures how much). The model starts as the one without, draws the
+same whatever those strips hold, a checkpoint keeps the flag and renders the same through torch
+and ONNX, and checkpoints saved before the option load without it."""
+import numpy as np
+import pytest
+import torch
+
+import train_328
+from benchmarks.mask_leak import held_out_r, regions
+from data_utils.audio import load_audio
+from data_utils.crop import INNER_SIZE, MASK_BOTTOM, MASK_LEFT, MASK_RIGHT, MASK_TOP
+from data_utils.layout import DatasetLayout
+from lipsync.core import checkpoints as ckpt
+from lipsync.render.api import load_renderer
+from models.unet_328 import WIDTHS, LipSyncUNet
+from tests.training_helpers import (cut_to_frames, person_with_ave_features, responsive_random_weights,
+                                    tiny_unet_saved_before)
+
+TINY_AUDIO = (4, 16, 16)
+AVE_WIDTH = 0.25
+FRAMES = 12
+
+pytestmark = pytest.mark.usefixtures("one_cpu_thread")
+
+
+def _models():
+    torch.manual_seed(5)
+    plain = LipSyncUNet("ave", TINY_AUDIO, WIDTHS["tiny"]).eval()
+    torch.manual_seed(5)
+    edged = LipSyncUNet("ave", TINY_AUDIO, WIDTHS["tiny"], mask_to_edges=True).eval()
+    for model in (plain, edged):
+        torch.manual_seed(1)
+        responsive_random_weights(model)       # torch's default init paints the same face for any input
+    return plain, edged
+
+
+def _inputs():
+    generator = torch.Generator().manual_seed(2)
+    return (torch.rand(2, 6, INNER_SIZE, INNER_SIZE, generator=generator),
+            torch.randn(2, *TINY_AUDIO, generator=generator))
+
+
+def test_the_strips_beside_and_below_the_mask_no_longer_reach_the_model():
+    plain, edged = _models()
+    assert plain.state_dict().keys() == edged.state_dict().keys()      # no new weights, same start
+    assert all(torch.equal(value, edged.state_dict()[name]) for name, value in plain.state_dict().items())
+    image, audio = _inputs()
+    changed = image.clone()
+    changed[:, 3:, MASK_BOTTOM:, :] = 1.0                   # the neck band of the masked target
+    changed[:, 3:, MASK_TOP:MASK_BOTTOM, :MASK_LEFT] = 0.0   # and its side strips
+    changed[:, 3:, MASK_TOP:MASK_BOTTOM, MASK_RIGHT:] = 0.0
+    with torch.no_grad():
+        assert torch.equal(edged(image, audio), edged(changed, audio))
+        assert (plain(image, audio) - plain(changed, audio)).abs().max() > 1e-4
+        # The nose band and the reference still count.
+        nose = image.clone()
+        nose[:, 3:, :MASK_TOP] = 0.0
+        reference = image.clone()
+        reference[:, :3, MASK_BOTTOM:] = 1.0
+        assert (edged(image, audio) - edged(nose, audio)).abs().max() > 1e-4
+        assert (edged(image, audio) - edged(reference, audio)).abs().max() > 1e-4
+
+
+def test_train_then_render_with_the_mask_to_the_edges_through_torch_and_onnx(processed_clip, tmp_path):
+    person = person_with_ave_features(processed_clip, tmp_path, "talker", AVE_WIDTH)
+    cut_to_frames(person.layout, FRAMES)
+    run_dir = tmp_path / "checkpoint"
+    train_328.main(["--dataset_dir", str(person.root), "--save_dir", str(run_dir), "--asr", "ave",
+                    "--model_size", "tiny", "--batch_size", "4", "--num_workers", "0", "--device", "cpu",
+                    "--perceptual", "off", "--quiet", "--epochs", "1", "--mask_to_edges"])
+    checkpoint = run_dir / "1.pth"
+    assert ckpt.read_checkpoint(checkpoint)["config"]["mask_to_edges"] is True
+    model, _ = ckpt.load_unet(checkpoint)
+    assert model.mask_to_edges
+
+    samples = load_audio(DatasetLayout(person.root).audio_wav)[:int(0.4 * 16000)]
+    renders = {}
+    for backend in ("torch", "onnx"):
+        with load_renderer(dataset_dir=person.root, checkpoint=str(checkpoint), device="cpu", backend=backend,
+                           silence_hold=False) as renderer:
+            renders[backend] = list(renderer.render(samples))
+    assert len(renders["torch"]) == len(renders["onnx"]) == 10
+    for mine, reference in zip(renders["onnx"], renders["torch"]):
+        assert np.abs(mine.astype(int) - reference).max() <= 2
+
+
+def test_a_checkpoint_saved_before_the_option_loads_without_it(tmp_path):
+    path = tiny_unet_saved_before(tmp_path, "mask_to_edges", TINY_AUDIO)
+    loaded, loaded_config = ckpt.load_unet(path)
+    assert not loaded.mask_to_edges and not ckpt.mask_to_edges_of(loaded_config)
+
+
+def test_the_leak_regions_split_the_crop():
+    named = regions()
+    nose, sides, neck = (named[name] for name in ("nose band (above the mask)", "side strips",
+                                                  "neck band (below the mask)"))
+    repainted = named["the repainted region (the ceiling)"]
+    assert not (nose & sides).any() and not (nose & neck).any() and not (sides & neck).any()
+    assert not ((nose | sides | neck) & repainted).any()
+    assert (nose | sides | neck | repainted).all()
+    assert np.array_equal(named["all the masked target shows"], nose | sides | neck)
+    assert np.array_equal(named["all it shows with --mask_to_edges"], nose)
+
+
+def test_the_leak_read_out_finds_an_opening_the_pixels_show_and_none_in_noise():
+    rng = np.random.default_rng(0)
+    frames = 600
+    openings = np.abs(np.sin(np.arange(frames) * 0.37)) * 0.08 + rng.normal(0, 0.002, frames)
+    noise = rng.normal(size=(frames, 40))
+    leaky = noise.copy()
+    leaky[:, 7] += 400 * openings                # one pixel darkens as the jaw drops
+    assert held_out_r(leaky, openings) > 0.9
+    assert abs(held_out_r(noise, openings)) < 0.3
