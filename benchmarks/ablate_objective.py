@@ -166,7 +166,7 @@ ARMS = {arm.name: arm for arm in (
     # Measured too, 2026-12-06 (RESULTS.md, "What the masked target still shows"), seed 3, widths 4 8 16 64
     # 128, 9 epochs: the LR raised linearly from 0 over the first epoch (--lr_warmup_epochs 1) and the audio
     # embedding batch-normalised before the fusion (--audio_norm). Neither rescued the seed (r 0.69 and
-    # 0.78, opening 0.36 and 0.62); both options are gone.
+    # 0.78, opening 0.36 and 0.62); both options were removed before they were committed.
     Arm("adaptive_r3_lips4_edges", "adaptive ratio 3 with the lips' box counted 4 times, the masked target blacked "
         "out to the crop's edges", ADAPTIVE + ("--sync_ratio", "3") + LIPS_4 + ("--mask_to_edges",)),
     Arm("adaptive_r10", "adaptive, ratio 10, after a 2-epoch warm-up",

@@ -213,11 +213,15 @@ class LipSyncUNet(nn.Module):
             widened.weight[:, -IMAGE_CHANNELS:] = first.weight[:, IMAGE_CHANNELS:]
         self.stem[0][0] = widened
 
+    def seen_input(self, image6: torch.Tensor) -> torch.Tensor:
+        """The input as the network sees it: with ``mask_to_edges`` the masked target (the last
+        IMAGE_CHANNELS channels, after every reference) blacked out below MASK_TOP."""
+        if not self.mask_to_edges:
+            return image6
+        return torch.cat([image6[:, :-IMAGE_CHANNELS], image6[:, -IMAGE_CHANNELS:] * self.target_keep], dim=1)
+
     def forward(self, image6: torch.Tensor, audio: torch.Tensor) -> torch.Tensor:
-        if self.mask_to_edges:
-            # The masked target is the last IMAGE_CHANNELS channels, after every reference.
-            image6 = torch.cat([image6[:, :-IMAGE_CHANNELS], image6[:, -IMAGE_CHANNELS:] * self.target_keep], dim=1)
-        x = self.stem(image6)
+        x = self.stem(self.seen_input(image6))
         skips = [x]
         for stage in self.down:
             x = stage(x)

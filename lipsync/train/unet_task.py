@@ -108,4 +108,4 @@ class UNetTask:
         image6, truth, audio = self.inputs(batch, device, train=False)
         with autocast():
             prediction = model(image6, audio)
-        return sample_grid(image6, prediction, truth)
+        return sample_grid(model.seen_input(image6), prediction, truth)
