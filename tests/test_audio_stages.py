@@ -9,19 +9,15 @@ import torch
 
 import train_328
 from benchmarks.audio_readout import fit_readout
-from data_utils.audio import load_audio
-from data_utils.layout import DatasetLayout
 from lipsync.core import checkpoints as ckpt
 from lipsync.core.errors import UserError
 from lipsync.evaluate.metrics import opening_scores
 from lipsync.render.api import load_renderer
 from models.unet_328 import DOWNSAMPLINGS, WIDTHS, LipSyncUNet
-from tests.training_helpers import (cut_to_frames, person_with_ave_features, responsive_random_weights,
-                                    tiny_unet_saved_before)
+from tests.training_helpers import (responsive_random_weights, tiny_unet_saved_before,
+                                    train_tiny_epoch_and_render_both_backends)
 
 TINY_AUDIO = (4, 16, 16)
-AVE_WIDTH = 0.25
-FRAMES = 12
 
 pytestmark = pytest.mark.usefixtures("one_cpu_thread")
 
@@ -77,26 +73,11 @@ def test_out_of_range_stages_are_refused_in_one_line(capsys):
 
 
 def test_train_then_render_with_modulated_stages_through_torch_and_onnx(processed_clip, tmp_path):
-    person = person_with_ave_features(processed_clip, tmp_path, "talker", AVE_WIDTH)
-    cut_to_frames(person.layout, FRAMES)
-    run_dir = tmp_path / "checkpoint"
-    train_328.main(["--dataset_dir", str(person.root), "--save_dir", str(run_dir), "--asr", "ave",
-                    "--model_size", "tiny", "--batch_size", "4", "--num_workers", "0", "--device", "cpu",
-                    "--perceptual", "off", "--quiet", "--epochs", "1", "--audio_stages", "3"])
-    checkpoint = run_dir / "1.pth"
+    person, checkpoint, samples = train_tiny_epoch_and_render_both_backends(processed_clip, tmp_path,
+                                                                            "--audio_stages", "3")
     assert ckpt.read_checkpoint(checkpoint)["config"]["audio_stages"] == 3
     model, _ = ckpt.load_unet(checkpoint)
     assert model.audio_stages == 3 and float(model.audio_film[0].weight.detach().abs().sum()) > 0   # trained away from 0
-
-    samples = load_audio(DatasetLayout(person.root).audio_wav)[:int(0.4 * 16000)]
-    renders = {}
-    for backend in ("torch", "onnx"):
-        with load_renderer(dataset_dir=person.root, checkpoint=str(checkpoint), device="cpu", backend=backend,
-                           silence_hold=False) as renderer:
-            renders[backend] = list(renderer.render(samples))
-    assert len(renders["torch"]) == len(renders["onnx"]) == 10
-    for mine, reference in zip(renders["onnx"], renders["torch"]):
-        assert np.abs(mine.astype(int) - reference).max() <= 2
 
     # The modulation reaches the picture: with weights that respond to their input (one epoch's
     # barely do), silencing it draws another lower face.

@@ -7,20 +7,14 @@ import numpy as np
 import pytest
 import torch
 
-import train_328
 from benchmarks.mask_leak import held_out_r, regions
-from data_utils.audio import load_audio
 from data_utils.crop import INNER_SIZE, MASK_BOTTOM, MASK_LEFT, MASK_RIGHT, MASK_TOP
-from data_utils.layout import DatasetLayout
 from lipsync.core import checkpoints as ckpt
-from lipsync.render.api import load_renderer
 from models.unet_328 import WIDTHS, LipSyncUNet
-from tests.training_helpers import (cut_to_frames, person_with_ave_features, responsive_random_weights,
-                                    tiny_unet_saved_before)
+from tests.training_helpers import (responsive_random_weights, tiny_unet_saved_before,
+                                    train_tiny_epoch_and_render_both_backends)
 
 TINY_AUDIO = (4, 16, 16)
-AVE_WIDTH = 0.25
-FRAMES = 12
 
 pytestmark = pytest.mark.usefixtures("one_cpu_thread")
 
@@ -64,26 +58,10 @@ def test_the_strips_beside_and_below_the_mask_no_longer_reach_the_model():
 
 
 def test_train_then_render_with_the_mask_to_the_edges_through_torch_and_onnx(processed_clip, tmp_path):
-    person = person_with_ave_features(processed_clip, tmp_path, "talker", AVE_WIDTH)
-    cut_to_frames(person.layout, FRAMES)
-    run_dir = tmp_path / "checkpoint"
-    train_328.main(["--dataset_dir", str(person.root), "--save_dir", str(run_dir), "--asr", "ave",
-                    "--model_size", "tiny", "--batch_size", "4", "--num_workers", "0", "--device", "cpu",
-                    "--perceptual", "off", "--quiet", "--epochs", "1", "--mask_to_edges"])
-    checkpoint = run_dir / "1.pth"
+    _, checkpoint, _ = train_tiny_epoch_and_render_both_backends(processed_clip, tmp_path, "--mask_to_edges")
     assert ckpt.read_checkpoint(checkpoint)["config"]["mask_to_edges"] is True
     model, _ = ckpt.load_unet(checkpoint)
     assert model.mask_to_edges
-
-    samples = load_audio(DatasetLayout(person.root).audio_wav)[:int(0.4 * 16000)]
-    renders = {}
-    for backend in ("torch", "onnx"):
-        with load_renderer(dataset_dir=person.root, checkpoint=str(checkpoint), device="cpu", backend=backend,
-                           silence_hold=False) as renderer:
-            renders[backend] = list(renderer.render(samples))
-    assert len(renders["torch"]) == len(renders["onnx"]) == 10
-    for mine, reference in zip(renders["onnx"], renders["torch"]):
-        assert np.abs(mine.astype(int) - reference).max() <= 2
 
 
 def test_a_checkpoint_saved_before_the_option_loads_without_it(tmp_path):

@@ -148,3 +148,31 @@ def tiny_unet_saved_before(tmp_path, option: str, audio_shape=(4, 16, 16)) -> Pa
     config = model_config(UNET_KIND, "ave", "tiny", WIDTHS["tiny"], audio_shape, {})
     del config[option]
     return save_checkpoint(tmp_path / "1.pth", model.state_dict(), config, 1)
+
+
+def train_tiny_epoch_and_render_both_backends(processed_clip, tmp_path, *options, frames: int = 12,
+                                              seconds: float = 0.4):
+    """One tiny U-Net epoch with ``options`` on the first ``frames`` frames of a copy of the clip, then
+    ``seconds`` of its audio rendered through torch and onnxruntime, which must agree within 2 levels.
+
+    Returns the person, the checkpoint and the audio samples rendered."""
+    import train_328
+    from lipsync.render.api import load_renderer
+
+    person = person_with_ave_features(processed_clip, tmp_path, "talker", 0.25)
+    cut_to_frames(person.layout, frames)
+    run_dir = Path(tmp_path) / "checkpoint"
+    train_328.main(["--dataset_dir", str(person.root), "--save_dir", str(run_dir), "--asr", "ave",
+                    "--model_size", "tiny", "--batch_size", "4", "--num_workers", "0", "--device", "cpu",
+                    "--perceptual", "off", "--quiet", "--epochs", "1", *options])
+    checkpoint = run_dir / "1.pth"
+    samples = load_audio(person.layout.audio_wav)[:int(seconds * 16000)]
+    renders = {}
+    for backend in ("torch", "onnx"):
+        with load_renderer(dataset_dir=person.root, checkpoint=str(checkpoint), device="cpu", backend=backend,
+                           silence_hold=False) as renderer:
+            renders[backend] = list(renderer.render(samples))
+    assert len(renders["torch"]) == len(renders["onnx"]) == round(seconds * 25)
+    for mine, reference in zip(renders["onnx"], renders["torch"]):
+        assert np.abs(mine.astype(int) - reference).max() <= 2
+    return person, checkpoint, samples
