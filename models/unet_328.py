@@ -15,9 +15,10 @@ the encoder output of the same resolution (skip connection). With
 ``audio_stages`` N > 0 the audio embedding also scales and shifts each channel
 of the first N decoder stages' outputs (FiLM), so the audio reaches the
 resolutions where the lips' edges are drawn and not only the 10 x 10 grid,
-whose cells are a third of the mouth's width. With ``mask_to_edges`` the model blacks out the masked target from the mask's top
-row to the crop's bottom and side edges before it looks at it: the strips beside
-and below the repainted region show the jaw and its shadow moving with the mouth.
+whose cells are a third of the mouth's width. With ``mask_to_edges`` the model
+blacks the masked target out from the mask's top row to the crop's bottom and
+side edges before it looks at it: the strips beside and below the repainted
+region show the jaw and its shadow moving with the mouth.
 """
 from typing import Dict, Tuple
 
