@@ -59,7 +59,7 @@ EXPANSION_LOW_RES = 4
 HIGH_RES_STAGES = 2
 DOWNSAMPLINGS = 5
 AUDIO_STAGES = 0                # decoder stages the audio modulates besides the bottleneck (the layout before: 0)
-MASK_TO_EDGES = False           # black the masked target out to the crop's edges (the layout before: no)
+MASK_TO_EDGES = True            # black the masked target out to the crop's edges (the default since 2026-12-06; before: no)
 BOTTLENECK_SIZE = INNER_SIZE >> DOWNSAMPLINGS        # 10
 
 

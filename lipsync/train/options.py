@@ -170,7 +170,10 @@ class TrainConfig(Options):
         """What to type so that --resume keeps the stored value of ``name``."""
         before = stored_value(name, stored)
         if isinstance(before, bool):
-            return f"add --{name}" if before else f"drop --{name}"
+            default = type(self).__dataclass_fields__[name].default
+            # A switch that is on by default is turned off with --no-NAME (argparse.BooleanOptionalAction).
+            typed = f"--{name}" if not default else f"--no-{name}"
+            return f"drop {typed}" if before == default else f"add {typed}"
         if before == type(self).__dataclass_fields__[name].default:
             return f"drop --{name} {as_typed(getattr(self, name))}"
         return f"use --{name} {as_typed(before)}"
@@ -273,10 +276,10 @@ def build_unet_parser(description: str) -> argparse.ArgumentParser:
     losses.add_argument("--audio_stages", type=int, default=AUDIO_STAGES,
                         help=f"decoder stages, from the 20 x 20 one up, whose channels the audio scales and shifts "
                              f"besides its fusion at the bottleneck (0-{DOWNSAMPLINGS}; default {AUDIO_STAGES})")
-    losses.add_argument("--mask_to_edges", action="store_true",
+    losses.add_argument("--mask_to_edges", action=argparse.BooleanOptionalAction, default=MASK_TO_EDGES,
                         help="black the masked target out from the mask's top to the crop's bottom and side edges, "
-                             "where the jaw and its shadow show the mouth's opening (off by default); the "
-                             "checkpoint records it")
+                             "where the jaw and its shadow show the mouth's opening (default: on; --no-mask_to_edges "
+                             "hides only the repainted region, as before 2026-12-06); the checkpoint records it")
     losses.add_argument("--ema_decay", type=float, default=EMA_DECAY,
                         help=f"validate and save an exponential moving average of the weights over the optimizer "
                              f"steps, each step keeping this share of it (e.g. 0.995: about the last 200 steps); "
