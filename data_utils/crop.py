@@ -196,6 +196,14 @@ def inner_mask(feather_px: float = 0.0) -> np.ndarray:
     return np.clip((distance + 1) / feather_px, 0.0, 1.0).astype(np.float32)
 
 
+def shown_to_edges() -> np.ndarray:
+    """(320, 320) bool: what the masked target still shows when it is blacked out from MASK_TOP to the
+    crop's bottom and side edges (the U-Net's mask_to_edges): the rows above the mask, True."""
+    shown = np.zeros((INNER_SIZE, INNER_SIZE), bool)
+    shown[:MASK_TOP] = True
+    return shown
+
+
 def mask_lower_face(inner_crop: np.ndarray) -> np.ndarray:
     """A copy of a (320, 320, C) or (..., C, 320, 320)-agnostic HWC crop with the
     repainted region blacked out: the model must draw the mouth from audio."""

@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from data_utils.crop import INNER_SIZE, MASK_TOP
+from data_utils.crop import INNER_SIZE, shown_to_edges
 from models.audio_window import AudioWindowEncoder
 
 IMAGE_CHANNELS = 3
@@ -178,8 +178,7 @@ class LipSyncUNet(nn.Module):
             self._widen_stem()
         self.audio_film = self._film_layers(bottleneck, encoder_widths)
         self.mask_to_edges = bool(mask_to_edges)
-        keep = torch.ones(1, 1, INNER_SIZE, INNER_SIZE)
-        keep[..., MASK_TOP:, :] = 0
+        keep = torch.from_numpy(shown_to_edges()).float()[None, None]
         # Not in the state dict: the flag (in the checkpoint's config) says whether it is used.
         self.register_buffer("target_keep", keep, persistent=False)
 
@@ -216,7 +215,7 @@ class LipSyncUNet(nn.Module):
 
     def seen_input(self, image6: torch.Tensor) -> torch.Tensor:
         """The input as the network sees it: with ``mask_to_edges`` the masked target (the last
-        IMAGE_CHANNELS channels, after every reference) blacked out below MASK_TOP."""
+        IMAGE_CHANNELS channels, after every reference) blacked out where data_utils.crop.shown_to_edges is not."""
         if not self.mask_to_edges:
             return image6
         return torch.cat([image6[:, :-IMAGE_CHANNELS], image6[:, -IMAGE_CHANNELS:] * self.target_keep], dim=1)

@@ -169,12 +169,12 @@ class TrainConfig(Options):
     def how_to_keep(self, name: str, stored: Dict) -> str:
         """What to type so that --resume keeps the stored value of ``name``."""
         before = stored_value(name, stored)
+        default = type(self).__dataclass_fields__[name].default
         if isinstance(before, bool):
-            default = type(self).__dataclass_fields__[name].default
             # A switch that is on by default is turned off with --no-NAME (argparse.BooleanOptionalAction).
             typed = f"--{name}" if not default else f"--no-{name}"
             return f"drop {typed}" if before == default else f"add {typed}"
-        if before == type(self).__dataclass_fields__[name].default:
+        if before == default:
             return f"drop --{name} {as_typed(getattr(self, name))}"
         return f"use --{name} {as_typed(before)}"
 
