@@ -25,7 +25,7 @@ from data_utils.timebase import FEATURE_SPECS
 from lipsync.train.distributed import Distributed
 from lipsync.train.options import TrainConfig
 from lipsync.train.trainer import Trainer
-from lipsync.train.unet_task import UNetTask
+from lipsync.train.unet_task import UNetTask, with_other_audio
 from models.unet_328 import WIDTHS, LipSyncUNet
 from tests.training_helpers import SMALL_FRAMES, base_args, make_small_dataset, run_main, write_test_features
 
@@ -253,6 +253,12 @@ def test_syncnet_training_then_unet_with_sync_loss(processed_clip, tmp_path, cap
                              "--syncnet_checkpoint", str(save / "syncnet" / "best.pth"), "--sync_weight", "0.5"))
     entry = torch.load(lighter / "latest.pth", weights_only=False)["history"][0]
     assert entry["train_loss"] == pytest.approx(entry["train_l1"] + 0.5 * entry["train_sync"], rel=1e-4)
+    other = tmp_path / "ck_other_audio"
+    train_328.main(base_args(data, other, "--epochs", 1, "--use_syncnet", "--val_fraction", "0.3", *fixed,
+                             "--syncnet_checkpoint", str(save / "syncnet" / "best.pth"), "--other_audio_share", "0.5"))
+    entry = torch.load(other / "latest.pth", weights_only=False)["history"][0]
+    assert entry["train_sync_other_audio"] > 0
+    assert entry["train_loss"] == pytest.approx(entry["train_l1"] + 10 * entry["train_sync"], rel=1e-4)
     # The default objective: reconstruction alone for the warm-up epochs, then the balanced sync term.
     default = tmp_path / "ck_default"
     train_328.main(base_args(data, default, "--epochs", 3, "--use_syncnet", "--val_fraction", "0.3",
@@ -269,6 +275,16 @@ def test_syncnet_training_then_unet_with_sync_loss(processed_clip, tmp_path, cap
     plain_weights = torch.load(plain / "latest.pth", weights_only=False)["model"]
     warm_weights = torch.load(warm / "latest.pth", weights_only=False)["model"]
     assert all(torch.equal(plain_weights[key], warm_weights[key]) for key in plain_weights)
+
+
+def test_other_audio_rows_repeat_the_first_pictures_with_the_next_rows_audio():
+    image6 = torch.arange(4.0)[:, None, None, None].expand(4, 6, 2, 2)
+    audio = torch.arange(4.0)[:, None, None, None].expand(4, 2, 3, 3) + 10
+    pictures, sounds = with_other_audio(image6, audio, 2)
+    assert pictures[:, 0, 0, 0].tolist() == [0, 1, 2, 3, 0, 1]
+    assert sounds[:, 0, 0, 0].tolist() == [10, 11, 12, 13, 11, 12]
+    with pytest.raises(UserError, match="--other_audio_share"):
+        TrainConfig(dataset_dir=Path("d"), save_dir=Path("s"), other_audio_share=1.5).check()
 
 
 # --------------------------------------------------------------------------- torchrun
