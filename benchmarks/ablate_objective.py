@@ -178,6 +178,9 @@ ARMS = {arm.name: arm for arm in (
     Arm("adaptive_r3_lips4_other_audio", "adaptive ratio 3 with the lips' box counted 4 times, half of each batch "
         "drawn again with another frame's audio, judged by the sync term alone",
         ADAPTIVE + ("--sync_ratio", "3") + LIPS_4 + ("--other_audio_share", "0.5")),
+    Arm("adaptive_r3_lips4_audio_noise", "adaptive ratio 3 with the lips' box counted 4 times, Gaussian noise of "
+        "0.25 times each training audio window's spread",
+        ADAPTIVE + ("--sync_ratio", "3") + LIPS_4 + ("--audio_noise", "0.25")),
     Arm("adaptive_r10", "adaptive, ratio 10, after a 2-epoch warm-up",
         ADAPTIVE + ("--sync_ratio", "10") + EVERY_PIXEL_ALIKE),
     Arm("adaptive_r03", "adaptive, ratio 0.3, after a 2-epoch warm-up",

@@ -141,3 +141,17 @@ class ColourJitter:
             mean = image.mean(dim=(1, 2, 3), keepdim=True)
             out.append(((image - mean) * gain + mean + shift).mul(tint).clamp(0, 1))
         return tuple(out)
+
+
+def audio_with_noise(audio: torch.Tensor, share: float) -> torch.Tensor:
+    """The audio windows with Gaussian noise of ``share`` times each window's own spread (--audio_noise).
+
+    A U-Net that has learnt its training frames' exact audio features can follow them at full gain and
+    features it never saw at half (benchmarks/RESULTS.md, "Noise on the audio features"); noise blurs
+    each training window into its neighbourhood. Drawn from torch's global generator, as ColourJitter is.
+    """
+    if share <= 0:
+        return audio
+    spread = audio.flatten(1).std(dim=1).view(-1, *([1] * (audio.dim() - 1)))
+    return audio + share * spread * torch.randn(audio.shape).to(audio.device, audio.dtype)
+

@@ -19,6 +19,7 @@ import train_syncnet
 from lipsync.core import checkpoints as ckpt
 from data_utils.crop_cache import JpegCrops, build_crop_cache, cache_info_path
 from data_utils.dataset import MIN_OFFSYNC_FRAMES, SyncPairDataset, load_crop_boxes, open_person
+from data_utils.model_input import audio_with_noise
 from lipsync.core.errors import UserError
 from data_utils.layout import DatasetLayout
 from data_utils.timebase import FEATURE_SPECS
@@ -255,7 +256,8 @@ def test_syncnet_training_then_unet_with_sync_loss(processed_clip, tmp_path, cap
     assert entry["train_loss"] == pytest.approx(entry["train_l1"] + 0.5 * entry["train_sync"], rel=1e-4)
     other = tmp_path / "ck_other_audio"
     train_328.main(base_args(data, other, "--epochs", 1, "--use_syncnet", "--val_fraction", "0.3", *fixed,
-                             "--syncnet_checkpoint", str(save / "syncnet" / "best.pth"), "--other_audio_share", "0.5"))
+                             "--syncnet_checkpoint", str(save / "syncnet" / "best.pth"), "--other_audio_share", "0.5",
+                             "--audio_noise", "0.25"))
     entry = torch.load(other / "latest.pth", weights_only=False)["history"][0]
     assert entry["train_sync_other_audio"] > 0
     assert entry["train_loss"] == pytest.approx(entry["train_l1"] + 10 * entry["train_sync"], rel=1e-4)
@@ -277,12 +279,22 @@ def test_syncnet_training_then_unet_with_sync_loss(processed_clip, tmp_path, cap
     assert all(torch.equal(plain_weights[key], warm_weights[key]) for key in plain_weights)
 
 
-def test_other_audio_rows_repeat_the_first_pictures_with_the_next_rows_audio():
+def test_other_audio_rows_and_audio_noise():
     image6 = torch.arange(4.0)[:, None, None, None].expand(4, 6, 2, 2)
-    audio = torch.arange(4.0)[:, None, None, None].expand(4, 2, 3, 3) + 10
+    audio = torch.arange(4.0)[:, None, None, None] * torch.linspace(1, 2, 18).view(1, 2, 3, 3) + 10
     pictures, sounds = with_other_audio(image6, audio, 2)
     assert pictures[:, 0, 0, 0].tolist() == [0, 1, 2, 3, 0, 1]
     assert sounds[:, 0, 0, 0].tolist() == [10, 11, 12, 13, 11, 12]
+    assert torch.equal(sounds[4:], audio[1:3])
+    torch.manual_seed(0)
+    windows = torch.randn(4, 2, 16, 16) * torch.tensor([0.5, 1.0, 2.0, 4.0]).view(4, 1, 1, 1)
+    noisy = audio_with_noise(windows, 0.5)
+    assert torch.equal(audio_with_noise(windows, 0.0), windows)
+    spread = windows.flatten(1).std(dim=1)
+    noise_spread = (noisy - windows).flatten(1).std(dim=1)
+    assert torch.allclose(noise_spread / spread, torch.full((4,), 0.5), atol=0.05)
+    with pytest.raises(UserError, match="--audio_noise"):
+        TrainConfig(dataset_dir=Path("d"), save_dir=Path("s"), audio_noise=-1).check()
     with pytest.raises(UserError, match="--other_audio_share"):
         TrainConfig(dataset_dir=Path("d"), save_dir=Path("s"), other_audio_share=1.5).check()
 
