@@ -7,12 +7,13 @@ import numpy as np
 import pytest
 import torch
 
-from benchmarks.mask_leak import held_out_r, regions
+from benchmarks import mask_leak
+from benchmarks.mask_leak import MIN_FRAMES, held_out_r, regions
 from data_utils.crop import INNER_SIZE, MASK_BOTTOM, MASK_LEFT, MASK_RIGHT, MASK_TOP
 from lipsync.core import checkpoints as ckpt
 from models.unet_328 import WIDTHS, LipSyncUNet
-from tests.training_helpers import (responsive_random_weights, tiny_unet_saved_before,
-                                    train_tiny_epoch_and_render_both_backends)
+from tests.training_helpers import (make_small_dataset, responsive_random_weights, run_main,
+                                    tiny_unet_saved_before, train_tiny_epoch_and_render_both_backends)
 
 TINY_AUDIO = (4, 16, 16)
 
@@ -91,3 +92,11 @@ def test_the_leak_read_out_finds_an_opening_the_pixels_show_and_none_in_noise():
     leaky[:, 7] += 400 * openings                # one pixel darkens as the jaw drops
     assert held_out_r(leaky, openings) > 0.9
     assert abs(held_out_r(noise, openings)) < 0.3
+
+
+def test_the_leak_read_out_refuses_a_recording_too_short_to_score_in_one_line(processed_clip, tmp_path, capsys):
+    short = make_small_dataset(processed_clip, tmp_path / "short clip", 20)
+    code, lines = run_main(mask_leak.main, ["--dataset_dir", str(short)], capsys)
+    assert code != 0 and len(lines) == 1
+    assert str(short) in lines[0] and "20 frames" in lines[0] and str(MIN_FRAMES) in lines[0]
+
