@@ -26,7 +26,7 @@ from data_utils.timebase import FEATURE_SPECS
 from lipsync.train.distributed import Distributed
 from lipsync.train.options import TrainConfig
 from lipsync.train.trainer import Trainer
-from lipsync.train.unet_task import UNetTask, with_other_audio
+from lipsync.train.unet_task import UNetTask
 from models.unet_328 import WIDTHS, LipSyncUNet
 from tests.training_helpers import SMALL_FRAMES, base_args, make_small_dataset, run_main, write_test_features
 
@@ -254,13 +254,11 @@ def test_syncnet_training_then_unet_with_sync_loss(processed_clip, tmp_path, cap
                              "--syncnet_checkpoint", str(save / "syncnet" / "best.pth"), "--sync_weight", "0.5"))
     entry = torch.load(lighter / "latest.pth", weights_only=False)["history"][0]
     assert entry["train_loss"] == pytest.approx(entry["train_l1"] + 0.5 * entry["train_sync"], rel=1e-4)
-    other = tmp_path / "ck_other_audio"
-    train_328.main(base_args(data, other, "--epochs", 1, "--use_syncnet", "--val_fraction", "0.3", *fixed,
-                             "--syncnet_checkpoint", str(save / "syncnet" / "best.pth"), "--other_audio_share", "0.5",
-                             "--audio_noise", "0.25"))
-    entry = torch.load(other / "latest.pth", weights_only=False)["history"][0]
-    assert entry["train_sync_other_audio"] > 0
-    assert entry["train_loss"] == pytest.approx(entry["train_l1"] + 10 * entry["train_sync"], rel=1e-4)
+    noisy = tmp_path / "ck_audio_noise"
+    train_328.main(base_args(data, noisy, "--epochs", 1, "--use_syncnet", "--val_fraction", "0.3", *fixed,
+                             "--syncnet_checkpoint", str(save / "syncnet" / "best.pth"), "--audio_noise", "0.25"))
+    state = torch.load(noisy / "latest.pth", weights_only=False)
+    assert state["history"][0]["train_sync"] > 0 and state["args"]["audio_noise"] == 0.25
     # The default objective: reconstruction alone for the warm-up epochs, then the balanced sync term.
     default = tmp_path / "ck_default"
     train_328.main(base_args(data, default, "--epochs", 3, "--use_syncnet", "--val_fraction", "0.3",
@@ -279,13 +277,7 @@ def test_syncnet_training_then_unet_with_sync_loss(processed_clip, tmp_path, cap
     assert all(torch.equal(plain_weights[key], warm_weights[key]) for key in plain_weights)
 
 
-def test_other_audio_rows_and_audio_noise():
-    image6 = torch.arange(4.0)[:, None, None, None].expand(4, 6, 2, 2)
-    audio = torch.arange(4.0)[:, None, None, None] * torch.linspace(1, 2, 18).view(1, 2, 3, 3) + 10
-    pictures, sounds = with_other_audio(image6, audio, 2)
-    assert pictures[:, 0, 0, 0].tolist() == [0, 1, 2, 3, 0, 1]
-    assert sounds[:, 0, 0, 0].tolist() == [10, 11, 12, 13, 11, 12]
-    assert torch.equal(sounds[4:], audio[1:3])
+def test_audio_noise_is_a_share_of_each_windows_spread():
     torch.manual_seed(0)
     windows = torch.randn(4, 2, 16, 16) * torch.tensor([0.5, 1.0, 2.0, 4.0]).view(4, 1, 1, 1)
     noisy = audio_with_noise(windows, 0.5)
@@ -295,8 +287,6 @@ def test_other_audio_rows_and_audio_noise():
     assert torch.allclose(noise_spread / spread, torch.full((4,), 0.5), atol=0.05)
     with pytest.raises(UserError, match="--audio_noise"):
         TrainConfig(dataset_dir=Path("d"), save_dir=Path("s"), audio_noise=-1).check()
-    with pytest.raises(UserError, match="--other_audio_share"):
-        TrainConfig(dataset_dir=Path("d"), save_dir=Path("s"), other_audio_share=1.5).check()
 
 
 # --------------------------------------------------------------------------- torchrun

@@ -6,8 +6,7 @@
                      --lip_weight times (default 4; the weights scaled to mean 1)
                    + 0.01 x VGG19 perceptual (when its weights are at hand)
     sync           = binary cross-entropy of the frozen SyncNet saying "in sync" for the
-                     drawn mouth and its audio window (with --other_audio_share, also for
-                     pictures drawn with another frame's audio, which have no truth)
+                     drawn mouth and its audio window
 
 The lips are a fifth of the crop but nearly all of what the audio decides; counted 4 times,
 they pull the U-Net onto the audio sooner: after the same 30 CPU minutes from the same start
@@ -106,14 +105,11 @@ class UNetObjective:
         return 0.0 if math.isnan(weight) else min(weight, settings.sync_weight)   # NaN (an fp16 overflow): skip
 
     def __call__(self, prediction: torch.Tensor, truth: torch.Tensor, audio: torch.Tensor) -> Dict[str, torch.Tensor]:
-        """``prediction`` and ``audio`` may have more rows than ``truth``: pictures drawn with another
-        frame's audio (--other_audio_share), which only the sync term judges."""
         prediction, truth = prediction.float(), truth.float()
-        heard = prediction[:len(truth)]
-        terms = {"l1": self.reconstruction_l1(heard, truth)}
+        terms = {"l1": self.reconstruction_l1(prediction, truth)}
         reconstruction = L1_WEIGHT * terms["l1"]
         if self.perceptual is not None:
-            terms["perceptual"] = self.perceptual(heard, truth)
+            terms["perceptual"] = self.perceptual(prediction, truth)
             reconstruction = reconstruction + PERCEPTUAL_WEIGHT * terms["perceptual"]
         total = reconstruction
         if self.sync_active:
@@ -123,9 +119,6 @@ class UNetObjective:
             with torch.autocast(prediction.device.type, enabled=False):
                 logits = self.syncnet(prediction, audio.float()).float()
             terms["sync"] = F.binary_cross_entropy_with_logits(logits, torch.ones_like(logits))
-            if len(prediction) > len(truth):
-                other = logits[len(truth):].detach()
-                terms["sync_other_audio"] = F.binary_cross_entropy_with_logits(other, torch.ones_like(other))
             weight = self.sync_weight(reconstruction, terms["sync"], prediction)
             terms["sync_weight"] = torch.tensor(weight)
             total = total + weight * terms["sync"]

@@ -31,7 +31,6 @@ SYNC_WARMUP_EPOCHS = 2
 LIP_WEIGHT = 4.0                # the lips' box counts 4 times in L1 (before 2026-12-02: 1, every pixel alike)
 REFERENCE_FRAMES = 1            # reference crops the U-Net sees (SyncTalk_2D's one)
 EMA_DECAY = 0.0                 # the averaged weights (weight_average.py); 0: the last step's weights
-OTHER_AUDIO_SHARE = 0.0         # share of a batch drawn again with other frames' audio, judged by sync alone
 AUDIO_NOISE = 0.0               # Gaussian noise on the training audio windows, times each window's spread
 # --lr_schedule step: halve the LR every 50 epochs (the user guide's StepLR).
 STEP_LR_EPOCHS = 50
@@ -41,15 +40,13 @@ LR_SCHEDULES = ("none", "step", "cosine")
 RESUME_FIXED_OPTIONS = ("asr", "model_size", "widths", "batch_size", "lr", "lr_schedule", "grad_accum", "augment",
                         "val_fraction", "seed", "use_syncnet", "sync_weight", "sync_balance", "sync_ratio",
                         "sync_warmup_epochs", "lip_weight", "reference_frames", "audio_stages", "mask_to_edges",
-                        "perceptual", "ema_decay", "other_audio_share", "audio_noise")
+                        "perceptual", "ema_decay", "audio_noise")
 # Options of the sync loss: compared on --resume only when both runs use it.
-SYNC_LOSS_OPTIONS = ("sync_weight", "sync_balance", "sync_ratio", "sync_warmup_epochs",
-                     "other_audio_share")
+SYNC_LOSS_OPTIONS = ("sync_weight", "sync_balance", "sync_ratio", "sync_warmup_epochs")
 # What a run saved before these options existed trained with (the objective was L1 + 10 x sync).
 OPTION_VALUES_BEFORE_THEY_EXISTED = {"widths": None, "sync_balance": "fixed", "sync_warmup_epochs": 0, "lip_weight": 1.0,
                                      "reference_frames": 1, "audio_stages": 0, "ema_decay": 0.0,
-                                     "mask_to_edges": False, "other_audio_share": 0.0,
-                                     "audio_noise": 0.0}
+                                     "mask_to_edges": False, "audio_noise": 0.0}
 # SyncNet sees one small mouth band per sample: bigger batches, more epochs than the U-Net.
 SYNCNET_BATCH_SIZE = 32
 SYNCNET_LR = 1e-4
@@ -97,7 +94,6 @@ class TrainConfig(Options):
     audio_stages: int = AUDIO_STAGES
     mask_to_edges: bool = MASK_TO_EDGES
     ema_decay: float = EMA_DECAY
-    other_audio_share: float = OTHER_AUDIO_SHARE
     audio_noise: float = AUDIO_NOISE
     perceptual: str = "auto"                # auto | on | off
     vgg_weights: Optional[Path] = None
@@ -136,8 +132,6 @@ class TrainConfig(Options):
         if not 0 <= self.ema_decay < 1:
             raise UserError(f"--ema_decay is the share of the averaged weights kept at each step: at least 0 "
                             f"(no average) and below 1, got {self.ema_decay:g}")
-        if not 0 <= self.other_audio_share <= 1:
-            raise UserError(f"--other_audio_share is a share of each batch: 0 to 1, got {self.other_audio_share:g}")
         if self.audio_noise < 0:
             raise UserError(f"--audio_noise is a share of each audio window's spread: 0 or more, "
                             f"got {self.audio_noise:g}")
@@ -274,10 +268,6 @@ def build_unet_parser(description: str) -> argparse.ArgumentParser:
     losses.add_argument("--sync_warmup_epochs", type=int, default=SYNC_WARMUP_EPOCHS,
                         help=f"train this many epochs on reconstruction alone before the sync loss joins "
                              f"(default {SYNC_WARMUP_EPOCHS})")
-    losses.add_argument("--other_audio_share", type=float, default=OTHER_AUDIO_SHARE,
-                        help="with the sync loss: draw this share of each batch a second time with another "
-                             "frame's audio, which no true picture exists for, so only the sync loss judges it "
-                             f"(0-1, default {OTHER_AUDIO_SHARE:g}; costs that share more compute per step)")
     losses.add_argument("--audio_noise", type=float, default=AUDIO_NOISE,
                         help="add Gaussian noise of this share of each training audio window's spread, so the "
                              f"U-Net cannot learn its training frames' exact features (default {AUDIO_NOISE:g}: none)")

@@ -36,18 +36,6 @@ def region_metrics(prediction: torch.Tensor, truth: torch.Tensor) -> Dict[str, t
     return {"l1": l1, "psnr": psnr}
 
 
-def with_other_audio(image6: torch.Tensor, audio: torch.Tensor, rows: int):
-    """The batch followed by its first ``rows`` pictures again, each with the next row's audio.
-
-    A batch holds frames drawn at random from the recording, so the next row's audio is another
-    moment's speech: the picture the U-Net must draw for it has no truth, as at inference, and only
-    the sync loss can judge it. What the masked target still shows of its own mouth then pulls the
-    other way from the audio, which a true pair never shows.
-    """
-    other_audio = audio.roll(-1, dims=0)[:rows]
-    return torch.cat([image6, image6[:rows]]), torch.cat([audio, other_audio])
-
-
 class UNetTask:
     """The 328 U-Net: reference + masked target + audio -> target crop."""
     kind = ckpt.UNET_KIND
@@ -90,16 +78,7 @@ class UNetTask:
 
     def losses(self, model, batch, device) -> Dict[str, torch.Tensor]:
         image6, truth, audio = self.inputs(batch, device, train=True)
-        rows = self.other_audio_rows(len(truth))
-        if rows:
-            image6, audio = with_other_audio(image6, audio, rows)
         return self.objective(model(image6, audio), truth, audio)
-
-    def other_audio_rows(self, batch_rows: int) -> int:
-        """How many of a batch's pictures are drawn again with another frame's audio (--other_audio_share)."""
-        if not self.objective.sync_active or batch_rows < 2:
-            return 0
-        return int(round(self.config.other_audio_share * batch_rows))
 
     @torch.no_grad()
     def validate(self, model, loader, device, autocast) -> Dict[str, float]:
