@@ -175,11 +175,11 @@ ARMS = {arm.name: arm for arm in (
     Arm("adaptive_r3_lips4_leaky", "adaptive ratio 3 with the lips' box counted 4 times, only the repainted region "
         "blacked out (the model input before 2026-12-06)",
         ADAPTIVE + ("--sync_ratio", "3") + LIPS_4 + ("--no-mask_to_edges",)),
-    # Measured too, 2026-12-07 (RESULTS.md, "Drawn with another frame's audio, and noise on the audio
-    # features"), seeds 0-3, widths 4 8 16 64 128, 7 epochs (the 9 epochs' CPU time): half of each batch
-    # drawn again with another frame's audio and judged by the sync term alone (--other_audio_share 0.5).
-    # r 0.88 / 0.83 / 0.82 / 0.78, opening 1.01 / 0.92 / 1.22 / 0.41, the mouth 0.2-0.3 dB softer than the
-    # default's: the option was removed.
+    # Measured too, 2026-12-07 (RESULTS.md, "L1 alone with the new input, drawn with another frame's
+    # audio, and noise on the audio features"), seeds 0-3, widths 4 8 16 64 128, 7 epochs (the CPU time of
+    # the default's 9): half of each batch drawn again with another frame's audio and judged by the sync
+    # term alone (--other_audio_share 0.5). r 0.88 / 0.83 / 0.82 / 0.78, opening 1.01 / 0.92 / 1.22 / 0.41,
+    # the mouth 0.17-0.28 dB softer than the default's at seeds 0-2: the option was removed.
     Arm("adaptive_r3_lips4_audio_noise", "adaptive ratio 3 with the lips' box counted 4 times, Gaussian noise of "
         "0.25 times each training audio window's spread",
         ADAPTIVE + ("--sync_ratio", "3") + LIPS_4 + ("--audio_noise", "0.25")),

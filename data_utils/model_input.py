@@ -147,8 +147,9 @@ def audio_with_noise(audio: torch.Tensor, share: float) -> torch.Tensor:
     """The audio windows with Gaussian noise of ``share`` times each window's own spread (--audio_noise).
 
     A U-Net that has learnt its training frames' exact audio features can follow them at full gain and
-    features it never saw at half (benchmarks/RESULTS.md, "Noise on the audio features"); noise blurs
-    each training window into its neighbourhood. Drawn from torch's global generator, as ColourJitter is.
+    features it never saw at half (benchmarks/RESULTS.md, "L1 alone with the new input, drawn with
+    another frame's audio, and noise on the audio features"); noise blurs each training window into its
+    neighbourhood. Drawn from torch's global generator, as ColourJitter is.
     """
     if share <= 0:
         return audio
