@@ -26,7 +26,8 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 if __package__ in (None, ""):
     sys.path.insert(0, str(REPO_ROOT))
 
-from data_utils.crop import INNER, INNER_SIZE, MASK_BOTTOM, MASK_LEFT, MASK_RIGHT, MASK_TOP, shown_to_edges  # noqa: E402
+from data_utils.crop import (INNER, INNER_SIZE, MASK_BOTTOM, MASK_LEFT, MASK_RIGHT, MASK_TOP,  # noqa: E402
+                             shown_to_edges)
 from data_utils.crop_cache import build_crop_cache, open_crop_cache  # noqa: E402
 from data_utils.dataset import load_crop_boxes  # noqa: E402
 from data_utils.layout import DatasetLayout, chosen_dataset_dir  # noqa: E402

@@ -155,4 +155,3 @@ def audio_with_noise(audio: torch.Tensor, share: float) -> torch.Tensor:
         return audio
     spread = audio.flatten(1).std(dim=1).view(-1, *([1] * (audio.dim() - 1)))
     return audio + share * spread * torch.randn(audio.shape).to(audio.device, audio.dtype)
-

@@ -99,4 +99,3 @@ def test_the_leak_read_out_refuses_a_recording_too_short_to_score_in_one_line(pr
     code, lines = run_main(mask_leak.main, ["--dataset_dir", str(short)], capsys)
     assert code != 0 and len(lines) == 1
     assert str(short) in lines[0] and "20 frames" in lines[0] and str(MIN_FRAMES) in lines[0]
-
