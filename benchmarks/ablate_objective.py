@@ -183,6 +183,12 @@ ARMS = {arm.name: arm for arm in (
     Arm("adaptive_r3_lips4_audio_noise", "adaptive ratio 3 with the lips' box counted 4 times, Gaussian noise of "
         "0.25 times each training audio window's spread",
         ADAPTIVE + ("--sync_ratio", "3") + LIPS_4 + ("--audio_noise", "0.25")),
+    Arm("adaptive_r3_lips4_audio_noise1", "adaptive ratio 3 with the lips' box counted 4 times, Gaussian noise of "
+        "1 times each training audio window's spread",
+        ADAPTIVE + ("--sync_ratio", "3") + LIPS_4 + ("--audio_noise", "1")),
+    Arm("adaptive_r3_lips4_audio_dropout", "adaptive ratio 3 with the lips' box counted 4 times, 30 % of each "
+        "training audio window's feature channels zeroed",
+        ADAPTIVE + ("--sync_ratio", "3") + LIPS_4 + ("--audio_dropout", "0.3")),
     Arm("adaptive_r10", "adaptive, ratio 10, after a 2-epoch warm-up",
         ADAPTIVE + ("--sync_ratio", "10") + EVERY_PIXEL_ALIKE),
     Arm("adaptive_r03", "adaptive, ratio 0.3, after a 2-epoch warm-up",

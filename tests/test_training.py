@@ -19,7 +19,8 @@ import train_syncnet
 from lipsync.core import checkpoints as ckpt
 from data_utils.crop_cache import JpegCrops, build_crop_cache, cache_info_path
 from data_utils.dataset import MIN_OFFSYNC_FRAMES, SyncPairDataset, load_crop_boxes, open_person
-from data_utils.model_input import audio_with_noise
+from data_utils.model_input import audio_with_dropout, audio_with_noise
+from data_utils.timebase import WINDOW_FRAMES
 from lipsync.core.errors import UserError
 from data_utils.layout import DatasetLayout
 from data_utils.timebase import FEATURE_SPECS
@@ -287,6 +288,23 @@ def test_audio_noise_is_a_share_of_each_windows_spread():
     assert torch.allclose(noise_spread / spread, torch.full((4,), 0.5), atol=0.05)
     with pytest.raises(UserError, match="--audio_noise"):
         TrainConfig(dataset_dir=Path("d"), save_dir=Path("s"), audio_noise=-1).check()
+
+
+def test_audio_dropout_zeroes_whole_feature_channels_and_keeps_the_sum():
+    torch.manual_seed(0)
+    windows = torch.rand(64, 32, 16, 16) + 0.5       # AVE's window: 16 frames of 512 values, never zero
+    dropped = audio_with_dropout(windows, 0.3)
+    assert torch.equal(audio_with_dropout(windows, 0.0), windows)
+    frames, kept = windows.reshape(64, WINDOW_FRAMES, -1), dropped.reshape(64, WINDOW_FRAMES, -1)
+    zeroed = kept == 0
+    # A channel is dropped in every frame of its window or in none.
+    assert torch.equal(zeroed.all(dim=1), zeroed.any(dim=1))
+    assert zeroed.all(dim=1).float().mean().item() == pytest.approx(0.3, abs=0.02)
+    assert torch.allclose(kept[~zeroed], frames[~zeroed] / 0.7)
+    assert dropped.mean().item() == pytest.approx(windows.mean().item(), rel=0.02)
+    for share in (-0.1, 1.0):
+        with pytest.raises(UserError, match="--audio_dropout"):
+            TrainConfig(dataset_dir=Path("d"), save_dir=Path("s"), audio_dropout=share).check()
 
 
 # --------------------------------------------------------------------------- torchrun
