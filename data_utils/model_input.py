@@ -16,7 +16,6 @@ import torch
 
 from data_utils import crop
 from data_utils.crop import CROP_SHAPE
-from data_utils.timebase import WINDOW_FRAMES
 
 
 def _inner_rgb01(crop_328_bgr: np.ndarray) -> np.ndarray:
@@ -143,30 +142,3 @@ class ColourJitter:
             out.append(((image - mean) * gain + mean + shift).mul(tint).clamp(0, 1))
         return tuple(out)
 
-
-def audio_with_noise(audio: torch.Tensor, share: float) -> torch.Tensor:
-    """The audio windows with Gaussian noise of ``share`` times each window's own spread (--audio_noise).
-
-    A U-Net that has learnt its training frames' exact audio features can follow them at full gain and
-    features it never saw at half (benchmarks/RESULTS.md, "L1 alone with the new input, drawn with
-    another frame's audio, and noise on the audio features"); noise blurs each training window into its
-    neighbourhood. Drawn from torch's global generator, as ColourJitter is.
-    """
-    if share <= 0:
-        return audio
-    spread = audio.flatten(1).std(dim=1).view(-1, *([1] * (audio.dim() - 1)))
-    return audio + share * spread * torch.randn(audio.shape).to(audio.device, audio.dtype)
-
-
-def audio_with_dropout(audio: torch.Tensor, share: float) -> torch.Tensor:
-    """The audio windows with ``share`` of their feature channels zeroed (--audio_dropout).
-
-    A channel is one of the ``per_frame`` values each feature frame holds (the window is WINDOW_FRAMES of
-    them, models/audio_window.py); it is dropped in every frame of its window alike, and the rest are scaled
-    by 1 / (1 - share) so that their sum keeps its expected value. Drawn from torch's global generator.
-    """
-    if share <= 0:
-        return audio
-    frames = audio.reshape(audio.shape[0], WINDOW_FRAMES, -1)
-    keep = torch.rand(frames.shape[0], 1, frames.shape[2]) >= share
-    return (frames * keep.to(audio.device, audio.dtype) / (1 - share)).reshape(audio.shape)

@@ -19,8 +19,6 @@ import train_syncnet
 from lipsync.core import checkpoints as ckpt
 from data_utils.crop_cache import JpegCrops, build_crop_cache, cache_info_path
 from data_utils.dataset import MIN_OFFSYNC_FRAMES, SyncPairDataset, load_crop_boxes, open_person
-from data_utils.model_input import audio_with_dropout, audio_with_noise
-from data_utils.timebase import WINDOW_FRAMES
 from lipsync.core.errors import UserError
 from data_utils.layout import DatasetLayout
 from data_utils.timebase import FEATURE_SPECS
@@ -255,11 +253,6 @@ def test_syncnet_training_then_unet_with_sync_loss(processed_clip, tmp_path, cap
                              "--syncnet_checkpoint", str(save / "syncnet" / "best.pth"), "--sync_weight", "0.5"))
     entry = torch.load(lighter / "latest.pth", weights_only=False)["history"][0]
     assert entry["train_loss"] == pytest.approx(entry["train_l1"] + 0.5 * entry["train_sync"], rel=1e-4)
-    noisy = tmp_path / "ck_audio_noise"
-    train_328.main(base_args(data, noisy, "--epochs", 1, "--use_syncnet", "--val_fraction", "0.3", *fixed,
-                             "--syncnet_checkpoint", str(save / "syncnet" / "best.pth"), "--audio_noise", "0.25"))
-    state = torch.load(noisy / "latest.pth", weights_only=False)
-    assert state["history"][0]["train_sync"] > 0 and state["args"]["audio_noise"] == 0.25
     # The default objective: reconstruction alone for the warm-up epochs, then the balanced sync term.
     default = tmp_path / "ck_default"
     train_328.main(base_args(data, default, "--epochs", 3, "--use_syncnet", "--val_fraction", "0.3",
@@ -277,34 +270,6 @@ def test_syncnet_training_then_unet_with_sync_loss(processed_clip, tmp_path, cap
     warm_weights = torch.load(warm / "latest.pth", weights_only=False)["model"]
     assert all(torch.equal(plain_weights[key], warm_weights[key]) for key in plain_weights)
 
-
-def test_audio_noise_is_a_share_of_each_windows_spread():
-    torch.manual_seed(0)
-    windows = torch.randn(4, 2, 16, 16) * torch.tensor([0.5, 1.0, 2.0, 4.0]).view(4, 1, 1, 1)
-    noisy = audio_with_noise(windows, 0.5)
-    assert torch.equal(audio_with_noise(windows, 0.0), windows)
-    spread = windows.flatten(1).std(dim=1)
-    noise_spread = (noisy - windows).flatten(1).std(dim=1)
-    assert torch.allclose(noise_spread / spread, torch.full((4,), 0.5), atol=0.05)
-    with pytest.raises(UserError, match="--audio_noise"):
-        TrainConfig(dataset_dir=Path("d"), save_dir=Path("s"), audio_noise=-1).check()
-
-
-def test_audio_dropout_zeroes_whole_feature_channels_and_keeps_the_sum():
-    torch.manual_seed(0)
-    windows = torch.rand(64, 32, 16, 16) + 0.5       # AVE's window: 16 frames of 512 values, never zero
-    dropped = audio_with_dropout(windows, 0.3)
-    assert torch.equal(audio_with_dropout(windows, 0.0), windows)
-    frames, kept = windows.reshape(64, WINDOW_FRAMES, -1), dropped.reshape(64, WINDOW_FRAMES, -1)
-    zeroed = kept == 0
-    # A channel is dropped in every frame of its window or in none.
-    assert torch.equal(zeroed.all(dim=1), zeroed.any(dim=1))
-    assert zeroed.all(dim=1).float().mean().item() == pytest.approx(0.3, abs=0.02)
-    assert torch.allclose(kept[~zeroed], frames[~zeroed] / 0.7)
-    assert dropped.mean().item() == pytest.approx(windows.mean().item(), rel=0.02)
-    for share in (-0.1, 1.0):
-        with pytest.raises(UserError, match="--audio_dropout"):
-            TrainConfig(dataset_dir=Path("d"), save_dir=Path("s"), audio_dropout=share).check()
 
 
 # --------------------------------------------------------------------------- torchrun

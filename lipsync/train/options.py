@@ -31,8 +31,6 @@ SYNC_WARMUP_EPOCHS = 2
 LIP_WEIGHT = 4.0                # the lips' box counts 4 times in L1 (before 2026-12-02: 1, every pixel alike)
 REFERENCE_FRAMES = 1            # reference crops the U-Net sees (SyncTalk_2D's one)
 EMA_DECAY = 0.0                 # the averaged weights (weight_average.py); 0: the last step's weights
-AUDIO_NOISE = 0.0               # Gaussian noise on the training audio windows, times each window's spread
-AUDIO_DROPOUT = 0.0             # share of each training window's feature channels zeroed (all its frames alike)
 # --lr_schedule step: halve the LR every 50 epochs (the user guide's StepLR).
 STEP_LR_EPOCHS = 50
 STEP_LR_GAMMA = 0.5
@@ -41,14 +39,13 @@ LR_SCHEDULES = ("none", "step", "cosine")
 RESUME_FIXED_OPTIONS = ("asr", "model_size", "widths", "batch_size", "lr", "lr_schedule", "grad_accum", "augment",
                         "val_fraction", "seed", "use_syncnet", "sync_weight", "sync_balance", "sync_ratio",
                         "sync_warmup_epochs", "lip_weight", "reference_frames", "audio_stages", "mask_to_edges",
-                        "perceptual", "ema_decay", "audio_noise", "audio_dropout")
+                        "perceptual", "ema_decay")
 # Options of the sync loss: compared on --resume only when both runs use it.
 SYNC_LOSS_OPTIONS = ("sync_weight", "sync_balance", "sync_ratio", "sync_warmup_epochs")
 # What a run saved before these options existed trained with (the objective was L1 + 10 x sync).
 OPTION_VALUES_BEFORE_THEY_EXISTED = {"widths": None, "sync_balance": "fixed", "sync_warmup_epochs": 0, "lip_weight": 1.0,
                                      "reference_frames": 1, "audio_stages": 0, "ema_decay": 0.0,
-                                     "mask_to_edges": False, "audio_noise": 0.0,
-                                     "audio_dropout": 0.0}
+                                     "mask_to_edges": False}
 # SyncNet sees one small mouth band per sample: bigger batches, more epochs than the U-Net.
 SYNCNET_BATCH_SIZE = 32
 SYNCNET_LR = 1e-4
@@ -96,8 +93,6 @@ class TrainConfig(Options):
     audio_stages: int = AUDIO_STAGES
     mask_to_edges: bool = MASK_TO_EDGES
     ema_decay: float = EMA_DECAY
-    audio_noise: float = AUDIO_NOISE
-    audio_dropout: float = AUDIO_DROPOUT
     perceptual: str = "auto"                # auto | on | off
     vgg_weights: Optional[Path] = None
     show_progress: bool = True
@@ -135,12 +130,6 @@ class TrainConfig(Options):
         if not 0 <= self.ema_decay < 1:
             raise UserError(f"--ema_decay is the share of the averaged weights kept at each step: at least 0 "
                             f"(no average) and below 1, got {self.ema_decay:g}")
-        if self.audio_noise < 0:
-            raise UserError(f"--audio_noise is a share of each audio window's spread: 0 or more, "
-                            f"got {self.audio_noise:g}")
-        if not 0 <= self.audio_dropout < 1:
-            raise UserError(f"--audio_dropout is the share of each audio window's feature channels zeroed: at "
-                            f"least 0 and below 1, got {self.audio_dropout:g}")
         if self.sync_balance not in SYNC_BALANCES:
             raise UserError(f"--sync_balance must be one of {', '.join(SYNC_BALANCES)}")
         if self.num_workers < 0 or self.patience < 0:
@@ -274,13 +263,6 @@ def build_unet_parser(description: str) -> argparse.ArgumentParser:
     losses.add_argument("--sync_warmup_epochs", type=int, default=SYNC_WARMUP_EPOCHS,
                         help=f"train this many epochs on reconstruction alone before the sync loss joins "
                              f"(default {SYNC_WARMUP_EPOCHS})")
-    losses.add_argument("--audio_noise", type=float, default=AUDIO_NOISE,
-                        help="add Gaussian noise of this share of each training audio window's spread, so the "
-                             f"U-Net cannot learn its training frames' exact features (default {AUDIO_NOISE:g}: none)")
-    losses.add_argument("--audio_dropout", type=float, default=AUDIO_DROPOUT,
-                        help="zero this share of each training audio window's feature channels (the same ones in "
-                             "all its frames, the rest scaled up to keep the sum), so the U-Net cannot lean on a "
-                             f"few of them (default {AUDIO_DROPOUT:g}: none)")
     losses.add_argument("--lip_weight", type=float, default=LIP_WEIGHT,
                         help=f"count the lips' box this many times in the L1 loss (default {LIP_WEIGHT:g}; "
                              "1: every pixel alike)")

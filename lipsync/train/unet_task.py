@@ -15,7 +15,7 @@ from torch import nn
 
 from data_utils import crop
 from data_utils.dataset import LipSyncDataset, PersonData
-from data_utils.model_input import ColourJitter, audio_with_dropout, audio_with_noise, model_input_batch
+from data_utils.model_input import ColourJitter, model_input_batch
 from lipsync.core import checkpoints as ckpt
 from lipsync.train.objective import ObjectiveSettings, UNetObjective
 from lipsync.train.options import TrainConfig
@@ -70,8 +70,6 @@ class UNetTask:
         reference = batch["reference"].to(device, non_blocking=True)
         audio = batch["audio"].to(device, non_blocking=True)
         image6, truth = model_input_batch(target, reference, self.augment if train else None)
-        if train:
-            audio = audio_with_noise(audio_with_dropout(audio, self.config.audio_dropout), self.config.audio_noise)
         if device.type == "cuda":
             image6 = image6.contiguous(memory_format=torch.channels_last)
         return image6, truth, audio
