@@ -184,6 +184,10 @@ ARMS = {arm.name: arm for arm in (
     # Gaussian, S times each window's spread) and zeroing 30 % of their channels (--audio_dropout 0.3). S 0.25
     # at seeds 0/1/3: r 0.86/0.83/0.77, opening 1.30/1.04/0.53, the mouth -0.15/-0.11/+0.32 dB against the
     # default; S 1 at seed 3: r 0.63, opening 0.24; dropout at seed 3: r 0.74, opening 0.52. Both removed.
+    Arm("adaptive_r3_lips4_twins", "adaptive ratio 3 with the lips' box counted 4 times, half the samples hearing "
+        "a lip twin's audio", ADAPTIVE + ("--sync_ratio", "3") + LIPS_4 + ("--twin_audio_share", "0.5")),
+    Arm("l1_lips4_twins", "L1 only, the lips' box counted 4 times, half the samples hearing a lip twin's audio",
+        LIPS_4 + ("--twin_audio_share", "0.5")),
     Arm("adaptive_r10", "adaptive, ratio 10, after a 2-epoch warm-up",
         ADAPTIVE + ("--sync_ratio", "10") + EVERY_PIXEL_ALIKE),
     Arm("adaptive_r03", "adaptive, ratio 0.3, after a 2-epoch warm-up",

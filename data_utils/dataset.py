@@ -19,6 +19,7 @@ from torch.utils.data import Dataset
 from data_utils.crop_cache import JpegCrops, build_crop_cache, crop_cache_is_current, open_crop_cache
 from data_utils.features.extract import metadata_path
 from data_utils.layout import DatasetLayout, process_command
+from data_utils.lip_twins import NO_TWIN, lip_twins
 from data_utils.model_input import choose_reference_indices
 from data_utils.timebase import ASR_CHOICES, FEATURE_SPECS, model_audio_input
 from lipsync.core.errors import UserError
@@ -208,6 +209,25 @@ def open_person(dataset_dir, asr: str, use_cache: bool = True, build_cache: bool
     return PersonData(layout, asr, crops, features, read_feature_metadata(layout, asr), face_found)
 
 
+def load_lip_twins(person: PersonData, frames: Sequence[int]) -> np.ndarray:
+    """data_utils.lip_twins.lip_twins of ``frames`` from the dataset's landmarks.npy, with one clear
+    line when it is missing or does not match the recording."""
+    path = person.layout.landmarks_array
+    try:
+        landmarks = np.load(path)
+    except (OSError, ValueError):
+        raise UserError(f"{path} is missing or damaged: lip twins need the landmarks — re-run: "
+                        f"{process_command(person.layout)}") from None
+    if landmarks.ndim != 3 or len(landmarks) != person.frame_count:
+        raise UserError(f"{path} has {landmarks.shape[0] if landmarks.ndim else 0} frames of landmarks but the "
+                        f"dataset has {person.frame_count} — re-run: {process_command(person.layout)}")
+    twins = lip_twins(landmarks, frames)
+    found = (twins != NO_TWIN).sum(axis=1)
+    log.info("lip twins: %.0f %% of %d training frames have one (median %d)",
+             100 * np.mean(found > 0), len(frames), int(np.median(found)) if len(found) else 0)
+    return twins
+
+
 # --------------------------------------------------------------------------- samples
 
 def _sample_rng(seed: int, epoch: int, frame_index: int) -> np.random.Generator:
@@ -243,26 +263,42 @@ class LipSyncDataset(_FrameSamples):
     validation never sees training frames as references). ``set_epoch`` changes
     the random reference each epoch; validation keeps epoch 0, so its
     references, and therefore its scores, are the same every epoch.
+    ``twins`` (data_utils/lip_twins.py, a row per frame of ``frames``): with the
+    chance ``twin_share`` a sample's audio is one of its frame's lip twins'.
     """
 
     def __init__(self, person: PersonData, frames: Sequence[int], references: Sequence[int],
-                 seed: int = 0, reference_frames: int = 1):
+                 seed: int = 0, reference_frames: int = 1, twins: Optional[np.ndarray] = None,
+                 twin_share: float = 0.0):
         super().__init__(person, frames, seed)
         self.references = np.asarray(references)
         self.reference_frames = int(reference_frames)
+        self.twins = None if twins is None or twin_share <= 0 else np.asarray(twins)
+        self.twin_share = float(twin_share)
 
     def __getitem__(self, item: int) -> Dict:
         frame = int(self.frames[item])
-        chosen = choose_reference_indices(frame, self.references, self.rng(frame), self.reference_frames)
+        rng = self.rng(frame)
+        chosen = choose_reference_indices(frame, self.references, rng, self.reference_frames)
         # (328, 328, 3) for one reference, (K, 328, 328, 3) for K.
         reference = (self.person.crop(chosen[0]) if len(chosen) == 1
                      else np.stack([self.person.crop(index) for index in chosen]))
         return {
             "target": torch.from_numpy(self.person.crop(frame)),
             "reference": torch.from_numpy(reference),
-            "audio": torch.from_numpy(self.person.audio(frame)),
+            "audio": torch.from_numpy(self.person.audio(self._audio_frame(item, frame, rng))),
             "frame": frame,
         }
+
+    def _audio_frame(self, item: int, frame: int, rng: np.random.Generator) -> int:
+        """The frame whose audio the sample gets: its own, or with the chance twin_share a lip twin's.
+        Drawn after the references, so that without twins every sample is what it was before."""
+        if self.twins is None:
+            return frame
+        twins = self.twins[item][self.twins[item] != NO_TWIN]
+        if len(twins) == 0 or rng.random() >= self.twin_share:
+            return frame
+        return int(rng.choice(twins))
 
 
 def offsync_index(frame_index: int, candidates: np.ndarray, rng: np.random.Generator) -> int:

@@ -31,6 +31,7 @@ SYNC_WARMUP_EPOCHS = 2
 LIP_WEIGHT = 4.0                # the lips' box counts 4 times in L1 (before 2026-12-02: 1, every pixel alike)
 REFERENCE_FRAMES = 1            # reference crops the U-Net sees (SyncTalk_2D's one)
 EMA_DECAY = 0.0                 # the averaged weights (weight_average.py); 0: the last step's weights
+TWIN_AUDIO_SHARE = 0.0          # chance a training sample hears a lip twin's audio (data_utils/lip_twins.py)
 # --lr_schedule step: halve the LR every 50 epochs (the user guide's StepLR).
 STEP_LR_EPOCHS = 50
 STEP_LR_GAMMA = 0.5
@@ -39,13 +40,14 @@ LR_SCHEDULES = ("none", "step", "cosine")
 RESUME_FIXED_OPTIONS = ("asr", "model_size", "widths", "batch_size", "lr", "lr_schedule", "grad_accum", "augment",
                         "val_fraction", "seed", "use_syncnet", "sync_weight", "sync_balance", "sync_ratio",
                         "sync_warmup_epochs", "lip_weight", "reference_frames", "audio_stages", "mask_to_edges",
-                        "perceptual", "ema_decay")
+                        "perceptual", "ema_decay", "twin_audio_share")
 # Options of the sync loss: compared on --resume only when both runs use it.
 SYNC_LOSS_OPTIONS = ("sync_weight", "sync_balance", "sync_ratio", "sync_warmup_epochs")
 # What a run saved before these options existed trained with (the objective was L1 + 10 x sync).
 OPTION_VALUES_BEFORE_THEY_EXISTED = {"widths": None, "sync_balance": "fixed", "sync_warmup_epochs": 0, "lip_weight": 1.0,
                                      "reference_frames": 1, "audio_stages": 0, "ema_decay": 0.0,
-                                     "mask_to_edges": False}
+                                     "mask_to_edges": False,
+                                     "twin_audio_share": 0.0}
 # SyncNet sees one small mouth band per sample: bigger batches, more epochs than the U-Net.
 SYNCNET_BATCH_SIZE = 32
 SYNCNET_LR = 1e-4
@@ -93,6 +95,7 @@ class TrainConfig(Options):
     audio_stages: int = AUDIO_STAGES
     mask_to_edges: bool = MASK_TO_EDGES
     ema_decay: float = EMA_DECAY
+    twin_audio_share: float = TWIN_AUDIO_SHARE
     perceptual: str = "auto"                # auto | on | off
     vgg_weights: Optional[Path] = None
     show_progress: bool = True
@@ -130,6 +133,8 @@ class TrainConfig(Options):
         if not 0 <= self.ema_decay < 1:
             raise UserError(f"--ema_decay is the share of the averaged weights kept at each step: at least 0 "
                             f"(no average) and below 1, got {self.ema_decay:g}")
+        if not 0 <= self.twin_audio_share <= 1:
+            raise UserError(f"--twin_audio_share is a chance: 0 to 1, got {self.twin_audio_share:g}")
         if self.sync_balance not in SYNC_BALANCES:
             raise UserError(f"--sync_balance must be one of {', '.join(SYNC_BALANCES)}")
         if self.num_workers < 0 or self.patience < 0:
@@ -263,6 +268,10 @@ def build_unet_parser(description: str) -> argparse.ArgumentParser:
     losses.add_argument("--sync_warmup_epochs", type=int, default=SYNC_WARMUP_EPOCHS,
                         help=f"train this many epochs on reconstruction alone before the sync loss joins "
                              f"(default {SYNC_WARMUP_EPOCHS})")
+    losses.add_argument("--twin_audio_share", type=float, default=TWIN_AUDIO_SHARE,
+                        help="the chance that a training sample hears the audio of a frame, half a second or more "
+                             "away, whose lips have the same shape (its lip twin), so the U-Net cannot tie a mouth "
+                             f"to its own frame's exact audio (default {TWIN_AUDIO_SHARE:g})")
     losses.add_argument("--lip_weight", type=float, default=LIP_WEIGHT,
                         help=f"count the lips' box this many times in the L1 loss (default {LIP_WEIGHT:g}; "
                              "1: every pixel alike)")

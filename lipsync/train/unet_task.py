@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from data_utils import crop
-from data_utils.dataset import LipSyncDataset, PersonData
+from data_utils.dataset import LipSyncDataset, PersonData, load_lip_twins
 from data_utils.model_input import ColourJitter, model_input_batch
 from lipsync.core import checkpoints as ckpt
 from lipsync.train.objective import ObjectiveSettings, UNetObjective
@@ -49,7 +49,9 @@ class UNetTask:
         self.augment = ColourJitter() if config.augment else None
         train_frames, val_frames = person.split(config.val_fraction)
         count = config.reference_frames
-        self.train_set = LipSyncDataset(person, train_frames, train_frames, config.seed, count)
+        twins = load_lip_twins(person, train_frames) if config.twin_audio_share > 0 else None
+        self.train_set = LipSyncDataset(person, train_frames, train_frames, config.seed, count, twins,
+                                        config.twin_audio_share)
         self.val_set = LipSyncDataset(person, val_frames, val_frames, config.seed, count) if len(val_frames) else None
 
     def model_config(self) -> Dict:
