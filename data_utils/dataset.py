@@ -221,11 +221,7 @@ def load_lip_twins(person: PersonData, frames: Sequence[int]) -> np.ndarray:
     if landmarks.ndim != 3 or len(landmarks) != person.frame_count:
         raise UserError(f"{path} has {landmarks.shape[0] if landmarks.ndim else 0} frames of landmarks but the "
                         f"dataset has {person.frame_count} — re-run: {process_command(person.layout)}")
-    twins = lip_twins(landmarks, frames)
-    found = (twins != NO_TWIN).sum(axis=1)
-    log.info("lip twins: %.0f %% of %d training frames have one (median %d)",
-             100 * np.mean(found > 0), len(frames), int(np.median(found)) if len(found) else 0)
-    return twins
+    return lip_twins(landmarks, frames)
 
 
 # --------------------------------------------------------------------------- samples

@@ -7,6 +7,7 @@ and PSNR over the repainted region (val_l1
 chooses best.pth and drives --patience), plus the frozen SyncNet's accuracy
 when --use_syncnet. The Trainer (trainer.py) runs it.
 """
+import logging
 from typing import Dict, Optional
 
 import numpy as np
@@ -15,12 +16,15 @@ from torch import nn
 
 from data_utils import crop
 from data_utils.dataset import LipSyncDataset, PersonData, load_lip_twins
+from data_utils.lip_twins import NO_TWIN
 from data_utils.model_input import ColourJitter, model_input_batch
 from lipsync.core import checkpoints as ckpt
 from lipsync.train.objective import ObjectiveSettings, UNetObjective
 from lipsync.train.options import TrainConfig
 from lipsync.train.pictures import sample_grid
 from models.unet_328 import width_name
+
+log = logging.getLogger("training")
 
 SAMPLE_GRID_ROWS = 4             # held-out frames shown per samples/epoch_N.png
 EPS = 1e-10                      # keeps PSNR finite for a perfect prediction
@@ -50,6 +54,11 @@ class UNetTask:
         train_frames, val_frames = person.split(config.val_fraction)
         count = config.reference_frames
         twins = load_lip_twins(person, train_frames) if config.twin_audio_share > 0 else None
+        if twins is not None:
+            found = (twins != NO_TWIN).sum(axis=1)
+            log.info("lip twins: %.0f %% of %d training frames have one (median %d); each sample hears one "
+                     "with chance %g", 100 * np.mean(found > 0), len(found), int(np.median(found)),
+                     config.twin_audio_share)
         self.train_set = LipSyncDataset(person, train_frames, train_frames, config.seed, count, twins,
                                         config.twin_audio_share)
         self.val_set = LipSyncDataset(person, val_frames, val_frames, config.seed, count) if len(val_frames) else None
