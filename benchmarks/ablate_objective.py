@@ -187,7 +187,8 @@ ARMS = {arm.name: arm for arm in (
     Arm("adaptive_r3_lips4_twins", "adaptive ratio 3 with the lips' box counted 4 times, half the samples hearing "
         "a lip twin's audio", ADAPTIVE + ("--sync_ratio", "3") + LIPS_4 + ("--twin_audio_share", "0.5")),
     Arm("adaptive_r3_lips4_twins_quarter", "adaptive ratio 3 with the lips' box counted 4 times, a quarter of the "
-        "samples hearing a lip twin's audio", ADAPTIVE + ("--sync_ratio", "3") + LIPS_4 + ("--twin_audio_share", "0.25")),
+        "samples hearing a lip twin's audio",
+        ADAPTIVE + ("--sync_ratio", "3") + LIPS_4 + ("--twin_audio_share", "0.25")),
     Arm("l1_lips4_twins", "L1 only, the lips' box counted 4 times, half the samples hearing a lip twin's audio",
         LIPS_4 + ("--twin_audio_share", "0.5")),
     Arm("adaptive_r10", "adaptive, ratio 10, after a 2-epoch warm-up",

@@ -269,7 +269,9 @@ class LipSyncDataset(_FrameSamples):
         super().__init__(person, frames, seed)
         self.references = np.asarray(references)
         self.reference_frames = int(reference_frames)
-        self.twins = None if twins is None or twin_share <= 0 else np.asarray(twins)
+        # Each frame's twins without the NO_TWIN padding, once: the loader draws from them every sample.
+        self.twins = (None if twins is None or twin_share <= 0
+                      else [row[row != NO_TWIN] for row in np.asarray(twins)])
         self.twin_share = float(twin_share)
 
     def __getitem__(self, item: int) -> Dict:
@@ -291,7 +293,7 @@ class LipSyncDataset(_FrameSamples):
         Drawn after the references, so that without twins every sample is what it was before."""
         if self.twins is None:
             return frame
-        twins = self.twins[item][self.twins[item] != NO_TWIN]
+        twins = self.twins[item]
         if len(twins) == 0 or rng.random() >= self.twin_share:
             return frame
         return int(rng.choice(twins))

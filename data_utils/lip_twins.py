@@ -4,7 +4,7 @@ The audio of a frame's twin was spoken with the mouth that frame shows, so it is
 input for the same target (train_328.py --twin_audio_share). A U-Net that sees every mouth with
 several windows of audio cannot key a training frame's mouth to the exact features of its own
 window, which is how a run can follow its training audio at full gain and unseen speech at half
-(benchmarks/RESULTS.md, "Lip twins").
+(benchmarks/RESULTS.md, "Noise at the seeds that work, L1 alone at seeds 1 and 2, and lip twins").
 
 A lip shape is the lips' landmarks around their own centre, in face widths: where the head is in
 the frame does not count, how the lips are shaped does.

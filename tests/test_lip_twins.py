@@ -92,7 +92,13 @@ def test_training_with_lip_twins_and_without_their_landmarks(processed_clip, tmp
     state = torch.load(save / "latest.pth", weights_only=False)
     assert state["args"]["twin_audio_share"] == 0.5 and state["history"][0]["train_l1"] > 0
 
-    DatasetLayout(dataset).landmarks_array.unlink()
+    landmarks_file = DatasetLayout(dataset).landmarks_array
+    np.save(landmarks_file, np.load(landmarks_file)[:-1])
+    code, lines = run_main(train_328.main, base_args(dataset, tmp_path / "short", "--epochs", 1,
+                                                     "--twin_audio_share", "0.5"), capsys)
+    assert code == 2 and len(lines) == 1 and f"{TWIN_TEST_FRAMES - 1} frames of landmarks" in lines[0], lines
+    assert "process.py" in lines[0]
+    landmarks_file.unlink()
     code, lines = run_main(train_328.main, base_args(dataset, tmp_path / "again", "--epochs", 1,
                                                      "--twin_audio_share", "0.5"), capsys)
     assert code == 2 and len(lines) == 1 and "landmarks.npy" in lines[0] and "process.py" in lines[0], lines

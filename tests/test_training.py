@@ -271,7 +271,6 @@ def test_syncnet_training_then_unet_with_sync_loss(processed_clip, tmp_path, cap
     assert all(torch.equal(plain_weights[key], warm_weights[key]) for key in plain_weights)
 
 
-
 # --------------------------------------------------------------------------- torchrun
 
 def test_ddp_two_cpu_processes_with_gloo(small, tmp_path):

@@ -46,8 +46,7 @@ SYNC_LOSS_OPTIONS = ("sync_weight", "sync_balance", "sync_ratio", "sync_warmup_e
 # What a run saved before these options existed trained with (the objective was L1 + 10 x sync).
 OPTION_VALUES_BEFORE_THEY_EXISTED = {"widths": None, "sync_balance": "fixed", "sync_warmup_epochs": 0, "lip_weight": 1.0,
                                      "reference_frames": 1, "audio_stages": 0, "ema_decay": 0.0,
-                                     "mask_to_edges": False,
-                                     "twin_audio_share": 0.0}
+                                     "mask_to_edges": False, "twin_audio_share": 0.0}
 # SyncNet sees one small mouth band per sample: bigger batches, more epochs than the U-Net.
 SYNCNET_BATCH_SIZE = 32
 SYNCNET_LR = 1e-4
