@@ -23,8 +23,9 @@ arm sees the same machine. An arm with an LR schedule (l1_lips4_cosine) spreads 
 epoch, rounded up), so that it has decayed when the clock stops it. On a host whose speed
 varies (a shared VM), the clock gives arms different numbers of epochs: --epochs N trains every
 arm exactly N epochs instead, and --resume_arms continues the arms an OUTPUT_DIR already holds
-from their latest.pth (to --epochs N), adding up their CPU minutes (so it needs the ablation.json
-that wrote them). Writes OUT/ablation.json, OUT/ablation.md (the table) and OUT/strip.png (the
+from their latest.pth (to --epochs N), adding up their CPU minutes: from the ablation.json that
+wrote them, or, for an arm whose sitting was killed before it wrote any, from the epoch seconds its
+checkpoint's history holds (one pinned torch thread, so wall seconds stand for CPU seconds). Writes OUT/ablation.json, OUT/ablation.md (the table) and OUT/strip.png (the
 truth's mouths above every arm's, same frames).
 """
 import argparse
@@ -190,7 +191,7 @@ ARMS = {arm.name: arm for arm in (
         "samples hearing a lip twin's audio",
         ADAPTIVE + ("--sync_ratio", "3") + LIPS_4 + ("--twin_audio_share", "0.25")),
     Arm("l1_lips4_twins", "L1 only, the lips' box counted 4 times, half the samples hearing a lip twin's audio",
-        LIPS_4 + ("--twin_audio_share", "0.5")),
+        LIPS_4 + ("--twin_audio_share", "0.5"), uses_syncnet=False),
     Arm("adaptive_r10", "adaptive, ratio 10, after a 2-epoch warm-up",
         ADAPTIVE + ("--sync_ratio", "10") + EVERY_PIXEL_ALIKE),
     Arm("adaptive_r03", "adaptive, ratio 0.3, after a 2-epoch warm-up",
@@ -278,6 +279,8 @@ def run_arm(arm: Arm, options, core: Optional[int]) -> Dict:
         figures["train_cpu_min"] += earlier["train_cpu_min"]
         figures["train_wall_min"] += earlier["train_wall_min"]
         figures["sittings"] = earlier.get("sittings", 1) + 1
+        if "minutes_from" in earlier:
+            figures["earlier_minutes_from"] = earlier["minutes_from"]
     history = training_history(arm_dir / "run")
     figures.update(epochs=len(history), last_epoch=history[-1] if history else {})
     report = json.loads((arm_dir / "evaluation" / "scores.json").read_text())
@@ -314,6 +317,13 @@ def earlier_figures(output_dir: Path) -> Dict[str, Dict]:
     except (OSError, ValueError):
         return {}
     return {result["arm"]: result for result in results if "failed" not in result}
+
+
+def figures_from_history(output_dir: Path, arm_name: str) -> Dict:
+    """The training minutes of an arm whose sitting was killed before it wrote ablation.json, from the
+    seconds each finished epoch logged (the arm trains on one pinned torch thread, so wall is CPU)."""
+    minutes = sum(epoch.get("seconds", 0.0) for epoch in training_history(trained_run(output_dir, arm_name).parent)) / 60
+    return {"arm": arm_name, "train_cpu_min": minutes, "train_wall_min": minutes, "minutes_from": "history"}
 
 
 def training_history(run_dir: Path) -> List[Dict]:
@@ -471,14 +481,10 @@ def main(argv=None):
                         "hold on this machine (from an L1 arm's epoch time)")
     options.earlier = earlier_figures(options.output_dir) if options.resume_arms else {}
     if options.resume_arms:
-        # Resuming an arm without its earlier figures would start it over, deleting its training.
-        unrecorded = [name for name in options.arms
-                      if name not in options.earlier and trained_run(options.output_dir, name).is_file()]
-        if unrecorded:
-            raise UserError(f"{options.output_dir / 'ablation.json'} has no figures for {', '.join(unrecorded)}, "
-                            f"so --resume_arms would train {trained_run(options.output_dir, unrecorded[0]).parent} "
-                            "over again: put back the ablation.json its run wrote, or move that run away to train "
-                            "the arm afresh")
+        # An arm killed mid-sitting has a checkpoint but no figures: its history still knows its epochs' time.
+        for name in options.arms:
+            if name not in options.earlier and trained_run(options.output_dir, name).is_file():
+                options.earlier[name] = figures_from_history(options.output_dir, name)
     options.output_dir.mkdir(parents=True, exist_ok=True)
     results = run_all([ARMS[name] for name in options.arms], options)
     print(table(results, options))
