@@ -96,6 +96,36 @@ def test_the_table_states_the_budget_and_the_strip_shows_the_truth_above_each_ar
     assert strip.shape[0] == 3 * (single.shape[0] // 2)       # truth, l1, sync_fixed
 
 
+def test_the_tails_mouth_scale_is_tried_on_the_new_speech_reusing_the_harness_scoring(ablation, tmp_path,
+                                                                                        monkeypatch):
+    from benchmarks.mouth_scale_calibration import main as calibrate
+    from lipsync.evaluate import motion_check
+
+    results, output, person_and_scoring = ablation
+    scoring = dict(zip(person_and_scoring[::2], person_and_scoring[1::2]))
+    # Every timing passes and every opening counts as too narrow, so that a scale is suggested and tried.
+    monkeypatch.setattr(motion_check, "MIN_OPENING_CORRELATION", -1.0)
+    monkeypatch.setattr(motion_check, "OPENING_RATIO_RANGE", (50.0, 60.0))
+    argv = ["--dataset_dir", scoring["--dataset_dir"], "--syncnet_checkpoint", scoring["--syncnet_checkpoint"],
+            "--heldout_audio", scoring["--heldout_audio"], "--truth_video", scoring["--truth_video"],
+            "--runs", f"plain L1={output / 'l1' / 'run'}", "--val_fraction", "0.5",
+            "--output_dir", str(tmp_path / "out")]
+    (row,) = calibrate(argv)
+    assert row["unscaled_reused"]                                   # the harness scored this speech at scale 1
+    assert row["new_speech"]["opening_ratio"] == pytest.approx(results[0]["scores"]["opening_ratio"])
+    tail = json.loads((tmp_path / "out" / "plain L1" / "tail" / "scores.json").read_text())
+    assert tail["mode"] == "heldout" and row["tail"]["opening_ratio"] == pytest.approx(
+        tail["checkpoints"][-1]["scores"]["opening_ratio"])
+    scale = row["suggested_mouth_scale"]
+    assert scale == motion_check.suggested_mouth_scale(row["tail"]["opening_ratio"]) and scale > 1
+    scaled = json.loads((tmp_path / "out" / "plain L1" / f"new_speech_scale_{scale:g}" / "scores.json").read_text())
+    assert scaled["render_options"] == {"mouth_scale": scale} and scaled["truth"].endswith("held out_truth.mp4")
+    # (The one-epoch mouth is shut, under the warp's smallest gap, so the scale cannot show in its scores.)
+    assert row["new_speech_scaled"]["opening_ratio"] == pytest.approx(
+        scaled["checkpoints"][-1]["scores"]["opening_ratio"])
+    assert json.loads((tmp_path / "out" / "calibration.json").read_text())[0]["run"] == "plain L1"
+
+
 def test_an_arm_whose_schedule_spreads_over_the_budget_trains_for_budget_epochs(tmp_path):
     from benchmarks.ablate_objective import ARMS, train_command
 

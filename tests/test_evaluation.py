@@ -23,6 +23,7 @@ from lipsync.evaluate import metrics, pictures
 from data_utils.audio import load_audio
 from lipsync.evaluate.evaluation import evaluate
 from lipsync.evaluate.landmark_track import LANDMARKS_MISSING_CELL
+from lipsync.evaluate.motion_check import motion_check
 from lipsync.evaluate.options import EvalOptions
 from lipsync.evaluate.report import format_table
 from lipsync.evaluate.results import CheckpointResult
@@ -146,6 +147,12 @@ def test_every_checkpoint_is_scored_on_the_heldout_tail(run, heldout):
     assert reference["lmd"] == 0 and reference["change_ratio"] == 1
     assert np.isfinite(reference["lse_c"]) and np.isfinite(reference["energy_correlation"])
     assert heldout["machine"] and heldout["syncnet"].endswith("best.pth")
+    # The chosen checkpoint's motion is judged against the truth's, in the JSON, the table and the log.
+    best_epoch = heldout["best"]["epoch"]
+    best_scores = next(entry["scores"] for entry in heldout["checkpoints"] if entry["epoch"] == best_epoch)
+    check = heldout["motion_check"]
+    assert check == {**motion_check(best_scores), "judged": f"best.pth, epoch {best_epoch}"}
+    assert f"Motion (best.pth, epoch {best_epoch}): {check['says']}." in heldout["table"]
 
 
 def test_selection_picks_the_trained_checkpoint_over_the_damaged_one(run, heldout):
@@ -243,6 +250,8 @@ def test_last_n_scores_only_the_newest_epochs_and_chooses_nothing(run, heldout):
     both = evaluate(options(run, last=5, write_video=False))                            # more than there are
     assert [entry["epoch"] for entry in both["checkpoints"]] == [TRAINED_EPOCH, DAMAGED_EPOCH]
     assert both["mean"]["epochs"] == [TRAINED_EPOCH, DAMAGED_EPOCH] and both["best"] is None
+    assert both["motion_check"]["judged"] == f"the mean of epochs {TRAINED_EPOCH}, {DAMAGED_EPOCH}"
+    assert newest["motion_check"]["judged"] == f"epoch {DAMAGED_EPOCH}"
     assert (run / "checkpoint" / "talker" / "best.pth").read_bytes() == best_before
 
 
@@ -289,6 +298,7 @@ def test_without_mediapipe_the_other_measures_are_still_made(run, heldout, tmp_p
             assert np.isfinite(scores[key]) and scores[key] == pytest.approx(before[key], rel=0.1), key
     assert np.isnan(report["reference"]["lmd"]) and np.isfinite(report["reference"]["lse_c"])
     assert report["best"] is None and report["landmarks_missing"].startswith("mediapipe is not installed")
+    assert report["motion_check"] is None                                 # no opening measured
     assert (run / "checkpoint" / "talker" / "best.pth").read_bytes() == best_before
     assert f"LMD, open r, offset, open ratio, energy r: {LANDMARKS_MISSING_CELL}" in report["table"]
     # with mediapipe back, the scores cached without it are not reused
@@ -312,7 +322,7 @@ def test_new_audio_reports_sync_without_ground_truth(run, heldout, tmp_path, cap
     scores = entry["scores"]
     assert {"lse_d", "lse_c", "sync_offset", "energy_correlation", "energy_offset", "face_found"} <= set(scores)
     assert "lmd" not in scores and "psnr" not in scores      # nothing to compare with
-    assert report["best"] is None
+    assert report["best"] is None and report["motion_check"] is None       # no truth to judge the motion by
     assert (run / "checkpoint" / "talker" / "best.pth").read_bytes() == best_before
     out = run / "checkpoint" / "talker" / "evaluation" / "audio_other speaker"
     assert probe(out / f"epoch_{TRAINED_EPOCH}_side_by_side.mp4").duration == pytest.approx(NEW_AUDIO_SECONDS, abs=0.05)

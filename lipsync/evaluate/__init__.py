@@ -12,6 +12,7 @@ pictures.py        side-by-side frames and PNG strips of crops
 score_cache.py     epoch_E.json: scores of unchanged checkpoints reused
 results.py         CheckpointResult, and NaN-free JSON
 selection.py       choosing by a metric and writing best.pth
+motion_check.py    whether the mouth moves like the truth's (issue 11's targets), and the --mouth_scale that matches it
 report.py          the markdown table and log lines, the machine line
 
 Imports nothing: lipsync.render.mouth_control imports lipsync.evaluate.metrics, and

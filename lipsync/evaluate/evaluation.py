@@ -60,6 +60,7 @@ from lipsync.core.progress import progress_bar
 from lipsync.evaluate import metrics, score_cache
 from lipsync.evaluate.clip_scorer import ClipScorer
 from lipsync.evaluate.landmark_track import LANDMARK_SCORES, TRACK_SCORES, landmarks_unavailable
+from lipsync.evaluate.motion_check import motion_check
 from lipsync.evaluate.options import EvalOptions
 from lipsync.evaluate.pictures import side_by_side_size, strip_picks, write_combined_strip, write_strip
 from lipsync.evaluate.reference import (Reference, audio_reference, heldout_reference, measure_recording,
@@ -294,14 +295,36 @@ class Evaluation:
                 log.info("new audio without --truth_video has no %s: best.pth left as it was "
                          "(choose with --select_by lse_c or energy_correlation)", self.options.select_by)
         report = self.report(results, best)
+        report["motion_check"] = self.check_motion(results, best, report["mean"])
         write_json_atomic(self.output_dir / "scores.json", finite_or_none(report))
         table = format_table(report)
+        if report["motion_check"]:
+            table += f"\n\nMotion ({report['motion_check']['judged']}): {report['motion_check']['says']}."
         write_text_atomic(self.output_dir / "table.md", table + "\n")
         combined = write_combined_strip(self.output_dir / "strip.png", [result.strip for result in results],
                                         self.has_truth)
         report["table"] = table
         report["strip"] = str(combined) if combined else None
         return report
+
+    def check_motion(self, results: List[CheckpointResult], best: Optional[CheckpointResult],
+                     mean: Optional[Dict]) -> Optional[Dict]:
+        """The chosen checkpoint's (or the scored epochs' mean's, or the one checkpoint's) opening against the
+        truth's targets, logged in one line; None without a truth or a landmark detector."""
+        if not self.has_truth or not results:
+            return None
+        if best is not None:
+            judged, scores = f"best.pth, epoch {best.epoch}", best.scores
+        elif mean is not None:
+            judged, scores = f"the mean of epochs {', '.join(map(str, mean['epochs']))}", mean["scores"]
+        else:
+            judged, scores = f"epoch {results[-1].epoch}", results[-1].scores
+        verdict = motion_check(scores, self.options.render_options.get("mouth_scale", RenderOptions().mouth_scale))
+        if verdict is None:
+            return None
+        verdict["judged"] = judged
+        (log.info if verdict["meets_targets"] else log.warning)("motion, %s: %s", judged, verdict["says"])
+        return verdict
 
     def describe(self) -> Dict:
         reference = self.reference

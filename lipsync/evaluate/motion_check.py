@@ -1,0 +1,53 @@
+"""Whether a checkpoint's mouth moves like the truth's, and what to do when it does not.
+
+The targets are issue 11's, met by the default objective at most seeds on the bundled
+fixture (benchmarks/RESULTS.md): the drawn opening follows the true one at r >= 0.85 at
+offset 0 and opens 0.8-1.2 times as wide on average. A model that misses the timing
+learnt its training audio rather than speech, and only training again helps (another
+--seed, more epochs, a longer recording). One that times the mouth but opens it too
+wide or too little is put right at render time: ``--mouth_scale`` scales the drawn
+opening about in proportion (RESULTS.md, "--mouth_scale"), so the scale that would
+have matched the truth here is the one suggested.
+"""
+import math
+from typing import Dict, Optional
+
+from lipsync.render.mouth_scale import MOUTH_SCALE_LIMITS
+
+MIN_OPENING_CORRELATION = 0.85
+OPENING_RATIO_RANGE = (0.8, 1.2)
+SCALE_STEP = 0.05          # a suggestion finer than this promises more than the measure holds
+
+
+def suggested_mouth_scale(opening_ratio: float, mouth_scale: float = 1.0) -> float:
+    """The --mouth_scale that would have drawn the truth's opening, given the ratio measured at ``mouth_scale``."""
+    low, high = MOUTH_SCALE_LIMITS
+    wanted = mouth_scale / opening_ratio
+    return min(high, max(low, round(wanted / SCALE_STEP) * SCALE_STEP))
+
+
+def motion_check(scores: Dict, mouth_scale: float = 1.0) -> Optional[Dict]:
+    """The verdict on one checkpoint's (or a mean's) opening scores against the truth.
+
+    None when the scores hold no opening measure (no truth, or no landmark detector). Else
+    ``meets_targets``, ``timing_ok``, ``opening_ok``, ``suggested_mouth_scale`` (None when the
+    opening is in range) and ``says``: one line for the log.
+    """
+    correlation, ratio = scores.get("opening_correlation"), scores.get("opening_ratio")
+    if not all(isinstance(value, (int, float)) and math.isfinite(value) for value in (correlation, ratio)):
+        return None
+    timing_ok = correlation >= MIN_OPENING_CORRELATION
+    opening_ok = OPENING_RATIO_RANGE[0] <= ratio <= OPENING_RATIO_RANGE[1]
+    scale = None if opening_ok or ratio <= 0 else suggested_mouth_scale(ratio, mouth_scale)
+    measured = f"the mouth follows the truth's opening at r {correlation:.2f} and opens {ratio:.2f} times as wide"
+    targets = (f"(targets: r >= {MIN_OPENING_CORRELATION:g}, {OPENING_RATIO_RANGE[0]:g}-"
+               f"{OPENING_RATIO_RANGE[1]:g} times)")
+    if not timing_ok:
+        says = (f"{measured} {targets}: the U-Net learnt its training audio rather than speech; train again "
+                "with another --seed, for more epochs or from a longer recording (docs/training.md)")
+    elif scale is not None:
+        says = f"{measured} {targets}: render with --mouth_scale {scale:.2f} to open it as wide as the truth"
+    else:
+        says = f"{measured}: within the targets"
+    return {"meets_targets": timing_ok and opening_ok, "timing_ok": timing_ok, "opening_ok": opening_ok,
+            "suggested_mouth_scale": scale, "says": says}
