@@ -34,6 +34,7 @@ def test_a_mouth_that_misses_the_timing_is_told_to_train_again_not_to_rescale():
     verdict = motion_check({"opening_correlation": 0.76, "opening_ratio": 0.46})
     assert not verdict["meets_targets"] and not verdict["timing_ok"]
     assert "--seed" in verdict["says"] and "--mouth_scale" not in verdict["says"]
+    assert verdict["suggested_mouth_scale"] is None
 
 
 def test_the_targets_edges_and_scores_without_an_opening_measure():
