@@ -28,6 +28,9 @@ def test_a_mouth_that_opens_too_wide_is_told_the_scale_that_matches_the_truth():
     assert motion_check({"opening_correlation": 0.9, "opening_ratio": 0.76})["suggested_mouth_scale"] == \
         pytest.approx(1.3)
     assert suggested_mouth_scale(0.2) == MOUTH_SCALE_LIMITS[1] and suggested_mouth_scale(9) == MOUTH_SCALE_LIMITS[0]
+    assert "as near the truth's width as the option goes" in motion_check(
+        {"opening_correlation": 0.9, "opening_ratio": 0.3})["says"]
+    assert "as wide as the truth" in motion_check({"opening_correlation": 0.9, "opening_ratio": 0.7})["says"]
 
 
 def test_a_mouth_that_misses_the_timing_is_told_to_train_again_not_to_rescale():

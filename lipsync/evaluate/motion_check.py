@@ -49,7 +49,9 @@ def motion_check(scores: Dict, mouth_scale: float = 1.0) -> Optional[Dict]:
         says = (f"{measured} {targets}: the U-Net learnt its training audio rather than speech; train again "
                 "with another --seed, for more epochs or from a longer recording (docs/evaluation.md)")
     elif scale is not None:
-        says = (f"{measured} {targets}: render with --mouth_scale {scale:.2f} to open it as wide as the truth "
+        clamped = scale in MOUTH_SCALE_LIMITS and not math.isclose(scale, mouth_scale / ratio, abs_tol=SCALE_STEP)
+        reach = "as near the truth's width as the option goes" if clamped else "as wide as the truth"
+        says = (f"{measured} {targets}: render with --mouth_scale {scale:.2f} to open it {reach} "
                 "(the warp costs the mouth's picture about 1 dB of PSNR; docs/evaluation.md)")
     else:
         says = f"{measured}: within the targets"
