@@ -113,8 +113,11 @@ def _train_syncnet(config: TrainConfig, dist: Distributed, callbacks) -> List[Di
 
 
 def _fit_and_leave(trainer: Trainer) -> List[Dict]:
-    """Train, then leave the torchrun process group (torch warns at exit otherwise)."""
+    """Train, then leave the torchrun process group (torch warns at exit otherwise), all ranks together:
+    a rank that tore its gloo group down while another still had work in flight aborted at exit once
+    (SIGABRT, "terminate called without an active exception", in the two-process CPU test)."""
     history = trainer.fit()
     if trainer.dist.enabled and torch.distributed.is_initialized():
+        trainer.dist.barrier()
         torch.distributed.destroy_process_group()
     return history
