@@ -25,8 +25,9 @@ varies (a shared VM), the clock gives arms different numbers of epochs: --epochs
 arm exactly N epochs instead, and --resume_arms continues the arms an OUTPUT_DIR already holds
 from their latest.pth (to --epochs N), adding up their CPU minutes: from the ablation.json that
 wrote them, or, for an arm whose sitting was killed before it wrote any, from the epoch seconds its
-checkpoint's history holds (one pinned torch thread, so wall seconds stand for CPU seconds). Writes OUT/ablation.json, OUT/ablation.md (the table) and OUT/strip.png (the
-truth's mouths above every arm's, same frames).
+checkpoint's history holds (one pinned torch thread, so wall seconds stand for CPU seconds).
+Writes OUT/ablation.json, OUT/ablation.md (the table) and OUT/strip.png (the truth's mouths above
+every arm's, same frames).
 """
 import argparse
 import json
@@ -233,16 +234,24 @@ def save_interval(options) -> int:
     return 1 if options.score_last > 1 else NO_EPOCH_LIMIT
 
 
-def evaluate_command(options, run_dir: Path, output_dir: Path, silence_hold: bool = True) -> List[str]:
-    command = script("evaluate_328.py", "--dataset_dir", options.dataset_dir, "--checkpoint_dir", run_dir,
-                     "--last", options.score_last, "--device", "cpu", "--no_select", "--no_video", "--quiet",
-                     "--output_dir", output_dir, "--syncnet_checkpoint", options.syncnet_checkpoint,
-                     "--audio_path", options.heldout_audio)
+def evaluation_arguments(options, run_dir: Path, output_dir: Path, new_speech: bool = True) -> List[str]:
+    """evaluate_328.py's arguments scoring a run's last --score_last epochs without choosing: on
+    --heldout_audio (against --truth_video when given), or with ``new_speech`` off on the held-out tail."""
+    arguments = ["--dataset_dir", options.dataset_dir, "--checkpoint_dir", run_dir, "--last", options.score_last,
+                 "--device", "cpu", "--no_select", "--no_video", "--quiet", "--output_dir", output_dir,
+                 "--syncnet_checkpoint", options.syncnet_checkpoint]
     encoder = DatasetLayout(options.dataset_dir).ave_encoder
     if encoder.is_file():
-        command += ["--ave_checkpoint", str(encoder)]
-    if options.truth_video:
-        command += ["--truth_video", options.truth_video]
+        arguments += ["--ave_checkpoint", encoder]
+    if new_speech:
+        arguments += ["--audio_path", options.heldout_audio]
+        if options.truth_video:
+            arguments += ["--truth_video", options.truth_video]
+    return [str(argument) for argument in arguments]
+
+
+def evaluate_command(options, run_dir: Path, output_dir: Path, silence_hold: bool = True) -> List[str]:
+    command = script("evaluate_328.py", *evaluation_arguments(options, run_dir, output_dir))
     if not silence_hold:
         command.append("--no_silence_hold")
     return command
@@ -322,7 +331,8 @@ def earlier_figures(output_dir: Path) -> Dict[str, Dict]:
 def figures_from_history(output_dir: Path, arm_name: str) -> Dict:
     """The training minutes of an arm whose sitting was killed before it wrote ablation.json, from the
     seconds each finished epoch logged (the arm trains on one pinned torch thread, so wall is CPU)."""
-    minutes = sum(epoch.get("seconds", 0.0) for epoch in training_history(trained_run(output_dir, arm_name).parent)) / 60
+    history = training_history(trained_run(output_dir, arm_name).parent)
+    minutes = sum(epoch.get("seconds", 0.0) for epoch in history) / 60
     return {"arm": arm_name, "train_cpu_min": minutes, "train_wall_min": minutes, "minutes_from": "history"}
 
 

@@ -28,7 +28,8 @@ if __package__ in (None, ""):
 
 import torch  # noqa: E402
 
-from data_utils.layout import DatasetLayout, chosen_dataset_dir  # noqa: E402
+from benchmarks.ablate_objective import evaluation_arguments, summary  # noqa: E402
+from data_utils.layout import chosen_dataset_dir  # noqa: E402
 from lipsync.core import checkpoints as ckpt  # noqa: E402
 from lipsync.core.atomic import write_json_atomic  # noqa: E402
 from lipsync.core.console import configure_console_logging  # noqa: E402
@@ -44,20 +45,13 @@ SHOWN = ("opening_correlation", "opening_ratio", "mouth_psnr", "lmd")
 
 
 def scores_of(report: Dict) -> Dict:
-    """The scored epochs' mean, or the one epoch's scores."""
-    return report["mean"]["scores"] if report.get("mean") else report["checkpoints"][-1]["scores"]
+    """The scored epochs' mean, or the one epoch's scores (as the ablation harness reads them)."""
+    return summary(report)[0]
 
 
 def evaluation(options, run_dir: Path, output_dir: Path, new_speech: bool, mouth_scale: float = 1.0) -> Dict:
-    argv = ["--dataset_dir", str(options.dataset_dir), "--checkpoint_dir", str(run_dir), "--last",
-            str(options.score_last), "--device", "cpu", "--no_select", "--no_video", "--quiet", "--output_dir",
-            str(output_dir), "--syncnet_checkpoint", str(options.syncnet_checkpoint), "--mouth_scale", str(mouth_scale)]
-    encoder = DatasetLayout(options.dataset_dir).ave_encoder
-    if encoder.is_file():
-        argv += ["--ave_checkpoint", str(encoder)]
-    if new_speech:
-        argv += ["--audio_path", str(options.heldout_audio), "--truth_video", str(options.truth_video)]
-    elif options.val_fraction is not None:
+    argv = evaluation_arguments(options, run_dir, output_dir, new_speech) + ["--mouth_scale", str(mouth_scale)]
+    if not new_speech and options.val_fraction is not None:
         argv += ["--val_fraction", str(options.val_fraction)]
     return evaluate(EvalOptions.from_args(evaluation_parser().parse_args(argv)))
 
