@@ -126,6 +126,20 @@ def test_the_tails_mouth_scale_is_tried_on_the_new_speech_reusing_the_harness_sc
     assert json.loads((tmp_path / "out" / "calibration.json").read_text())[0]["run"] == "plain L1"
 
 
+def test_the_calibration_refuses_a_missing_run_or_a_run_without_a_label_in_one_line(tmp_path, capsys):
+    from benchmarks.mouth_scale_calibration import main as calibrate
+
+    for name in ("s.pth", "h.wav", "t.mp4"):
+        (tmp_path / name).write_bytes(b"")
+    given = ["--dataset_dir", str(tmp_path), "--syncnet_checkpoint", str(tmp_path / "s.pth"), "--heldout_audio",
+             str(tmp_path / "h.wav"), "--truth_video", str(tmp_path / "t.mp4"), "--output_dir", str(tmp_path / "o")]
+    missing = tmp_path / "no such run"
+    code, lines = run_main(calibrate, given + ["--runs", f"seed 0={missing}"], capsys)
+    assert code == 2 and lines == [f"error: {missing} does not exist"]
+    code, lines = run_main(calibrate, given + ["--runs", str(missing)], capsys)
+    assert code == 2 and lines[-1].endswith(f"expected LABEL=RUN_DIR, got {str(missing)!r}")
+
+
 def test_an_arm_whose_schedule_spreads_over_the_budget_trains_for_budget_epochs(tmp_path):
     from benchmarks.ablate_objective import ARMS, train_command
 
