@@ -10,10 +10,13 @@
 # 1. preprocess  data_utils/process.py: 25 fps frames, landmarks, crop boxes, audio, aud_<ASR>.npy
 # 2. SyncNet     train_syncnet.py -> checkpoint/NAME/syncnet/best.pth
 # 3. U-Net       train_328.py --use_syncnet -> checkpoint/NAME/*.pth
+# 4. check       evaluate_328.py --last 1: the newest epoch (what inference uses) redraws the
+#                held-out tail; one line says whether the mouth moves like the real one
 #
 # A re-run skips finished stages and resumes an interrupted training from its
 # latest.pth. Extra options go through the environment, e.g.
 #   UNET_ARGS="--model_size mobile --amp" SYNCNET_ARGS="--epochs 20" bash training_328.sh May 0
+# (EVALUATE_ARGS passes options to stage 4, e.g. EVALUATE_ARGS="--no_video".)
 # PYTHON picks the interpreter (default: the project's .venv when it exists, else python).
 set -euo pipefail
 
@@ -30,6 +33,7 @@ if [ -z "${PYTHON:-}" ]; then
 fi
 read -r -a UNET_EXTRA <<< "${UNET_ARGS:-}"
 read -r -a SYNCNET_EXTRA <<< "${SYNCNET_ARGS:-}"
+read -r -a EVALUATE_EXTRA <<< "${EVALUATE_ARGS:-}"
 
 cd "$(dirname "$0")"
 DATASET=dataset/$NAME
@@ -60,21 +64,27 @@ if [ ! -f "$VIDEO" ]; then
     exit 2
 fi
 
-echo "== [1/3] preprocessing $VIDEO ($ASR features; finished stages are skipped)"
+echo "== [1/4] preprocessing $VIDEO ($ASR features; finished stages are skipped)"
 "$PYTHON" data_utils/process.py --input_video "$VIDEO" --output_dir "$DATASET" --asr "$ASR" --device "$DEVICE"
 
-echo "== [2/3] SyncNet -> $CHECKPOINTS/syncnet"
+echo "== [2/4] SyncNet -> $CHECKPOINTS/syncnet"
 if [ -f "$CHECKPOINTS/syncnet/summary.json" ]; then
     echo "SyncNet already trained ($CHECKPOINTS/syncnet/summary.json): skipping"
 else
     "${TRAIN[@]}" train_syncnet.py --name "$NAME" --asr "$ASR" --device "$DEVICE" --resume ${SYNCNET_EXTRA[@]+"${SYNCNET_EXTRA[@]}"}
 fi
 
-echo "== [3/3] U-Net -> $CHECKPOINTS"
+echo "== [3/4] U-Net -> $CHECKPOINTS"
 if [ -f "$CHECKPOINTS/summary.json" ]; then
     echo "U-Net already trained ($CHECKPOINTS/summary.json): skipping"
 else
     "${TRAIN[@]}" train_328.py --name "$NAME" --asr "$ASR" --device "$DEVICE" --use_syncnet --resume ${UNET_EXTRA[@]+"${UNET_EXTRA[@]}"}
+fi
+
+# The checkpoints are complete whatever this stage says, so its failure is a warning, not the run's.
+echo "== [4/4] the newest epoch redraws the held-out tail -> $CHECKPOINTS/evaluation/heldout"
+if ! "$PYTHON" evaluate_328.py --name "$NAME" --last 1 --device "$DEVICE" ${EVALUATE_EXTRA[@]+"${EVALUATE_EXTRA[@]}"}; then
+    echo "warning: the held-out check failed (above); the checkpoints are complete — run it again: python evaluate_328.py --name $NAME --last 1" >&2
 fi
 
 echo "== done: checkpoints in $CHECKPOINTS (training.log, loss_curve.png); next: python inference_328.py --name $NAME --audio_path your.wav"

@@ -442,7 +442,7 @@ def _run_script(root, fake, *arguments, fail_on="none"):
     calls = root / "calls.txt"
     calls.unlink(missing_ok=True)
     environment = {**os.environ, "PYTHON": str(fake), "CALLS": str(calls), "FAIL_ON": fail_on,
-                   "UNET_ARGS": "--model_size tiny --epochs 3"}
+                   "UNET_ARGS": "--model_size tiny --epochs 3", "EVALUATE_ARGS": "--no_video"}
     result = subprocess.run(["bash", str(root / "training_328.sh"), *arguments], capture_output=True,
                             text=True, env=environment, timeout=60)
     made = calls.read_text().splitlines() if calls.exists() else []
@@ -453,10 +453,17 @@ def test_training_script_runs_stages_in_order_stops_at_failure_and_skips_finishe
     root, fake = _script_sandbox(tmp_path)
     result, calls = _run_script(root, fake, "May", "cpu")
     assert result.returncode == 0, result.stderr
-    assert [call.split()[0] for call in calls] == ["data_utils/process.py", "train_syncnet.py", "train_328.py"]
+    assert [call.split()[0] for call in calls] == ["data_utils/process.py", "train_syncnet.py", "train_328.py",
+                                                   "evaluate_328.py"]
     assert "--input_video dataset/May/May.mp4 --output_dir dataset/May --asr ave --device cpu" in calls[0]
     assert "--resume" in calls[1] and "--use_syncnet --resume --model_size tiny --epochs 3" in calls[2]
-    assert result.stdout.count("== [") == 3
+    assert calls[3] == "evaluate_328.py --name May --last 1 --device cpu --no_video"
+    assert result.stdout.count("== [") == 4 and "warning" not in result.stderr
+
+    # The checkpoints are finished when the check after them fails: a warning, and the run succeeds.
+    result, calls = _run_script(root, fake, "May", "cpu", fail_on="evaluate_328.py")
+    assert result.returncode == 0 and len(calls) == 4
+    assert "warning: the held-out check failed" in result.stderr and "== done" in result.stdout
 
     result, calls = _run_script(root, fake, "May", "cpu", "hubert", fail_on="train_syncnet.py")
     assert result.returncode != 0
@@ -467,14 +474,15 @@ def test_training_script_runs_stages_in_order_stops_at_failure_and_skips_finishe
     (root / "checkpoint" / "May" / "syncnet" / "summary.json").write_text("{}")
     result, calls = _run_script(root, fake, "May", "0")
     assert result.returncode == 0 and "SyncNet already trained" in result.stdout
-    assert [call.split()[0] for call in calls] == ["data_utils/process.py", "train_328.py"]
-    assert "--device cuda" in calls[1]
+    assert [call.split()[0] for call in calls] == ["data_utils/process.py", "train_328.py", "evaluate_328.py"]
+    assert "--device cuda" in calls[1] and "--device cuda" in calls[2]
 
     (root / "checkpoint" / "May" / "syncnet" / "summary.json").unlink()
     result, calls = _run_script(root, fake, "May", "0,1")
     assert result.returncode == 0, result.stderr
     torchrun = "-m torch.distributed.run --standalone --nproc_per_node 2"
     assert calls[1].startswith(f"{torchrun} train_syncnet.py") and calls[2].startswith(f"{torchrun} train_328.py")
+    assert calls[3].startswith("evaluate_328.py")                    # one process renders the check
     assert calls[0].startswith("data_utils/process.py")              # preprocessing stays one process
     for bad in ("0,", "a", "0,,1"):
         result, calls = _run_script(root, fake, "May", bad)
