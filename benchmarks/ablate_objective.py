@@ -328,12 +328,21 @@ def earlier_figures(output_dir: Path) -> Dict[str, Dict]:
     return {result["arm"]: result for result in results if "failed" not in result}
 
 
-def figures_from_history(output_dir: Path, arm_name: str) -> Dict:
-    """The training minutes of an arm whose sitting was killed before it wrote ablation.json, from the
-    seconds each finished epoch logged (the arm trains on one pinned torch thread, so wall is CPU)."""
+def figures_from_history(output_dir: Path, arm_name: str, recorded: Optional[Dict] = None) -> Dict:
+    """An arm's training minutes before this sitting: ``recorded`` (its figures in ablation.json, which
+    count its first ``epochs``) plus the seconds each later epoch logged, trained in a sitting killed before
+    it wrote figures (the arm trains on one pinned torch thread, so wall is CPU). Without ``recorded``,
+    every epoch's seconds."""
     history = training_history(trained_run(output_dir, arm_name).parent)
-    minutes = sum(epoch.get("seconds", 0.0) for epoch in history) / 60
-    return {"arm": arm_name, "train_cpu_min": minutes, "train_wall_min": minutes, "minutes_from": "history"}
+    counted = recorded.get("epochs", len(history)) if recorded else 0
+    minutes = sum(epoch.get("seconds", 0.0) for epoch in history[counted:]) / 60
+    if recorded is None:
+        return {"arm": arm_name, "train_cpu_min": minutes, "train_wall_min": minutes, "minutes_from": "history"}
+    if not minutes:
+        return recorded
+    return {**recorded, "train_cpu_min": recorded["train_cpu_min"] + minutes,
+            "train_wall_min": recorded["train_wall_min"] + minutes,
+            "minutes_from": f"figures for epochs 1-{counted}, history after"}
 
 
 def training_history(run_dir: Path) -> List[Dict]:
@@ -491,10 +500,11 @@ def main(argv=None):
                         "hold on this machine (from an L1 arm's epoch time)")
     options.earlier = earlier_figures(options.output_dir) if options.resume_arms else {}
     if options.resume_arms:
-        # An arm killed mid-sitting has a checkpoint but no figures: its history still knows its epochs' time.
+        # An arm killed mid-sitting has epochs its figures do not count (all of them if it wrote none):
+        # its history still knows their time.
         for name in options.arms:
-            if name not in options.earlier and trained_run(options.output_dir, name).is_file():
-                options.earlier[name] = figures_from_history(options.output_dir, name)
+            if trained_run(options.output_dir, name).is_file():
+                options.earlier[name] = figures_from_history(options.output_dir, name, options.earlier.get(name))
     options.output_dir.mkdir(parents=True, exist_ok=True)
     results = run_all([ARMS[name] for name in options.arms], options)
     print(table(results, options))

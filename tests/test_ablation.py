@@ -253,6 +253,24 @@ def test_an_arm_killed_before_its_figures_were_written_resumes_counting_its_epoc
     assert resumed["train_cpu_min"] > earlier_minutes and resumed["train_wall_min"] > earlier_minutes
 
 
+def test_epochs_of_a_killed_sitting_count_towards_an_arm_with_figures(tmp_path):
+    """An arm with figures for 1 epoch was continued, killed after epochs 2 and 3, and is resumed again:
+    the figures count epoch 1, the history's seconds the other two."""
+    from benchmarks.ablate_objective import figures_from_history, trained_run
+
+    run = trained_run(tmp_path, "l1")
+    run.parent.mkdir(parents=True)
+    torch.save({"model": {}, "config": {}, "history": [{"seconds": 60.0}, {"seconds": 120.0}, {"seconds": 180.0}]},
+               run)
+    recorded = {"arm": "l1", "epochs": 1, "train_cpu_min": 1.25, "train_wall_min": 1.5}
+    continued = figures_from_history(tmp_path, "l1", recorded)
+    assert continued["train_cpu_min"] == pytest.approx(1.25 + 5) and continued["train_wall_min"] == pytest.approx(6.5)
+    assert continued["minutes_from"] == "figures for epochs 1-1, history after" and recorded["train_cpu_min"] == 1.25
+    assert figures_from_history(tmp_path, "l1", {**recorded, "epochs": 3}) == {**recorded, "epochs": 3}
+    unrecorded = figures_from_history(tmp_path, "l1")
+    assert unrecorded["train_cpu_min"] == pytest.approx(6.0) and unrecorded["minutes_from"] == "history"
+
+
 def test_every_epoch_is_kept_only_when_the_last_few_are_averaged(tmp_path, capsys):
     from benchmarks.ablate_objective import ARMS, NO_EPOCH_LIMIT, evaluate_command, train_command
 
