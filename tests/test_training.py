@@ -516,6 +516,7 @@ def test_max_minutes_stops_after_the_epoch_that_crosses_it_and_resume_continues(
     assert sorted(path.name for path in save.glob("*.pth")) == ["1.pth", "best.pth", "latest.pth"]
     assert not (save / "summary.json").exists()           # not finished: training_328.sh must not skip it
     assert "stopping: --max_minutes 0.0001 reached after epoch 1 of 50" in (save / "training.log").read_text()
+    assert "resuming after epoch" not in (save / "training.log").read_text()
     model, config = ckpt.load_unet(save / "1.pth", "cpu", asr="ave", model_size="tiny")
     assert config["model_size"] == "tiny" and isinstance(model, LipSyncUNet)
     latest = torch.load(save / "latest.pth", weights_only=False)
@@ -524,6 +525,7 @@ def test_max_minutes_stops_after_the_epoch_that_crosses_it_and_resume_continues(
     train_328.main(base_args(small, save, "--epochs", 3, "--save_interval", 10, "--resume"))
     resumed = torch.load(save / "latest.pth", weights_only=False)
     assert resumed["epoch"] == 3 and resumed["finished"] and len(resumed["history"]) == 3
+    assert f"resuming after epoch 1 from {save / 'latest.pth'}" in (save / "training.log").read_text()
     assert resumed["history"][0]["train_loss"] == latest["history"][0]["train_loss"]
     assert (save / "summary.json").is_file()
 
@@ -599,6 +601,7 @@ def test_a_damaged_latest_pth_points_to_resume_from_which_continues(small, tmp_p
     resumed = ckpt.read_checkpoint(latest)
     assert resumed["epoch"] == 3 and (run / "3.pth").is_file()
     assert [entry["epoch"] for entry in resumed["history"]] == [3]       # the damaged history is gone
+    assert f"resuming after epoch 2 from {run / '2.pth'}" in (run / "training.log").read_text()
     weights_2 = ckpt.read_checkpoint(run / "2.pth")["model"]
     assert any(not torch.equal(weights_2[key], value) for key, value in resumed["model"].items())
 

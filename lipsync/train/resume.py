@@ -56,6 +56,7 @@ class Resumable:
             if self.dist.rank:
                 seed_everything(self.config.seed + self.dist.rank + RESUMED_RANK_SEED_STEP * int(state["epoch"]))
         self.history = list(state.get("history", []))
+        self.resumed_from = path
         self.best_score = state.get("best_score", math.inf)
         self.epochs_without_improvement = state.get("epochs_without_improvement", 0)
         self.start_epoch = int(state["epoch"])
@@ -82,6 +83,7 @@ class Resumable:
             self.average.reset(self.model)
         self.start_epoch = int(state["epoch"])
         self.history = self._history_until(self.start_epoch)
+        self.resumed_from = path
         seed_everything(self.config.seed + self.dist.rank + RESUMED_RANK_SEED_STEP * self.start_epoch)
         self._schedule_from(self.start_epoch)
         if self.dist.is_main:

@@ -59,6 +59,7 @@ class Trainer(Resumable):
         self.best_score = math.inf
         self.epochs_without_improvement = 0
         self.start_epoch = 0
+        self.resumed_from: Optional[Path] = None      # the file --resume / --resume_from continued
         self._training_started = None       # time.monotonic() at this invocation's first epoch (--max_minutes)
         self._other_ranks_rng: List[Dict] = []
 
@@ -280,7 +281,7 @@ class Trainer(Resumable):
                          config.epochs, self.save_dir / ckpt.LATEST)
             return self.history
         if self.start_epoch and dist.is_main:
-            log.info("resuming after epoch %d from %s", self.start_epoch, self.save_dir / ckpt.LATEST)
+            log.info("resuming after epoch %d from %s", self.start_epoch, self.resumed_from)
         self._training_started = time.monotonic()
         for epoch in range(self.start_epoch, config.epochs):
             started = time.time()
