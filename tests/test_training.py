@@ -602,6 +602,8 @@ def test_a_damaged_latest_pth_points_to_resume_from_which_continues(small, tmp_p
     assert resumed["epoch"] == 3 and (run / "3.pth").is_file()
     assert [entry["epoch"] for entry in resumed["history"]] == [3]       # the damaged history is gone
     assert f"resuming after epoch 2 from {run / '2.pth'}" in (run / "training.log").read_text()
+    train_328.main(base_args(small, run, "--epochs", 3, "--save_interval", 1, "--resume_from", 3))
+    assert f"already trained to epoch 3 of 3 ({run / '3.pth'}): nothing to do" in (run / "training.log").read_text()
     weights_2 = ckpt.read_checkpoint(run / "2.pth")["model"]
     assert any(not torch.equal(weights_2[key], value) for key, value in resumed["model"].items())
 

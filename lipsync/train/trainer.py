@@ -278,7 +278,7 @@ class Trainer(Resumable):
         if self.start_epoch >= config.epochs:
             if dist.is_main:
                 log.info("already trained to epoch %d of %d (%s): nothing to do", self.start_epoch,
-                         config.epochs, self.save_dir / ckpt.LATEST)
+                         config.epochs, self.resumed_from)
             return self.history
         if self.start_epoch and dist.is_main:
             log.info("resuming after epoch %d from %s", self.start_epoch, self.resumed_from)
