@@ -174,11 +174,6 @@ ARMS = {arm.name: arm for arm in (
     # adaptive_r3_lips4_leaky repeats.
     Arm("adaptive_r3_lips4_edges", "adaptive ratio 3 with the lips' box counted 4 times, the masked target blacked "
         "out to the crop's edges", ADAPTIVE + ("--sync_ratio", "3") + LIPS_4 + ("--mask_to_edges",)),
-    Arm("adaptive_r3_lips4_edges_open1", "training_328.sh's objective and the opening reader's term at gradient "
-        "ratio 1 (--opening_weight 1)", ADAPTIVE + ("--sync_ratio", "3") + LIPS_4 + ("--mask_to_edges",
-                                                                                   "--opening_weight", "1")),
-    Arm("l1_lips4_open1", "L1 only, lips x 4, and the opening reader's term at gradient ratio 1",
-        LIPS_4 + ("--mask_to_edges", "--opening_weight", "1"), uses_syncnet=False),
     Arm("adaptive_r3_lips4_leaky", "adaptive ratio 3 with the lips' box counted 4 times, only the repainted region "
         "blacked out (the model input before 2026-12-06)",
         ADAPTIVE + ("--sync_ratio", "3") + LIPS_4 + ("--no-mask_to_edges",)),

@@ -209,24 +209,19 @@ def open_person(dataset_dir, asr: str, use_cache: bool = True, build_cache: bool
     return PersonData(layout, asr, crops, features, read_feature_metadata(layout, asr), face_found)
 
 
-def load_landmarks(person: PersonData, needed_for: str = "this") -> np.ndarray:
-    """The dataset's landmarks.npy (frames, points, 2), with one clear line when it is missing
-    or does not match the recording."""
+def load_lip_twins(person: PersonData, frames: Sequence[int]) -> np.ndarray:
+    """data_utils.lip_twins.lip_twins of ``frames`` from the dataset's landmarks.npy, with one clear
+    line when it is missing or does not match the recording."""
     path = person.layout.landmarks_array
     try:
         landmarks = np.load(path)
     except (OSError, ValueError):
-        raise UserError(f"{path} is missing or damaged: {needed_for} needs the landmarks — re-run: "
+        raise UserError(f"{path} is missing or damaged: lip twins need the landmarks — re-run: "
                         f"{process_command(person.layout)}") from None
     if landmarks.ndim != 3 or len(landmarks) != person.frame_count:
         raise UserError(f"{path} has {landmarks.shape[0] if landmarks.ndim else 0} frames of landmarks but the "
                         f"dataset has {person.frame_count} — re-run: {process_command(person.layout)}")
-    return landmarks
-
-
-def load_lip_twins(person: PersonData, frames: Sequence[int]) -> np.ndarray:
-    """data_utils.lip_twins.lip_twins of ``frames`` from the dataset's landmarks.npy."""
-    return lip_twins(load_landmarks(person, "--twin_audio_share"), frames)
+    return lip_twins(landmarks, frames)
 
 
 # --------------------------------------------------------------------------- samples

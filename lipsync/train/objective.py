@@ -1,14 +1,12 @@
 """The U-Net's training objective: what each term measures and how much it weighs.
 
-    total = reconstruction + w_sync x sync + w_open x opening
+    total = reconstruction + w_sync x sync
 
     reconstruction = L1 over the crop, the lips' box (data_utils.crop.LIP_*) counted
                      --lip_weight times (default 4; the weights scaled to mean 1)
                    + 0.01 x VGG19 perceptual (when its weights are at hand)
     sync           = binary cross-entropy of the frozen SyncNet saying "in sync" for the
                      drawn mouth and its audio window
-    opening        = L1 between the inner-lip gap the person's frozen opening reader
-                     (models/opening_reader.py) reads on the drawn mouth and on the true one
 
 The lips are a fifth of the crop but nearly all of what the audio decides; counted 4 times,
 they pull the U-Net onto the audio sooner: after the same 30 CPU minutes from the same start
@@ -24,11 +22,6 @@ picture (with a fixed 10 its gradient was ~2000x L1's, and the mouth smudged;
 benchmarks/RESULTS.md, "The training objective", which also measured a SyncNet
 face-feature loss and a patch discriminator on the mouth band balanced the same way:
 neither helped, so neither is here).
-
-w_open (--opening_weight R > 0; off by default) is balanced the same way, every batch: the
-opening term's gradient on the picture is R times the reconstruction's. It joins with the
-sync term, after the warm-up. L1 lets a mouth that is half open on average pass for one
-that opens and shuts; the reader's gap does not.
 """
 import math
 from dataclasses import dataclass
@@ -54,7 +47,6 @@ class ObjectiveSettings:
     sync_weight: float
     sync_warmup_epochs: int
     lip_weight: float
-    opening_weight: float = 0.0
 
     @classmethod
     def from_config(cls, config) -> "ObjectiveSettings":
@@ -75,14 +67,13 @@ class UNetObjective:
     """``objective(prediction, truth, audio)`` -> the loss terms (and "total") of one batch."""
 
     def __init__(self, settings: ObjectiveSettings, perceptual: Optional[nn.Module] = None,
-                 syncnet: Optional[nn.Module] = None, opening_reader: Optional[nn.Module] = None):
+                 syncnet: Optional[nn.Module] = None):
         self.settings, self.perceptual, self.syncnet = settings, perceptual, syncnet
-        self.opening_reader = opening_reader
         self.epoch = 0
         self._weights: Optional[torch.Tensor] = None
 
     def to(self, device):
-        for module in (self.perceptual, self.syncnet, self.opening_reader):
+        for module in (self.perceptual, self.syncnet):
             if module is not None:
                 module.to(device)
         return self
@@ -92,16 +83,8 @@ class UNetObjective:
         self.epoch = epoch
 
     @property
-    def warmed_up(self) -> bool:
-        return self.epoch >= self.settings.sync_warmup_epochs
-
-    @property
     def sync_active(self) -> bool:
-        return self.syncnet is not None and self.warmed_up
-
-    @property
-    def opening_active(self) -> bool:
-        return self.opening_reader is not None and self.settings.opening_weight > 0 and self.warmed_up
+        return self.syncnet is not None and self.epoch >= self.settings.sync_warmup_epochs
 
     def reconstruction_l1(self, prediction: torch.Tensor, truth: torch.Tensor) -> torch.Tensor:
         if self.settings.lip_weight == 1:
@@ -110,22 +93,16 @@ class UNetObjective:
             self._weights = pixel_weights(self.settings.lip_weight, prediction.device)
         return ((prediction - truth).abs() * self._weights).mean()
 
-    def balanced_weight(self, reconstruction: torch.Tensor, term: torch.Tensor, prediction: torch.Tensor,
-                        ratio: float, cap: float = math.inf) -> float:
-        """The weight that makes ``term``'s gradient on the picture ``ratio`` times the reconstruction's."""
-        if not prediction.requires_grad:
-            return min(ratio, cap)
-        picture_reconstruction, = torch.autograd.grad(reconstruction, prediction, retain_graph=True)
-        picture_term, = torch.autograd.grad(term, prediction, retain_graph=True)
-        weight = ratio * float(picture_reconstruction.norm()) / (float(picture_term.norm()) + GRADIENT_EPS)
-        return 0.0 if math.isnan(weight) else min(weight, cap)   # NaN (an fp16 overflow): skip
-
     def sync_weight(self, reconstruction: torch.Tensor, sync: torch.Tensor, prediction: torch.Tensor) -> float:
         """w_sync for this batch (module docstring); the gradients are taken on the picture only."""
         settings = self.settings
         if settings.sync_balance == "fixed" or not prediction.requires_grad:
             return settings.sync_weight
-        return self.balanced_weight(reconstruction, sync, prediction, settings.sync_ratio, settings.sync_weight)
+        picture_reconstruction, = torch.autograd.grad(reconstruction, prediction, retain_graph=True)
+        picture_sync, = torch.autograd.grad(sync, prediction, retain_graph=True)
+        ratio = float(picture_reconstruction.norm()) / (float(picture_sync.norm()) + GRADIENT_EPS)
+        weight = settings.sync_ratio * ratio
+        return 0.0 if math.isnan(weight) else min(weight, settings.sync_weight)   # NaN (an fp16 overflow): skip
 
     def __call__(self, prediction: torch.Tensor, truth: torch.Tensor, audio: torch.Tensor) -> Dict[str, torch.Tensor]:
         prediction, truth = prediction.float(), truth.float()
@@ -145,11 +122,5 @@ class UNetObjective:
             weight = self.sync_weight(reconstruction, terms["sync"], prediction)
             terms["sync_weight"] = torch.tensor(weight)
             total = total + weight * terms["sync"]
-        if self.opening_active:
-            with torch.autocast(prediction.device.type, enabled=False):
-                terms["opening"] = F.l1_loss(self.opening_reader(prediction), self.opening_reader(truth))
-            weight = self.balanced_weight(reconstruction, terms["opening"], prediction, self.settings.opening_weight)
-            terms["opening_weight"] = torch.tensor(weight)
-            total = total + weight * terms["opening"]
         terms["total"] = total
         return terms

@@ -32,7 +32,6 @@ LIP_WEIGHT = 4.0                # the lips' box counts 4 times in L1 (before 202
 REFERENCE_FRAMES = 1            # reference crops the U-Net sees (SyncTalk_2D's one)
 EMA_DECAY = 0.0                 # the averaged weights (weight_average.py); 0: the last step's weights
 TWIN_AUDIO_SHARE = 0.0          # chance a training sample hears a lip twin's audio (data_utils/lip_twins.py)
-OPENING_WEIGHT = 0.0            # the opening reader's term (objective.py), as a gradient ratio; 0: off
 # --lr_schedule step: halve the LR every 50 epochs (the user guide's StepLR).
 STEP_LR_EPOCHS = 50
 STEP_LR_GAMMA = 0.5
@@ -41,14 +40,13 @@ LR_SCHEDULES = ("none", "step", "cosine")
 RESUME_FIXED_OPTIONS = ("asr", "model_size", "widths", "batch_size", "lr", "lr_schedule", "grad_accum", "augment",
                         "val_fraction", "seed", "use_syncnet", "sync_weight", "sync_balance", "sync_ratio",
                         "sync_warmup_epochs", "lip_weight", "reference_frames", "audio_stages", "mask_to_edges",
-                        "perceptual", "ema_decay", "twin_audio_share", "opening_weight")
+                        "perceptual", "ema_decay", "twin_audio_share")
 # Options of the sync loss: compared on --resume only when both runs use it.
 SYNC_LOSS_OPTIONS = ("sync_weight", "sync_balance", "sync_ratio", "sync_warmup_epochs")
 # What a run saved before these options existed trained with (the objective was L1 + 10 x sync).
 OPTION_VALUES_BEFORE_THEY_EXISTED = {"widths": None, "sync_balance": "fixed", "sync_warmup_epochs": 0, "lip_weight": 1.0,
                                      "reference_frames": 1, "audio_stages": 0, "ema_decay": 0.0,
-                                     "mask_to_edges": False, "twin_audio_share": 0.0,
-                                     "opening_weight": 0.0}
+                                     "mask_to_edges": False, "twin_audio_share": 0.0}
 # SyncNet sees one small mouth band per sample: bigger batches, more epochs than the U-Net.
 SYNCNET_BATCH_SIZE = 32
 SYNCNET_LR = 1e-4
@@ -97,7 +95,6 @@ class TrainConfig(Options):
     mask_to_edges: bool = MASK_TO_EDGES
     ema_decay: float = EMA_DECAY
     twin_audio_share: float = TWIN_AUDIO_SHARE
-    opening_weight: float = OPENING_WEIGHT
     perceptual: str = "auto"                # auto | on | off
     vgg_weights: Optional[Path] = None
     show_progress: bool = True
@@ -119,7 +116,7 @@ class TrainConfig(Options):
                 raise UserError(f"--{name} must be at least 1, got {getattr(self, name)}")
         if self.lr <= 0:
             raise UserError(f"--lr must be positive, got {self.lr}")
-        for name in ("sync_weight", "sync_ratio", "sync_warmup_epochs", "opening_weight"):
+        for name in ("sync_weight", "sync_ratio", "sync_warmup_epochs"):
             if getattr(self, name) < 0:
                 raise UserError(f"--{name} cannot be negative, got {getattr(self, name)}")
         if self.widths is not None and (len(self.widths) != DOWNSAMPLINGS or min(self.widths) < 1):
@@ -268,17 +265,12 @@ def build_unet_parser(description: str) -> argparse.ArgumentParser:
                         help=f"fixed balance: the sync loss's weight against L1; adaptive: its cap "
                              f"(default {SYNC_WEIGHT:g}, SyncTalk_2D's)")
     losses.add_argument("--sync_warmup_epochs", type=int, default=SYNC_WARMUP_EPOCHS,
-                        help=f"train this many epochs on reconstruction alone before the sync loss (and "
-                             f"--opening_weight's term) joins "
+                        help=f"train this many epochs on reconstruction alone before the sync loss joins "
                              f"(default {SYNC_WARMUP_EPOCHS})")
     losses.add_argument("--twin_audio_share", type=float, default=TWIN_AUDIO_SHARE,
                         help="the chance that a training sample hears the audio of a frame, half a second or more "
                              "away, whose lips have the same shape (its lip twin), so the U-Net cannot tie a mouth "
                              f"to its own frame's exact audio (default {TWIN_AUDIO_SHARE:g})")
-    losses.add_argument("--opening_weight", type=float, default=OPENING_WEIGHT,
-                        help="after the warm-up, also match how far the drawn mouth is open to the truth, as a "
-                             "small reader fitted to the recording's landmarks sees it: the term's gradient on "
-                             f"the picture is this many times the reconstruction's (default {OPENING_WEIGHT:g}: off)")
     losses.add_argument("--lip_weight", type=float, default=LIP_WEIGHT,
                         help=f"count the lips' box this many times in the L1 loss (default {LIP_WEIGHT:g}; "
                              "1: every pixel alike)")

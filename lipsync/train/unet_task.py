@@ -20,7 +20,6 @@ from data_utils.lip_twins import NO_TWIN
 from data_utils.model_input import ColourJitter, model_input_batch
 from lipsync.core import checkpoints as ckpt
 from lipsync.train.objective import ObjectiveSettings, UNetObjective
-from lipsync.train.opening_fit import fit_opening_reader
 from lipsync.train.options import TrainConfig
 from lipsync.train.pictures import sample_grid
 from models.unet_328 import width_name
@@ -47,11 +46,10 @@ class UNetTask:
     score_name = "val_l1"                 # lower is better; best.pth and --patience follow it
 
     def __init__(self, model: nn.Module, person: PersonData, config: TrainConfig,
-                 perceptual: Optional[nn.Module] = None, syncnet: Optional[nn.Module] = None,
-                 opening_reader: Optional[nn.Module] = None):
+                 perceptual: Optional[nn.Module] = None, syncnet: Optional[nn.Module] = None):
         self.model, self.person, self.config = model, person, config
         self.perceptual, self.syncnet = perceptual, syncnet
-        self.objective = UNetObjective(ObjectiveSettings.from_config(config), perceptual, syncnet, opening_reader)
+        self.objective = UNetObjective(ObjectiveSettings.from_config(config), perceptual, syncnet)
         self.augment = ColourJitter() if config.augment else None
         train_frames, val_frames = person.split(config.val_fraction)
         count = config.reference_frames
@@ -72,19 +70,11 @@ class UNetTask:
                                  self.model.audio_stages, self.model.mask_to_edges)
 
     def to(self, device):
-        self.device = torch.device(device)
         self.objective.to(device)
 
     def set_epoch(self, epoch: int) -> None:
         self.train_set.set_epoch(epoch)
         self.objective.set_epoch(epoch)
-        if self.config.opening_weight > 0 and self.objective.opening_reader is None and self.objective.warmed_up:
-            # Fitted when its term joins: its ~half a minute and its held-out r land in the training log,
-            # and a run stopped during the warm-up never pays for it. Every rank fits the same one (--seed).
-            train_frames, val_frames = self.person.split(self.config.val_fraction)
-            self.objective.opening_reader = fit_opening_reader(
-                self.person, train_frames, val_frames, self.device, self.config.seed,
-                show_progress=self.config.show_progress)
 
     def inputs(self, batch, device, train: bool):
         target = batch["target"].to(device, non_blocking=True)
