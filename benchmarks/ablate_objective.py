@@ -174,6 +174,9 @@ ARMS = {arm.name: arm for arm in (
     # adaptive_r3_lips4_leaky repeats.
     Arm("adaptive_r3_lips4_edges", "adaptive ratio 3 with the lips' box counted 4 times, the masked target blacked "
         "out to the crop's edges", ADAPTIVE + ("--sync_ratio", "3") + LIPS_4 + ("--mask_to_edges",)),
+    # Measured too, 2026-12-07 (RESULTS.md, "Choosing the epoch on the tail, ..."), seeds 0 and 3, 12 epochs:
+    # training_328.sh's objective plus a frozen opening reader's term at gradient ratio 1 (commit 9abadda,
+    # --opening_weight 1): seed 0 opened wider still (1.50 against 1.31), seed 3 stayed narrow (0.54); removed.
     Arm("adaptive_r3_lips4_leaky", "adaptive ratio 3 with the lips' box counted 4 times, only the repainted region "
         "blacked out (the model input before 2026-12-06)",
         ADAPTIVE + ("--sync_ratio", "3") + LIPS_4 + ("--no-mask_to_edges",)),
