@@ -6,8 +6,8 @@ offset 0 and opens 0.8-1.2 times as wide on average. A model that misses the tim
 not learnt how this mouth follows speech (on talker_a the one seed in five that missed it
 drew its own training frames as narrowly and as loosely timed as new speech: RESULTS.md,
 "Choosing the epoch on the tail"), and only training again helps (another --seed, more
-epochs, a longer recording). One that times the mouth but opens it too
-wide or too little can be put right at render time, at a price: ``--mouth_scale`` scales
+epochs, a longer recording). One that times the mouth but opens it too wide or too little
+can be put right at render time, at a price: ``--mouth_scale`` scales
 the drawn opening about in proportion, so the scale that would have matched the truth
 here is the one suggested. On talker_a the held-out tail's scale brought new speech's
 opening into the targets at all four runs it was tried on, and cost the mouth's picture 0.9-1.2 dB
