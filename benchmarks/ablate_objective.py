@@ -196,6 +196,12 @@ ARMS = {arm.name: arm for arm in (
         ADAPTIVE + ("--sync_ratio", "3") + LIPS_4 + ("--twin_audio_share", "0.25")),
     Arm("l1_lips4_twins", "L1 only, the lips' box counted 4 times, half the samples hearing a lip twin's audio",
         LIPS_4 + ("--twin_audio_share", "0.5"), uses_syncnet=False),
+    # The decoder told the target's lip code in training and the audio's prediction of it otherwise
+    # (data_utils/lip_codes.py): nothing left for it to hedge about, whatever the seed.
+    Arm("adaptive_r3_lips4_code2", "adaptive ratio 3 with the lips' box counted 4 times, the bottleneck told a "
+        "2-number lip code", ADAPTIVE + ("--sync_ratio", "3") + LIPS_4 + ("--lip_code_dims", "2")),
+    Arm("l1_lips4_code2", "L1 only, the lips' box counted 4 times, the bottleneck told a 2-number lip code",
+        LIPS_4 + ("--lip_code_dims", "2"), uses_syncnet=False),
     Arm("adaptive_r10", "adaptive, ratio 10, after a 2-epoch warm-up",
         ADAPTIVE + ("--sync_ratio", "10") + EVERY_PIXEL_ALIKE),
     Arm("adaptive_r03", "adaptive, ratio 0.3, after a 2-epoch warm-up",

@@ -19,6 +19,7 @@ from torch.utils.data import Dataset
 from data_utils.crop_cache import JpegCrops, build_crop_cache, crop_cache_is_current, open_crop_cache
 from data_utils.features.extract import metadata_path
 from data_utils.layout import DatasetLayout, process_command
+from data_utils.lip_codes import lip_codes
 from data_utils.lip_twins import NO_TWIN, lip_twins
 from data_utils.model_input import choose_reference_indices
 from data_utils.timebase import ASR_CHOICES, FEATURE_SPECS, model_audio_input
@@ -209,19 +210,29 @@ def open_person(dataset_dir, asr: str, use_cache: bool = True, build_cache: bool
     return PersonData(layout, asr, crops, features, read_feature_metadata(layout, asr), face_found)
 
 
-def load_lip_twins(person: PersonData, frames: Sequence[int]) -> np.ndarray:
-    """data_utils.lip_twins.lip_twins of ``frames`` from the dataset's landmarks.npy, with one clear
-    line when it is missing or does not match the recording."""
+def load_landmarks(person: PersonData, needed_by: str) -> np.ndarray:
+    """The dataset's (N, points, 2) landmarks.npy, with one clear line naming ``needed_by`` when it is
+    missing or does not match the recording."""
     path = person.layout.landmarks_array
     try:
         landmarks = np.load(path)
     except (OSError, ValueError):
-        raise UserError(f"{path} is missing or damaged: lip twins need the landmarks — re-run: "
+        raise UserError(f"{path} is missing or damaged: {needed_by} need the landmarks — re-run: "
                         f"{process_command(person.layout)}") from None
     if landmarks.ndim != 3 or len(landmarks) != person.frame_count:
         raise UserError(f"{path} has {landmarks.shape[0] if landmarks.ndim else 0} frames of landmarks but the "
                         f"dataset has {person.frame_count} — re-run: {process_command(person.layout)}")
-    return lip_twins(landmarks, frames)
+    return landmarks
+
+
+def load_lip_twins(person: PersonData, frames: Sequence[int]) -> np.ndarray:
+    """data_utils.lip_twins.lip_twins of ``frames`` from the dataset's landmarks.npy."""
+    return lip_twins(load_landmarks(person, "lip twins"), frames)
+
+
+def load_lip_codes(person: PersonData, fit_frames: Sequence[int], dims: int) -> np.ndarray:
+    """(N, dims) data_utils.lip_codes.lip_codes of every frame, fitted on ``fit_frames``."""
+    return lip_codes(load_landmarks(person, "lip codes"), fit_frames, dims)
 
 
 # --------------------------------------------------------------------------- samples
@@ -261,12 +272,15 @@ class LipSyncDataset(_FrameSamples):
     references, and therefore its scores, are the same every epoch.
     ``twins`` (data_utils/lip_twins.py, a row per frame of ``frames``): with the
     chance ``twin_share`` a sample's audio is one of its frame's lip twins'.
+    ``lip_codes`` (data_utils/lip_codes.py, a row per frame of the recording): each sample
+    also gets its target's lip code, which the U-Net learns to draw (and its audio to predict).
     """
 
     def __init__(self, person: PersonData, frames: Sequence[int], references: Sequence[int],
                  seed: int = 0, reference_frames: int = 1, twins: Optional[np.ndarray] = None,
-                 twin_share: float = 0.0):
+                 twin_share: float = 0.0, lip_codes: Optional[np.ndarray] = None):
         super().__init__(person, frames, seed)
+        self.lip_codes = None if lip_codes is None else np.asarray(lip_codes, dtype=np.float32)
         self.references = np.asarray(references)
         self.reference_frames = int(reference_frames)
         # Each frame's twins without the NO_TWIN padding, once: the loader draws from them every sample.
@@ -281,12 +295,15 @@ class LipSyncDataset(_FrameSamples):
         # (328, 328, 3) for one reference, (K, 328, 328, 3) for K.
         reference = (self.person.crop(chosen[0]) if len(chosen) == 1
                      else np.stack([self.person.crop(index) for index in chosen]))
-        return {
+        sample = {
             "target": torch.from_numpy(self.person.crop(frame)),
             "reference": torch.from_numpy(reference),
             "audio": torch.from_numpy(self.person.audio(self._audio_frame(item, frame, rng))),
             "frame": frame,
         }
+        if self.lip_codes is not None:
+            sample["lip_code"] = torch.from_numpy(self.lip_codes[frame].copy())
+        return sample
 
     def _audio_frame(self, item: int, frame: int, rng: np.random.Generator) -> int:
         """The frame whose audio the sample gets: its own, or with the chance twin_share a lip twin's.

@@ -18,9 +18,13 @@ resolutions where the lips' edges are drawn and not only the 10 x 10 grid,
 whose cells are a third of the mouth's width. With ``mask_to_edges`` the model
 blacks the masked target out from the mask's top row to the crop's bottom and
 side edges before it looks at it: the strips beside and below the repainted
-region show the jaw and its shadow moving with the mouth.
+region show the jaw and its shadow moving with the mouth. With ``lip_code_dims``
+K > 0 the bottleneck is also told a lip code (data_utils/lip_codes.py: K numbers
+for the lips' shape): in training the target's true one, otherwise the one the
+audio branch predicts from its embedding, which training fits to the true one
+(``forward(..., return_lip_code=True)`` returns the prediction for that loss).
 """
-from typing import Dict, Tuple
+from typing import Dict, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -60,6 +64,7 @@ HIGH_RES_STAGES = 2
 DOWNSAMPLINGS = 5
 AUDIO_STAGES = 0                # decoder stages the audio modulates besides the bottleneck (the layout before: 0)
 MASK_TO_EDGES = True            # black the masked target out to the crop's edges (the default since 2026-12-06; before: no)
+LIP_CODE_DIMS = 0               # lip-code numbers the bottleneck is told (data_utils/lip_codes.py; before: none)
 BOTTLENECK_SIZE = INNER_SIZE >> DOWNSAMPLINGS        # 10
 
 
@@ -133,11 +138,13 @@ class LipSyncUNet(nn.Module):
     is one of WIDTHS (or any 5 increasing channel counts); ``reference_frames``
     how many reference crops come before the masked target; ``audio_stages`` how
     many decoder stages, from the 20 x 20 one up, the audio embedding modulates;
-    ``mask_to_edges`` whether the masked target is blacked out below MASK_TOP to the edges.
+    ``mask_to_edges`` whether the masked target is blacked out below MASK_TOP to the edges;
+    ``lip_code_dims`` how many lip-code numbers the bottleneck is told (0: none).
     """
 
     def __init__(self, asr: str, audio_shape: tuple, widths=WIDTHS[DEFAULT_MODEL_SIZE], reference_frames: int = 1,
-                 audio_stages: int = AUDIO_STAGES, mask_to_edges: bool = MASK_TO_EDGES):
+                 audio_stages: int = AUDIO_STAGES, mask_to_edges: bool = MASK_TO_EDGES,
+                 lip_code_dims: int = LIP_CODE_DIMS):
         super().__init__()
         widths = tuple(int(value) for value in widths)
         if len(widths) != DOWNSAMPLINGS:
@@ -177,6 +184,10 @@ class LipSyncUNet(nn.Module):
         if self.reference_frames > 1:
             self._widen_stem()
         self.audio_film = self._film_layers(bottleneck, encoder_widths)
+        if int(lip_code_dims) < 0:
+            raise ValueError(f"lip_code_dims cannot be negative, got {lip_code_dims}")
+        self.lip_code_dims = int(lip_code_dims)
+        self.lip_code_head, self.lip_code_in = self._lip_code_layers(bottleneck)
         self.mask_to_edges = bool(mask_to_edges)
         keep = torch.from_numpy(shown_to_edges()).float()[None, None]
         # Not in the state dict: the flag (in the checkpoint's config) says whether it is used.
@@ -197,6 +208,20 @@ class LipSyncUNet(nn.Module):
             nn.init.zeros_(layer.bias)
             layers.append(layer)
         return layers
+
+    def _lip_code_layers(self, bottleneck: int):
+        """The audio embedding -> predicted lip code, and a lip code -> what it adds to the embedding.
+
+        Drawn after every other weight, the second set to zero: with the same seed the network
+        starts as the one without lip codes, and only training makes the decoder listen to them.
+        """
+        if self.lip_code_dims == 0:
+            return None, None
+        head = nn.Linear(bottleneck, self.lip_code_dims)
+        code_in = nn.Linear(self.lip_code_dims, bottleneck)
+        nn.init.zeros_(code_in.weight)
+        nn.init.zeros_(code_in.bias)
+        return head, code_in
 
     def _widen_stem(self) -> None:
         """Give the stem's first convolution the extra references' input channels.
@@ -220,7 +245,11 @@ class LipSyncUNet(nn.Module):
             return image6
         return torch.cat([image6[:, :-IMAGE_CHANNELS], image6[:, -IMAGE_CHANNELS:] * self.target_keep], dim=1)
 
-    def forward(self, image6: torch.Tensor, audio: torch.Tensor) -> torch.Tensor:
+    def forward(self, image6: torch.Tensor, audio: torch.Tensor, lip_code: Optional[torch.Tensor] = None,
+                return_lip_code: bool = False):
+        """The drawn crop; with ``return_lip_code`` also the (B, lip_code_dims) lip code the audio
+        predicts (None without lip codes). ``lip_code`` (B, lip_code_dims): the code the decoder is
+        told instead of the predicted one (training's true codes)."""
         x = self.stem(self.seen_input(image6))
         skips = [x]
         for stage in self.down:
@@ -229,11 +258,18 @@ class LipSyncUNet(nn.Module):
         skips.pop()                                   # the bottleneck itself is not a skip
         # (B, bottleneck) audio embedding, the same at every bottleneck position.
         embedding = self.audio(audio)
-        audio_map = embedding[:, :, None, None].expand(-1, -1, x.shape[2], x.shape[3])
+        predicted_code = None
+        told = embedding
+        if self.lip_code_dims:
+            predicted_code = self.lip_code_head(embedding)
+            code = predicted_code if lip_code is None else lip_code.to(embedding.dtype)
+            told = embedding + self.lip_code_in(code)
+        audio_map = told[:, :, None, None].expand(-1, -1, x.shape[2], x.shape[3])
         x = self.fuse(torch.cat([x, audio_map], dim=1))
         for index, stage in enumerate(self.up):
             x = stage(x, skips.pop())
             if index < self.audio_stages:
                 scale, shift = self.audio_film[index](embedding)[:, :, None, None].chunk(2, dim=1)
                 x = x * (1 + scale) + shift
-        return torch.sigmoid(self.head(x))
+        drawn = torch.sigmoid(self.head(x))
+        return (drawn, predicted_code) if return_lip_code else drawn

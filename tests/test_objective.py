@@ -14,7 +14,8 @@ pytestmark = pytest.mark.usefixtures("one_cpu_thread")
 
 
 def settings(**changes) -> ObjectiveSettings:
-    values = dict(sync_balance="adaptive", sync_ratio=1.0, sync_weight=10.0, sync_warmup_epochs=0, lip_weight=1.0)
+    values = dict(sync_balance="adaptive", sync_ratio=1.0, sync_weight=10.0, sync_warmup_epochs=0, lip_weight=1.0,
+                  lip_code_weight=1.0)
     values.update(changes)
     return ObjectiveSettings(**values)
 

@@ -1,12 +1,14 @@
 """The U-Net's training objective: what each term measures and how much it weighs.
 
-    total = reconstruction + w_sync x sync
+    total = reconstruction + w_sync x sync + w_code x lip code
 
     reconstruction = L1 over the crop, the lips' box (data_utils.crop.LIP_*) counted
                      --lip_weight times (default 4; the weights scaled to mean 1)
                    + 0.01 x VGG19 perceptual (when its weights are at hand)
     sync           = binary cross-entropy of the frozen SyncNet saying "in sync" for the
                      drawn mouth and its audio window
+    lip code       = mean squared error of the lip code the audio predicts (with --lip_code_dims;
+                     data_utils/lip_codes.py), w_code = --lip_code_weight
 
 The lips are a fifth of the crop but nearly all of what the audio decides; counted 4 times,
 they pull the U-Net onto the audio sooner: after the same 30 CPU minutes from the same start
@@ -47,6 +49,7 @@ class ObjectiveSettings:
     sync_weight: float
     sync_warmup_epochs: int
     lip_weight: float
+    lip_code_weight: float
 
     @classmethod
     def from_config(cls, config) -> "ObjectiveSettings":
@@ -104,7 +107,9 @@ class UNetObjective:
         weight = settings.sync_ratio * ratio
         return 0.0 if math.isnan(weight) else min(weight, settings.sync_weight)   # NaN (an fp16 overflow): skip
 
-    def __call__(self, prediction: torch.Tensor, truth: torch.Tensor, audio: torch.Tensor) -> Dict[str, torch.Tensor]:
+    def __call__(self, prediction: torch.Tensor, truth: torch.Tensor, audio: torch.Tensor,
+                 predicted_code: Optional[torch.Tensor] = None,
+                 true_code: Optional[torch.Tensor] = None) -> Dict[str, torch.Tensor]:
         prediction, truth = prediction.float(), truth.float()
         terms = {"l1": self.reconstruction_l1(prediction, truth)}
         reconstruction = L1_WEIGHT * terms["l1"]
@@ -122,5 +127,8 @@ class UNetObjective:
             weight = self.sync_weight(reconstruction, terms["sync"], prediction)
             terms["sync_weight"] = torch.tensor(weight)
             total = total + weight * terms["sync"]
+        if predicted_code is not None:
+            terms["lip_code"] = F.mse_loss(predicted_code.float(), true_code.float())
+            total = total + self.settings.lip_code_weight * terms["lip_code"]
         terms["total"] = total
         return terms

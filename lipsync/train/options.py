@@ -19,8 +19,8 @@ from lipsync.core.errors import UserError
 from lipsync.core.options import Options, as_typed
 from lipsync.train.objective import SYNC_BALANCES
 from models.perceptual import PERCEPTUAL_MODES
-from models.unet_328 import (AUDIO_STAGES, DEFAULT_MODEL_SIZE, DOWNSAMPLINGS, MASK_TO_EDGES, MODEL_SIZES,
-                             WIDTHS)
+from models.unet_328 import (AUDIO_STAGES, DEFAULT_MODEL_SIZE, DOWNSAMPLINGS, LIP_CODE_DIMS, MASK_TO_EDGES,
+                             MODEL_SIZES, WIDTHS)
 
 # The U-Net objective's defaults (lipsync/train/objective.py), chosen by the ablation in
 # benchmarks/RESULTS.md ("The training objective").
@@ -32,6 +32,7 @@ LIP_WEIGHT = 4.0                # the lips' box counts 4 times in L1 (before 202
 REFERENCE_FRAMES = 1            # reference crops the U-Net sees (SyncTalk_2D's one)
 EMA_DECAY = 0.0                 # the averaged weights (weight_average.py); 0: the last step's weights
 TWIN_AUDIO_SHARE = 0.0          # chance a training sample hears a lip twin's audio (data_utils/lip_twins.py)
+LIP_CODE_WEIGHT = 1.0           # the audio's lip-code prediction: its mean squared error's weight
 # --lr_schedule step: halve the LR every 50 epochs (the user guide's StepLR).
 STEP_LR_EPOCHS = 50
 STEP_LR_GAMMA = 0.5
@@ -40,13 +41,14 @@ LR_SCHEDULES = ("none", "step", "cosine")
 RESUME_FIXED_OPTIONS = ("asr", "model_size", "widths", "batch_size", "lr", "lr_schedule", "grad_accum", "augment",
                         "val_fraction", "seed", "use_syncnet", "sync_weight", "sync_balance", "sync_ratio",
                         "sync_warmup_epochs", "lip_weight", "reference_frames", "audio_stages", "mask_to_edges",
-                        "perceptual", "ema_decay", "twin_audio_share")
+                        "perceptual", "ema_decay", "twin_audio_share", "lip_code_dims", "lip_code_weight")
 # Options of the sync loss: compared on --resume only when both runs use it.
 SYNC_LOSS_OPTIONS = ("sync_weight", "sync_balance", "sync_ratio", "sync_warmup_epochs")
 # What a run saved before these options existed trained with (the objective was L1 + 10 x sync).
 OPTION_VALUES_BEFORE_THEY_EXISTED = {"widths": None, "sync_balance": "fixed", "sync_warmup_epochs": 0, "lip_weight": 1.0,
                                      "reference_frames": 1, "audio_stages": 0, "ema_decay": 0.0,
-                                     "mask_to_edges": False, "twin_audio_share": 0.0}
+                                     "mask_to_edges": False, "twin_audio_share": 0.0, "lip_code_dims": 0,
+                                     "lip_code_weight": LIP_CODE_WEIGHT}
 # SyncNet sees one small mouth band per sample: bigger batches, more epochs than the U-Net.
 SYNCNET_BATCH_SIZE = 32
 SYNCNET_LR = 1e-4
@@ -95,6 +97,8 @@ class TrainConfig(Options):
     mask_to_edges: bool = MASK_TO_EDGES
     ema_decay: float = EMA_DECAY
     twin_audio_share: float = TWIN_AUDIO_SHARE
+    lip_code_dims: int = LIP_CODE_DIMS
+    lip_code_weight: float = LIP_CODE_WEIGHT
     perceptual: str = "auto"                # auto | on | off
     vgg_weights: Optional[Path] = None
     show_progress: bool = True
@@ -134,6 +138,9 @@ class TrainConfig(Options):
                             f"(no average) and below 1, got {self.ema_decay:g}")
         if not 0 <= self.twin_audio_share <= 1:
             raise UserError(f"--twin_audio_share is a chance: 0 to 1, got {self.twin_audio_share:g}")
+        if self.lip_code_dims < 0 or self.lip_code_weight < 0:
+            raise UserError(f"--lip_code_dims and --lip_code_weight cannot be negative, got {self.lip_code_dims} "
+                            f"and {self.lip_code_weight:g}")
         if self.sync_balance not in SYNC_BALANCES:
             raise UserError(f"--sync_balance must be one of {', '.join(SYNC_BALANCES)}")
         if self.num_workers < 0 or self.patience < 0:
@@ -288,6 +295,14 @@ def build_unet_parser(description: str) -> argparse.ArgumentParser:
                         help="black the masked target out from the mask's top to the crop's bottom and side edges, "
                              "where the jaw and its shadow show the mouth's opening (default: on; --no-mask_to_edges "
                              "hides only the repainted region, as before 2026-12-06); the checkpoint records it")
+    losses.add_argument("--lip_code_dims", type=int, default=LIP_CODE_DIMS,
+                        help="tell the U-Net's bottleneck this many numbers of the lips' shape (their principal "
+                             "components, data_utils/lip_codes.py): in training the target's own, which the audio "
+                             "learns to predict, at inference the prediction (default %d: none; 2: opening and "
+                             "width); the checkpoint records it" % LIP_CODE_DIMS)
+    losses.add_argument("--lip_code_weight", type=float, default=LIP_CODE_WEIGHT,
+                        help=f"weight of the audio's lip-code prediction error in the loss (default "
+                             f"{LIP_CODE_WEIGHT:g}; used with --lip_code_dims)")
     losses.add_argument("--ema_decay", type=float, default=EMA_DECAY,
                         help=f"validate and save an exponential moving average of the weights over the optimizer "
                              f"steps, each step keeping this share of it (e.g. 0.995: about the last 200 steps); "

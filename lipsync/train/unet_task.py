@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from data_utils import crop
-from data_utils.dataset import LipSyncDataset, PersonData, load_lip_twins
+from data_utils.dataset import LipSyncDataset, PersonData, load_lip_codes, load_lip_twins
 from data_utils.lip_twins import NO_TWIN
 from data_utils.model_input import ColourJitter, model_input_batch
 from lipsync.core import checkpoints as ckpt
@@ -59,15 +59,17 @@ class UNetTask:
             log.info("lip twins: %.0f %% of %d training frames have one (median %d); each sample hears one "
                      "with chance %g", 100 * np.mean(found > 0), len(found), int(np.median(found)),
                      config.twin_audio_share)
+        codes = load_lip_codes(person, train_frames, config.lip_code_dims) if config.lip_code_dims else None
         self.train_set = LipSyncDataset(person, train_frames, train_frames, config.seed, count, twins,
-                                        config.twin_audio_share)
-        self.val_set = LipSyncDataset(person, val_frames, val_frames, config.seed, count) if len(val_frames) else None
+                                        config.twin_audio_share, codes)
+        self.val_set = (LipSyncDataset(person, val_frames, val_frames, config.seed, count, lip_codes=codes)
+                        if len(val_frames) else None)
 
     def model_config(self) -> Dict:
         return ckpt.model_config(self.kind, self.config.asr, width_name(self.model.widths),
                                  self.model.widths, self.model.audio_shape,
                                  self.person.describe_features(), self.config.reference_frames,
-                                 self.model.audio_stages, self.model.mask_to_edges)
+                                 self.model.audio_stages, self.model.mask_to_edges, self.model.lip_code_dims)
 
     def to(self, device):
         self.objective.to(device)
@@ -87,7 +89,12 @@ class UNetTask:
 
     def losses(self, model, batch, device) -> Dict[str, torch.Tensor]:
         image6, truth, audio = self.inputs(batch, device, train=True)
-        return self.objective(model(image6, audio), truth, audio)
+        if "lip_code" not in batch:
+            return self.objective(model(image6, audio), truth, audio)
+        # The decoder is told the target's true lip code; the audio's prediction of it is scored.
+        true_code = batch["lip_code"].to(device, non_blocking=True)
+        drawn, predicted_code = model(image6, audio, lip_code=true_code, return_lip_code=True)
+        return self.objective(drawn, truth, audio, predicted_code, true_code)
 
     @torch.no_grad()
     def validate(self, model, loader, device, autocast) -> Dict[str, float]:
@@ -97,7 +104,11 @@ class UNetTask:
         for batch in loader:
             image6, truth, audio = self.inputs(batch, device, train=False)
             with autocast():
-                prediction = model(image6, audio)
+                # As inference draws: the decoder is told the lip code the audio predicts.
+                prediction, predicted_code = model(image6, audio, return_lip_code=True)
+            if predicted_code is not None:
+                code_error = (predicted_code.float() - batch["lip_code"].to(device)).pow(2).mean(dim=1)
+                sums["val_lip_code_mse"] = sums.get("val_lip_code_mse", 0.0) + float(code_error.sum())
             metrics = region_metrics(prediction, truth)
             sums["val_l1"] += float(metrics["l1"].sum())
             sums["val_psnr"] += float(metrics["psnr"].sum())
