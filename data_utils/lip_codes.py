@@ -3,15 +3,17 @@
 The principal components of the training frames' lip shapes (data_utils.lip_twins.lip_shapes:
 the lips around their centre, in face widths), each scaled to unit spread over those frames.
 On the 40 s fixture the first two carry 94 % of the lips' variance: the first is the opening
-(r 0.99 with the inner-lip gap), the second the width; the rest are head pose and noise, and
-the audio cannot predict them (benchmarks/RESULTS.md, "Lip codes").
+(r 0.99 with the inner-lip gap), the second the width; the third and fourth (3.5 %) a ridge
+regression from the audio features predicts at r 0.02-0.46 only (benchmarks/RESULTS.md, "Lip
+codes, and the colour head").
 
-Why a U-Net wants them (train_328.py --lip_code_dims): trained on the audio alone, the decoder
-hedges between the mouths that one window of speech may come with and draws some runs' mouths
-a third too wide, others half as wide, although its own audio embedding predicts the opening
-at r 0.93. Given the target's true lip code while it trains, the decoder has nothing to hedge
-about: it learns to draw the shape it is told. The U-Net's audio branch learns to predict the
-code, and at inference the prediction is what the decoder is told.
+What a U-Net does with them (train_328.py --lip_code_dims): in training its decoder is told the
+target's true code, so the shape of the mouth is given rather than guessed from the audio; its
+audio branch learns to predict the code, and at inference the prediction is what the decoder is
+told. The code is also a handle on the drawn mouth: a larger first code opens it. Measured on the
+fixture (RESULTS.md, "Lip codes, and the colour head"): the prediction follows unseen frames' code
+at r 0.97, the mouth is drawn 0.2 dB sharper, and how wide a run draws a given code still depends
+on its seed, so the option is off by default.
 """
 from typing import Sequence
 

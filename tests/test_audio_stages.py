@@ -14,7 +14,7 @@ from lipsync.core.errors import UserError
 from lipsync.evaluate.metrics import opening_scores
 from lipsync.render.api import load_renderer
 from models.unet_328 import DOWNSAMPLINGS, WIDTHS, LipSyncUNet
-from tests.training_helpers import (responsive_random_weights, tiny_unet_saved_before,
+from tests.training_helpers import (responsive_random_weights, tiny_unet_pair, tiny_unet_saved_before,
                                     train_tiny_epoch_and_render_both_backends)
 
 TINY_AUDIO = (4, 16, 16)
@@ -29,13 +29,7 @@ def _inputs(batch: int = 2):
 
 
 def test_the_modulated_model_starts_as_the_plain_one():
-    torch.manual_seed(3)
-    plain = LipSyncUNet("ave", TINY_AUDIO, WIDTHS["tiny"]).eval()
-    torch.manual_seed(3)
-    modulated = LipSyncUNet("ave", TINY_AUDIO, WIDTHS["tiny"], audio_stages=3).eval()
-    plain_state, modulated_state = plain.state_dict(), modulated.state_dict()
-    assert all(torch.equal(modulated_state[name], value) for name, value in plain_state.items())
-    extra = sorted(set(modulated_state) - set(plain_state))
+    plain, modulated, extra = tiny_unet_pair(TINY_AUDIO, audio_stages=3)
     assert extra == sorted(f"audio_film.{index}.{kind}" for index in range(3) for kind in ("weight", "bias"))
     # Each stage's (scale, shift) has its stage's channels: tiny decoder outputs 16, 16, 8 wide.
     assert [layer.out_features for layer in modulated.audio_film] == [32, 32, 16]

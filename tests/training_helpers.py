@@ -141,6 +141,18 @@ def cut_to_frames(layout, frames: int) -> None:
     write_wav(layout.audio_wav, load_audio(layout.audio_wav)[:frames * SAMPLES_PER_FRAME])
 
 
+def tiny_unet_pair(audio_shape, seed: int = 3, **option):
+    """(plain, optioned, names only the optioned one has): two tiny U-Nets drawn from the same seed, in
+    eval mode, the second with ``option``; every weight the plain one has must be drawn alike."""
+    torch.manual_seed(seed)
+    plain = LipSyncUNet("ave", audio_shape, WIDTHS["tiny"]).eval()
+    torch.manual_seed(seed)
+    optioned = LipSyncUNet("ave", audio_shape, WIDTHS["tiny"], **option).eval()
+    plain_state, optioned_state = plain.state_dict(), optioned.state_dict()
+    assert all(torch.equal(optioned_state[name], value) for name, value in plain_state.items())
+    return plain, optioned, sorted(set(optioned_state) - set(plain_state))
+
+
 def tiny_unet_saved_before(tmp_path, option: str, audio_shape=(4, 16, 16)) -> Path:
     """A tiny U-Net checkpoint whose config lacks ``option``, as one saved before the option existed."""
     torch.manual_seed(0)
