@@ -205,7 +205,8 @@ ARMS = {arm.name: arm for arm in (
     # Measured too, 2026-12-07 (RESULTS.md, "Lip codes, and the colour head"), seed 3, 12 epochs: the 1x1
     # colour head (4 channels -> RGB at this width) started at zero instead of its random draw (--head_init
     # zero, not committed). It fitted 2-3 epochs later and left the mouth narrow (r 0.80, opening 0.61), where
-    # seed 3 with seed 0's random head and every other weight its own met the targets; the option is gone.
+    # seed 3 with seed 0's random head and every other weight its own met the targets (and seed 0 with seed
+    # 3's missed them); the option is gone.
     Arm("adaptive_r10", "adaptive, ratio 10, after a 2-epoch warm-up",
         ADAPTIVE + ("--sync_ratio", "10") + EVERY_PIXEL_ALIKE),
     Arm("adaptive_r03", "adaptive, ratio 0.3, after a 2-epoch warm-up",
