@@ -197,7 +197,8 @@ ARMS = {arm.name: arm for arm in (
     Arm("l1_lips4_twins", "L1 only, the lips' box counted 4 times, half the samples hearing a lip twin's audio",
         LIPS_4 + ("--twin_audio_share", "0.5"), uses_syncnet=False),
     # The decoder told the target's lip code in training and the audio's prediction of it otherwise
-    # (data_utils/lip_codes.py): nothing left for it to hedge about, whatever the seed.
+    # (data_utils/lip_codes.py). Measured 2026-12-07 (RESULTS.md, "Lip codes, and the colour head"), seeds 0
+    # and 3, 12 epochs: the mouth 0.20-0.24 dB sharper, each seed's opening unchanged (1.34, 0.54).
     Arm("adaptive_r3_lips4_code2", "adaptive ratio 3 with the lips' box counted 4 times, the bottleneck told a "
         "2-number lip code", ADAPTIVE + ("--sync_ratio", "3") + LIPS_4 + ("--lip_code_dims", "2")),
     Arm("l1_lips4_code2", "L1 only, the lips' box counted 4 times, the bottleneck told a 2-number lip code",

@@ -31,8 +31,9 @@ def lip_codes(landmarks: np.ndarray, fit_frames: Sequence[int], dims: int) -> np
     The components' signs are fixed (each one's largest loading positive), so the same
     landmarks always give the same codes.
     """
+    fit_index = np.asarray(fit_frames, dtype=np.int64)
     shapes = lip_shapes(landmarks).astype(np.float64)
-    fit = shapes[np.asarray(fit_frames, dtype=np.int64)]
+    fit = shapes[fit_index]
     if len(fit) < 2:
         raise ValueError(f"lip codes need at least 2 frames to fit, got {len(fit)}")
     if not 1 <= dims <= fit.shape[1]:
@@ -43,6 +44,6 @@ def lip_codes(landmarks: np.ndarray, fit_frames: Sequence[int], dims: int) -> np
     largest = np.argmax(np.abs(components), axis=1)
     components *= np.sign(components[np.arange(dims), largest])[:, None]
     codes = (shapes - mean) @ components.T
-    spread = codes[np.asarray(fit_frames, dtype=np.int64)].std(axis=0)
+    spread = codes[fit_index].std(axis=0)
     codes = np.where(spread > MIN_COMPONENT_SPREAD, codes / np.maximum(spread, MIN_COMPONENT_SPREAD), 0.0)
     return codes.astype(np.float32)
