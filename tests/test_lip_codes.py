@@ -121,6 +121,9 @@ def test_training_with_codes_and_without_their_landmarks(processed_clip, tmp_pat
     assert "landmarks.npy" in lines[0] and "lip codes" in lines[0] and "process.py" in lines[0], lines
     code, lines = run_main(train_328.main, base_args(dataset, tmp_path / "bad", "--lip_code_dims", "-1"), capsys)
     assert code == 2 and len(lines) == 1 and "--lip_code_dims" in lines[0], lines
+    code, lines = run_main(train_328.main, base_args(dataset, tmp_path / "bad_weight", "--lip_code_dims", "2",
+                                                     "--lip_code_weight", "-0.5"), capsys)
+    assert code == 2 and len(lines) == 1 and "--lip_code_weight" in lines[0] and "-0.5" in lines[0], lines
 
 
 def test_a_checkpoint_saved_before_the_option_loads_without_codes(tmp_path):
