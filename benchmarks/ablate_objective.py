@@ -208,6 +208,14 @@ ARMS = {arm.name: arm for arm in (
     # zero, not committed). It fitted 2-3 epochs later and left the mouth narrow (r 0.80, opening 0.61), where
     # seed 3 with seed 0's random head and every other weight its own met the targets (and seed 0 with seed
     # 3's missed them); the option is gone.
+    # The colour head reading the coarser decoder stages too (--head_levels), the lever the head transplant
+    # above points at: colours from more channels than the stem's few, so that no draw of the head's first
+    # weights leaves the lips pale.
+    Arm("adaptive_r3_lips4_head2", "adaptive ratio 3 with the lips' box counted 4 times, the colour head reading "
+        "the 160 x 160 decoder stage too", ADAPTIVE + ("--sync_ratio", "3") + LIPS_4 + ("--head_levels", "2")),
+    Arm("adaptive_r3_lips4_head3", "adaptive ratio 3 with the lips' box counted 4 times, the colour head reading "
+        "the 160 x 160 and 80 x 80 decoder stages too",
+        ADAPTIVE + ("--sync_ratio", "3") + LIPS_4 + ("--head_levels", "3")),
     Arm("adaptive_r10", "adaptive, ratio 10, after a 2-epoch warm-up",
         ADAPTIVE + ("--sync_ratio", "10") + EVERY_PIXEL_ALIKE),
     Arm("adaptive_r03", "adaptive, ratio 0.3, after a 2-epoch warm-up",

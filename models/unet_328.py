@@ -23,6 +23,11 @@ K > 0 the bottleneck is also told a lip code (data_utils/lip_codes.py: K numbers
 for the lips' shape): in training the target's true one, otherwise the one the
 audio branch predicts from its embedding, which training fits to the true one
 (``forward(..., return_lip_code=True)`` returns the prediction for that loss).
+With ``head_levels`` N > 1 the colour head reads the outputs of the last N decoder
+stages, the coarser ones upsampled to full resolution: the colours come from wider
+features than the stem's few full-resolution channels, as chroma is coded at a lower
+resolution than luma in video (at the tiny width's 4 stem channels, whether a run could
+draw the lips' red depended on the head's first weights: benchmarks/RESULTS.md).
 """
 from typing import Dict, Optional, Tuple
 
@@ -65,6 +70,7 @@ DOWNSAMPLINGS = 5
 AUDIO_STAGES = 0                # decoder stages the audio modulates besides the bottleneck (the layout before: 0)
 MASK_TO_EDGES = True            # black the masked target out to the crop's edges (the default since 2026-12-06; before: no)
 LIP_CODE_DIMS = 0               # lip-code numbers the bottleneck is told (data_utils/lip_codes.py; before: none)
+HEAD_LEVELS = 1                 # decoder stages the colour head reads, from full resolution down (before: 1)
 BOTTLENECK_SIZE = INNER_SIZE >> DOWNSAMPLINGS        # 10
 
 
@@ -139,12 +145,14 @@ class LipSyncUNet(nn.Module):
     how many reference crops come before the masked target; ``audio_stages`` how
     many decoder stages, from the 20 x 20 one up, the audio embedding modulates;
     ``mask_to_edges`` whether the masked target is blacked out below MASK_TOP to the edges;
-    ``lip_code_dims`` how many lip-code numbers the bottleneck is told (0: none).
+    ``lip_code_dims`` how many lip-code numbers the bottleneck is told (0: none);
+    ``head_levels`` how many decoder stages' outputs, from the full-resolution one down, the
+    colour head reads (1: the full-resolution one alone).
     """
 
     def __init__(self, asr: str, audio_shape: tuple, widths=WIDTHS[DEFAULT_MODEL_SIZE], reference_frames: int = 1,
                  audio_stages: int = AUDIO_STAGES, mask_to_edges: bool = MASK_TO_EDGES,
-                 lip_code_dims: int = LIP_CODE_DIMS):
+                 lip_code_dims: int = LIP_CODE_DIMS, head_levels: int = HEAD_LEVELS):
         super().__init__()
         widths = tuple(int(value) for value in widths)
         if len(widths) != DOWNSAMPLINGS:
@@ -188,6 +196,10 @@ class LipSyncUNet(nn.Module):
             raise ValueError(f"lip_code_dims cannot be negative, got {lip_code_dims}")
         self.lip_code_dims = int(lip_code_dims)
         self.lip_code_head, self.lip_code_in = self._lip_code_layers(bottleneck)
+        if not 1 <= int(head_levels) <= DOWNSAMPLINGS:
+            raise ValueError(f"head_levels must be 1..{DOWNSAMPLINGS}, got {head_levels}")
+        self.head_levels = int(head_levels)
+        self.coarse_head = self._coarse_head(encoder_widths)
         self.mask_to_edges = bool(mask_to_edges)
         keep = torch.from_numpy(shown_to_edges()).float()[None, None]
         # Not in the state dict: the flag (in the checkpoint's config) says whether it is used.
@@ -222,6 +234,19 @@ class LipSyncUNet(nn.Module):
         nn.init.zeros_(code_in.weight)
         nn.init.zeros_(code_in.bias)
         return head, code_in
+
+    def _coarse_head(self, encoder_widths) -> Optional[nn.Conv2d]:
+        """The colour head's 1x1 convolution from the coarser decoder stages' outputs (None with one level).
+
+        Drawn after every other weight and set to zero, so that with the same seed the network
+        starts exactly as the one whose head reads the full-resolution stage alone.
+        """
+        if self.head_levels == 1:
+            return None
+        channels = sum(encoder_widths[level] for level in range(1, self.head_levels))
+        layer = nn.Conv2d(channels, IMAGE_CHANNELS, kernel_size=1, bias=False)
+        nn.init.zeros_(layer.weight)
+        return layer
 
     def _widen_stem(self) -> None:
         """Give the stem's first convolution the extra references' input channels.
@@ -266,10 +291,18 @@ class LipSyncUNet(nn.Module):
             told = embedding + self.lip_code_in(code)
         audio_map = told[:, :, None, None].expand(-1, -1, x.shape[2], x.shape[3])
         x = self.fuse(torch.cat([x, audio_map], dim=1))
+        coarse = []
         for index, stage in enumerate(self.up):
             x = stage(x, skips.pop())
             if index < self.audio_stages:
                 scale, shift = self.audio_film[index](embedding)[:, :, None, None].chunk(2, dim=1)
                 x = x * (1 + scale) + shift
-        drawn = torch.sigmoid(self.head(x))
+            if DOWNSAMPLINGS - self.head_levels <= index < DOWNSAMPLINGS - 1:
+                coarse.append(x)
+        colour = self.head(x)
+        if coarse:
+            size = x.shape[-2:]
+            colour = colour + self.coarse_head(torch.cat(
+                [F.interpolate(level, size=size, mode="bilinear", align_corners=False) for level in coarse], dim=1))
+        drawn = torch.sigmoid(colour)
         return (drawn, predicted_code) if return_lip_code else drawn

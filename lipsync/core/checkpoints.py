@@ -49,9 +49,9 @@ def syncnet_dir(unet_dir) -> Path:
 
 def model_config(kind: str, asr: str, model_size: str, widths, audio_shape, features: Dict,
                  reference_frames: int = 1, audio_stages: int = 0, mask_to_edges: bool = False,
-                 lip_code_dims: int = 0) -> Dict:
+                 lip_code_dims: int = 0, head_levels: int = 1) -> Dict:
     """The ``config`` entry of a checkpoint (``reference_frames``, ``audio_stages``, ``mask_to_edges``,
-    ``lip_code_dims``: a U-Net's; older ones had 1, 0, no and 0)."""
+    ``lip_code_dims``, ``head_levels``: a U-Net's; older ones had 1, 0, no, 0 and 1)."""
     config = {"kind": kind, "asr": asr, "model_size": model_size, "widths": list(widths),
               "audio_shape": list(audio_shape), "features": dict(features),
               "crop_size": CROP_SIZE, "inner_size": INNER_SIZE}
@@ -60,6 +60,7 @@ def model_config(kind: str, asr: str, model_size: str, widths, audio_shape, feat
         config["audio_stages"] = int(audio_stages)
         config["mask_to_edges"] = bool(mask_to_edges)
         config["lip_code_dims"] = int(lip_code_dims)
+        config["head_levels"] = int(head_levels)
     return config
 
 
@@ -81,6 +82,11 @@ def mask_to_edges_of(config: Dict) -> bool:
 def lip_code_dims_of(config: Dict) -> int:
     """How many lip-code numbers a U-Net checkpoint's bottleneck is told (0 before the option existed)."""
     return int(config.get("lip_code_dims", 0))
+
+
+def head_levels_of(config: Dict) -> int:
+    """How many decoder stages a U-Net checkpoint's colour head reads (1 before the option existed)."""
+    return int(config.get("head_levels", 1))
 
 
 def save_checkpoint(path, model_state: Dict, config: Dict, epoch: int, **extra) -> Path:
@@ -235,7 +241,7 @@ def load_unet(path, device="cpu", asr: Optional[str] = None,
     check_config(path, config, UNET_KIND, asr, model_size)
     model = LipSyncUNet(config["asr"], tuple(config["audio_shape"]), tuple(config["widths"]),
                         reference_frames_of(config), audio_stages_of(config),
-                        mask_to_edges_of(config), lip_code_dims_of(config))
+                        mask_to_edges_of(config), lip_code_dims_of(config), head_levels_of(config))
     try:
         model.load_state_dict(state["model"])
     except RuntimeError as error:

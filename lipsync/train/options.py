@@ -19,8 +19,8 @@ from lipsync.core.errors import UserError
 from lipsync.core.options import Options, as_typed
 from lipsync.train.objective import SYNC_BALANCES
 from models.perceptual import PERCEPTUAL_MODES
-from models.unet_328 import (AUDIO_STAGES, DEFAULT_MODEL_SIZE, DOWNSAMPLINGS, LIP_CODE_DIMS, MASK_TO_EDGES,
-                             MODEL_SIZES, WIDTHS)
+from models.unet_328 import (AUDIO_STAGES, DEFAULT_MODEL_SIZE, DOWNSAMPLINGS, HEAD_LEVELS, LIP_CODE_DIMS,
+                             MASK_TO_EDGES, MODEL_SIZES, WIDTHS)
 
 # The U-Net objective's defaults (lipsync/train/objective.py), chosen by the ablation in
 # benchmarks/RESULTS.md ("The training objective").
@@ -41,14 +41,15 @@ LR_SCHEDULES = ("none", "step", "cosine")
 RESUME_FIXED_OPTIONS = ("asr", "model_size", "widths", "batch_size", "lr", "lr_schedule", "grad_accum", "augment",
                         "val_fraction", "seed", "use_syncnet", "sync_weight", "sync_balance", "sync_ratio",
                         "sync_warmup_epochs", "lip_weight", "reference_frames", "audio_stages", "mask_to_edges",
-                        "perceptual", "ema_decay", "twin_audio_share", "lip_code_dims", "lip_code_weight")
+                        "perceptual", "ema_decay", "twin_audio_share", "lip_code_dims", "lip_code_weight",
+                        "head_levels")
 # Options of the sync loss: compared on --resume only when both runs use it.
 SYNC_LOSS_OPTIONS = ("sync_weight", "sync_balance", "sync_ratio", "sync_warmup_epochs")
 # What a run saved before these options existed trained with (the objective was L1 + 10 x sync).
 OPTION_VALUES_BEFORE_THEY_EXISTED = {"widths": None, "sync_balance": "fixed", "sync_warmup_epochs": 0, "lip_weight": 1.0,
                                      "reference_frames": 1, "audio_stages": 0, "ema_decay": 0.0,
                                      "mask_to_edges": False, "twin_audio_share": 0.0, "lip_code_dims": 0,
-                                     "lip_code_weight": LIP_CODE_WEIGHT}
+                                     "lip_code_weight": LIP_CODE_WEIGHT, "head_levels": 1}
 # SyncNet sees one small mouth band per sample: bigger batches, more epochs than the U-Net.
 SYNCNET_BATCH_SIZE = 32
 SYNCNET_LR = 1e-4
@@ -99,6 +100,7 @@ class TrainConfig(Options):
     twin_audio_share: float = TWIN_AUDIO_SHARE
     lip_code_dims: int = LIP_CODE_DIMS
     lip_code_weight: float = LIP_CODE_WEIGHT
+    head_levels: int = HEAD_LEVELS
     perceptual: str = "auto"                # auto | on | off
     vgg_weights: Optional[Path] = None
     show_progress: bool = True
@@ -141,6 +143,8 @@ class TrainConfig(Options):
         if self.lip_code_dims < 0 or self.lip_code_weight < 0:
             raise UserError(f"--lip_code_dims and --lip_code_weight cannot be negative, got {self.lip_code_dims} "
                             f"and {self.lip_code_weight:g}")
+        if not 1 <= self.head_levels <= DOWNSAMPLINGS:
+            raise UserError(f"--head_levels counts decoder stages: 1 to {DOWNSAMPLINGS}, got {self.head_levels}")
         if self.sync_balance not in SYNC_BALANCES:
             raise UserError(f"--sync_balance must be one of {', '.join(SYNC_BALANCES)}")
         if self.num_workers < 0 or self.patience < 0:
@@ -303,6 +307,10 @@ def build_unet_parser(description: str) -> argparse.ArgumentParser:
     losses.add_argument("--lip_code_weight", type=float, default=LIP_CODE_WEIGHT,
                         help=f"weight of the audio's lip-code prediction error in the loss (default "
                              f"{LIP_CODE_WEIGHT:g}; used with --lip_code_dims)")
+    losses.add_argument("--head_levels", type=int, default=HEAD_LEVELS,
+                        help=f"decoder stages, from the full-resolution one down, whose outputs the colour head "
+                             f"reads, the coarser upsampled (1-{DOWNSAMPLINGS}; default {HEAD_LEVELS}: the "
+                             f"full-resolution one alone); the checkpoint records it")
     losses.add_argument("--ema_decay", type=float, default=EMA_DECAY,
                         help=f"validate and save an exponential moving average of the weights over the optimizer "
                              f"steps, each step keeping this share of it (e.g. 0.995: about the last 200 steps); "

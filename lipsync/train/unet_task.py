@@ -69,7 +69,8 @@ class UNetTask:
         return ckpt.model_config(self.kind, self.config.asr, width_name(self.model.widths),
                                  self.model.widths, self.model.audio_shape,
                                  self.person.describe_features(), self.config.reference_frames,
-                                 self.model.audio_stages, self.model.mask_to_edges, self.model.lip_code_dims)
+                                 self.model.audio_stages, self.model.mask_to_edges, self.model.lip_code_dims,
+                                 self.model.head_levels)
 
     def to(self, device):
         self.objective.to(device)
