@@ -216,6 +216,9 @@ ARMS = {arm.name: arm for arm in (
     Arm("adaptive_r3_lips4_head3", "adaptive ratio 3 with the lips' box counted 4 times, the colour head reading "
         "the 160 x 160 and 80 x 80 decoder stages too",
         ADAPTIVE + ("--sync_ratio", "3") + LIPS_4 + ("--head_levels", "3")),
+    # A loss on the lips' colour itself, the other lever the head transplant points at.
+    Arm("adaptive_r3_lips4_colour1", "adaptive ratio 3 with the lips' box counted 4 times, the lips' redness gap "
+        "in the loss (weight 1)", ADAPTIVE + ("--sync_ratio", "3") + LIPS_4 + ("--lip_colour_weight", "1")),
     Arm("adaptive_r10", "adaptive, ratio 10, after a 2-epoch warm-up",
         ADAPTIVE + ("--sync_ratio", "10") + EVERY_PIXEL_ALIKE),
     Arm("adaptive_r03", "adaptive, ratio 0.3, after a 2-epoch warm-up",

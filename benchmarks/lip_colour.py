@@ -8,7 +8,7 @@ open, so a run that cannot draw the lips' red scores a narrow opening whatever i
 tail (the frames training validates on, each with a fixed reference from the tail, as validation
 draws them) with each chosen checkpoint and prints the lips' redness: over the lips' box
 (data_utils.crop.LIP_*), the mean R - G (colours in [0, 1]) of each frame's reddest tenth of
-pixels, averaged over the frames; the true crops' figure comes first. Seconds per checkpoint
+pixels (lipsync/core/lip_colour.py), averaged over the frames; the true crops' figure comes first. Seconds per checkpoint
 on a CPU at the tiny widths.
 """
 import argparse
@@ -24,23 +24,19 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 if __package__ in (None, ""):
     sys.path.insert(0, str(REPO_ROOT))
 
-from data_utils.crop import LIP_BOTTOM, LIP_LEFT, LIP_RIGHT, LIP_TOP  # noqa: E402
 from data_utils.dataset import DEFAULT_VAL_FRACTION, LipSyncDataset, open_person  # noqa: E402
 from data_utils.layout import chosen_dataset_dir  # noqa: E402
 from data_utils.model_input import model_input_batch  # noqa: E402
 from lipsync.core import checkpoints as ckpt  # noqa: E402
 from lipsync.core.errors import UserError, exit_on_user_error  # noqa: E402
+from lipsync.core.lip_colour import lip_redness  # noqa: E402
 
-REDDEST_SHARE = 0.1              # the reddest tenth of the lips' box: the lips, not the skin around them
 BATCH = 10
 
 
 def redness(images: torch.Tensor) -> np.ndarray:
-    """(B, 3, 320, 320) RGB in [0, 1] -> (B,) mean R - G of each image's reddest tenth of the lips' box."""
-    box = images[:, :, LIP_TOP:LIP_BOTTOM, LIP_LEFT:LIP_RIGHT].float()
-    red_minus_green = (box[:, 0] - box[:, 1]).flatten(1)
-    count = max(1, int(round(REDDEST_SHARE * red_minus_green.shape[1])))
-    return red_minus_green.topk(count, dim=1).values.mean(dim=1).numpy()
+    """(B,) lipsync.core.lip_colour.lip_redness of a batch, as numbers."""
+    return lip_redness(images).numpy()
 
 
 @torch.no_grad()
@@ -83,7 +79,6 @@ def build_parser() -> argparse.ArgumentParser:
 @exit_on_user_error
 def main(argv: Sequence[str] = None) -> int:
     options = build_parser().parse_args(argv)
-    torch.set_grad_enabled(False)
     saved = ckpt.numbered_epochs(options.checkpoint_dir)
     wanted = options.epochs or sorted(saved)
     missing = [epoch for epoch in wanted if epoch not in saved]
