@@ -248,6 +248,22 @@ class LipSyncUNet(nn.Module):
         nn.init.zeros_(layer.weight)
         return layer
 
+    def coarse_colour(self, coarse, size) -> torch.Tensor:
+        """What the coarse head adds to the colours (0 without it): its 1x1 convolution of the coarser
+        stages' outputs, upsampled to ``size``.
+
+        Mixing channels and upsampling are both linear, so each stage's share is mixed down to 3
+        channels at its own resolution and only those are upsampled: the same sum as mixing the upsampled
+        stages, at a fraction of the work (at the base width 0.01 GFLOP a frame instead of 0.07)."""
+        colour = 0
+        first = 0
+        for level in coarse:
+            weight = self.coarse_head.weight[:, first:first + level.shape[1]]
+            first += level.shape[1]
+            colour = colour + F.interpolate(F.conv2d(level, weight), size=size, mode="bilinear",
+                                            align_corners=False)
+        return colour
+
     def _widen_stem(self) -> None:
         """Give the stem's first convolution the extra references' input channels.
 
@@ -299,10 +315,5 @@ class LipSyncUNet(nn.Module):
                 x = x * (1 + scale) + shift
             if DOWNSAMPLINGS - self.head_levels <= index < DOWNSAMPLINGS - 1:
                 coarse.append(x)
-        colour = self.head(x)
-        if coarse:
-            size = x.shape[-2:]
-            colour = colour + self.coarse_head(torch.cat(
-                [F.interpolate(level, size=size, mode="bilinear", align_corners=False) for level in coarse], dim=1))
-        drawn = torch.sigmoid(colour)
+        drawn = torch.sigmoid(self.head(x) + self.coarse_colour(coarse, x.shape[-2:]))
         return (drawn, predicted_code) if return_lip_code else drawn

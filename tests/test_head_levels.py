@@ -52,6 +52,32 @@ def test_the_coarse_path_learns_and_changes_the_colours():
     assert (after - before).abs().mean() > 1e-3
 
 
+def test_the_head_reads_the_upsampled_stages():
+    """What the docstring promises: one 1x1 convolution of the full-resolution output beside the coarser
+    stages' outputs upsampled to full resolution (computed cheaper, mixed before upsampling)."""
+    torch.manual_seed(0)
+    model = LipSyncUNet("ave", TINY_AUDIO, WIDTHS["tiny"], head_levels=3).eval()
+    responsive_random_weights(model)
+    torch.nn.init.normal_(model.coarse_head.weight, std=0.5)
+    outputs = {}
+
+    def keeper(index):
+        def keep(module, args, output):
+            outputs[index] = output
+        return keep
+
+    for index in (-3, -2, -1):
+        model.up[index].register_forward_hook(keeper(index))
+    image, audio = _inputs()
+    with torch.no_grad():
+        drawn = model(image, audio)
+        upsampled = [torch.nn.functional.interpolate(outputs[index], size=(320, 320), mode="bilinear",
+                                                     align_corners=False) for index in (-3, -2)]
+        expected = torch.sigmoid(model.head(outputs[-1]) + model.coarse_head(torch.cat(upsampled, dim=1)))
+    assert torch.allclose(drawn, expected, atol=1e-5)
+    assert (drawn - torch.sigmoid(model.head(outputs[-1]))).abs().mean() > 1e-3
+
+
 def test_out_of_range_levels_are_refused_in_one_line(capsys):
     for levels in (0, DOWNSAMPLINGS + 1):
         with pytest.raises(ValueError, match="head_levels"):
