@@ -8,8 +8,8 @@ open, so a run that cannot draw the lips' red scores a narrow opening whatever i
 tail (the frames training validates on, each with a fixed reference from the tail, as validation
 draws them) with each chosen checkpoint and prints the lips' redness: over the lips' box
 (data_utils.crop.LIP_*), the mean R - G (colours in [0, 1]) of each frame's reddest tenth of
-pixels (lipsync/core/lip_colour.py), averaged over the frames; the true crops' figure comes first. Seconds per checkpoint
-on a CPU at the tiny widths.
+pixels (lipsync/core/lip_colour.py), averaged over the frames; the true crops' figure comes
+first. Seconds per checkpoint on a CPU at the tiny widths.
 """
 import argparse
 import json
