@@ -14,18 +14,12 @@ from lipsync.core.errors import UserError
 from lipsync.evaluate.metrics import opening_scores
 from lipsync.render.api import load_renderer
 from models.unet_328 import DOWNSAMPLINGS, WIDTHS, LipSyncUNet
-from tests.training_helpers import (responsive_random_weights, tiny_unet_pair, tiny_unet_saved_before,
-                                    train_tiny_epoch_and_render_both_backends)
+from tests.training_helpers import (responsive_random_weights, tiny_unet_inputs, tiny_unet_pair,
+                                    tiny_unet_saved_before, train_tiny_epoch_and_render_both_backends)
 
 TINY_AUDIO = (4, 16, 16)
 
 pytestmark = pytest.mark.usefixtures("one_cpu_thread")
-
-
-def _inputs(batch: int = 2):
-    generator = torch.Generator().manual_seed(1)
-    return (torch.rand(batch, 6, 320, 320, generator=generator),
-            torch.randn(batch, *TINY_AUDIO, generator=generator))
 
 
 def test_the_modulated_model_starts_as_the_plain_one():
@@ -33,7 +27,7 @@ def test_the_modulated_model_starts_as_the_plain_one():
     assert extra == sorted(f"audio_film.{index}.{kind}" for index in range(3) for kind in ("weight", "bias"))
     # Each stage's (scale, shift) has its stage's channels: tiny decoder outputs 16, 16, 8 wide.
     assert [layer.out_features for layer in modulated.audio_film] == [32, 32, 16]
-    image, audio = _inputs()
+    image, audio = tiny_unet_inputs(TINY_AUDIO)
     with torch.no_grad():
         assert torch.equal(plain(image, audio), modulated(image, audio))
 
@@ -41,7 +35,7 @@ def test_the_modulated_model_starts_as_the_plain_one():
 def test_the_modulation_learns_and_changes_the_picture():
     torch.manual_seed(0)
     model = LipSyncUNet("ave", TINY_AUDIO, WIDTHS["tiny"], audio_stages=DOWNSAMPLINGS)
-    image, audio = _inputs()
+    image, audio = tiny_unet_inputs(TINY_AUDIO)
     model(image, audio).mean().backward()
     for layer in model.audio_film:
         assert layer.weight.grad.abs().sum() > 0 and layer.bias.grad.abs().sum() > 0

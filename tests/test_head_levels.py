@@ -9,18 +9,12 @@ import torch
 import train_328
 from lipsync.core import checkpoints as ckpt
 from models.unet_328 import DOWNSAMPLINGS, WIDTHS, LipSyncUNet
-from tests.training_helpers import (responsive_random_weights, tiny_unet_pair, tiny_unet_saved_before,
-                                    train_tiny_epoch_and_render_both_backends)
+from tests.training_helpers import (responsive_random_weights, tiny_unet_inputs, tiny_unet_pair,
+                                    tiny_unet_saved_before, train_tiny_epoch_and_render_both_backends)
 
 TINY_AUDIO = (4, 16, 16)
 
 pytestmark = pytest.mark.usefixtures("one_cpu_thread")
-
-
-def _inputs(batch: int = 2):
-    generator = torch.Generator().manual_seed(1)
-    return (torch.rand(batch, 6, 320, 320, generator=generator),
-            torch.randn(batch, *TINY_AUDIO, generator=generator))
 
 
 @pytest.mark.parametrize("levels", [2, 3])
@@ -29,7 +23,7 @@ def test_the_wider_head_starts_as_the_plain_one(levels):
     assert extra == ["coarse_head.weight"]
     # Tiny's decoder stages at 160 and 80 pixels are 8 and 8 channels wide.
     assert wider.coarse_head.in_channels == sum(WIDTHS["tiny"][1:levels])
-    image, audio = _inputs()
+    image, audio = tiny_unet_inputs(TINY_AUDIO)
     with torch.no_grad():
         assert torch.equal(plain(image, audio), wider(image, audio))
 
@@ -37,7 +31,7 @@ def test_the_wider_head_starts_as_the_plain_one(levels):
 def test_the_coarse_path_learns_and_changes_the_colours():
     torch.manual_seed(0)
     model = LipSyncUNet("ave", TINY_AUDIO, WIDTHS["tiny"], head_levels=3)
-    image, audio = _inputs()
+    image, audio = tiny_unet_inputs(TINY_AUDIO)
     drawn = model(image, audio)
     torch.nn.functional.l1_loss(drawn, image[:, 3:]).backward()
     assert model.coarse_head.weight.grad.abs().sum() > 0
@@ -68,7 +62,7 @@ def test_the_head_reads_the_upsampled_stages():
 
     for index in (-3, -2, -1):
         model.up[index].register_forward_hook(keeper(index))
-    image, audio = _inputs()
+    image, audio = tiny_unet_inputs(TINY_AUDIO)
     with torch.no_grad():
         drawn = model(image, audio)
         upsampled = [torch.nn.functional.interpolate(outputs[index], size=(320, 320), mode="bilinear",

@@ -17,19 +17,13 @@ from lipsync.train.objective import ObjectiveSettings, UNetObjective
 from models.unet_328 import WIDTHS, LipSyncUNet
 from tests.conftest import CLIP_FRAMES_25FPS
 from tests.training_helpers import (base_args, make_small_dataset, responsive_random_weights, run_main,
-                                    tiny_unet_pair, tiny_unet_saved_before,
+                                    tiny_unet_inputs, tiny_unet_pair, tiny_unet_saved_before,
                                     train_tiny_epoch_and_render_both_backends)
 
 TINY_AUDIO = (4, 16, 16)
 CODE_TEST_FRAMES = 24
 
 pytestmark = pytest.mark.usefixtures("one_cpu_thread")
-
-
-def _inputs(batch: int = 2):
-    generator = torch.Generator().manual_seed(1)
-    return (torch.rand(batch, 6, 320, 320, generator=generator),
-            torch.randn(batch, *TINY_AUDIO, generator=generator))
 
 
 def test_the_first_code_is_the_opening_wherever_the_head_is(processed_clip):
@@ -67,7 +61,7 @@ def test_the_coded_model_starts_as_the_plain_one_and_draws_what_it_is_told():
     plain, coded, extra = tiny_unet_pair(TINY_AUDIO, lip_code_dims=2)
     assert extra == sorted(
         f"lip_code_{part}.{kind}" for part in ("head", "in") for kind in ("weight", "bias"))
-    image, audio = _inputs()
+    image, audio = tiny_unet_inputs(TINY_AUDIO)
     with torch.no_grad():
         assert torch.equal(plain(image, audio), coded(image, audio))
         drawn, predicted = coded(image, audio, return_lip_code=True)
@@ -87,7 +81,7 @@ def test_the_code_loss_trains_the_audio_to_predict_the_code():
     torch.manual_seed(0)
     model = LipSyncUNet("ave", TINY_AUDIO, WIDTHS["tiny"], lip_code_dims=2)
     objective = UNetObjective(ObjectiveSettings("adaptive", 3.0, 10.0, 0, 4.0, lip_code_weight=1.0))
-    image, audio = _inputs()
+    image, audio = tiny_unet_inputs(TINY_AUDIO)
     truth = image[:, 3:]
     true_code = torch.tensor([[1.0, -0.5], [-1.0, 0.5]])
     drawn, predicted = model(image, audio, lip_code=true_code, return_lip_code=True)

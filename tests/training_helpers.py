@@ -141,6 +141,13 @@ def cut_to_frames(layout, frames: int) -> None:
     write_wav(layout.audio_wav, load_audio(layout.audio_wav)[:frames * SAMPLES_PER_FRAME])
 
 
+def tiny_unet_inputs(audio_shape, batch: int = 2):
+    """(image6, audio) of ``batch`` random U-Net inputs, the same every call."""
+    generator = torch.Generator().manual_seed(1)
+    return (torch.rand(batch, 6, 320, 320, generator=generator),
+            torch.randn(batch, *audio_shape, generator=generator))
+
+
 def tiny_unet_pair(audio_shape, seed: int = 3, **option):
     """(plain, optioned, names only the optioned one has): two tiny U-Nets drawn from the same seed, in
     eval mode, the second with ``option``; every weight the plain one has must be drawn alike."""
