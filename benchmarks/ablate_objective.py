@@ -236,6 +236,12 @@ def pinned(command: List[str], core: Optional[int]) -> List[str]:
     return ["taskset", "-c", str(core), *command] if core is not None else command
 
 
+# Options whose default changed after most arms were measured, at the value those arms trained with,
+# so that each arm keeps training what its table row measured; an arm naming the option overrides it.
+# (--head_levels 3 became the default on 2026-12-07.)
+PINNED_OPTIONS = (("--head_levels", "1"),)
+
+
 def train_command(arm: Arm, options, run_dir: Path, resume: bool = False) -> List[str]:
     # The budget is the clock (--minutes), or with --epochs a number of epochs: the same steps for
     # every arm, whatever else the host is running while it trains.
@@ -246,6 +252,7 @@ def train_command(arm: Arm, options, run_dir: Path, resume: bool = False) -> Lis
                      "--lr", options.lr, *budget, "--save_interval", save_interval(options), "--num_workers", 0,
                      "--device", "cpu", "--perceptual", "off", "--see_res", "--seed", options.seed, "--quiet",
                      *arm.options)
+    command += [part for flag, value in PINNED_OPTIONS if flag not in arm.options for part in (flag, value)]
     if options.widths:
         command += ["--widths", *map(str, options.widths)]
     if arm.schedule_over_budget:

@@ -43,7 +43,7 @@ from data_utils.crop import CROP_SHAPE, INNER
 from data_utils.layout import DatasetLayout
 from data_utils.preprocess import process_video
 from data_utils.timebase import FEATURE_SPECS, SAMPLE_RATE
-from lipsync.core.checkpoints import UNET_KIND, load_unet, model_config, save_checkpoint
+from lipsync.core.checkpoints import load_unet, save_checkpoint, unet_config
 from lipsync.core.console import configure_console_logging
 from lipsync.core.onnx_runtime import OPTIMIZATION_LEVELS, cpu_thread_count
 from lipsync.evaluate.results import finite_or_none
@@ -97,7 +97,7 @@ def build_person(scratch: Path, video: Path, model_size: str, batch_norm_seed: i
         if isinstance(module, (nn.BatchNorm1d, nn.BatchNorm2d)):
             module.running_var.uniform_(0.5, 1.5)
     features = {"asr": "ave", "encoder": str(encoder), "per_frame_shape": [AVE_FEATURES]}
-    config = model_config(UNET_KIND, "ave", model_size, WIDTHS[model_size], audio_shape, features)
+    config = unet_config(model, features)
     checkpoint = save_checkpoint(checkpoint_root / NAME / f"{EPOCH}.pth", model.state_dict(), config, EPOCH)
     frames = len(np.load(layout.crop_boxes))
     return layout.root, checkpoint, frames

@@ -70,8 +70,12 @@ DOWNSAMPLINGS = 5
 AUDIO_STAGES = 0                # decoder stages the audio modulates besides the bottleneck (the layout before: 0)
 MASK_TO_EDGES = True            # black the masked target out to the crop's edges (the default since 2026-12-06; before: no)
 LIP_CODE_DIMS = 0               # lip-code numbers the bottleneck is told (data_utils/lip_codes.py; before: none)
-HEAD_LEVELS = 1                 # decoder stages the colour head reads, from full resolution down (before: 1)
+HEAD_LEVELS = 3                 # decoder stages the colour head reads, from full resolution down (the default since 2026-12-07; before: 1)
 BOTTLENECK_SIZE = INNER_SIZE >> DOWNSAMPLINGS        # 10
+# The options a U-Net is built with besides its ASR, audio shape and widths: a checkpoint records
+# them, and one saved before an option existed was built with the value given here.
+OPTIONS_BEFORE_THEY_EXISTED = {"reference_frames": 1, "audio_stages": 0, "mask_to_edges": False,
+                               "lip_code_dims": 0, "head_levels": 1}
 
 
 CUSTOM_WIDTHS = "custom"        # the model size of widths no WIDTHS entry has (train_328.py --widths)
@@ -204,6 +208,11 @@ class LipSyncUNet(nn.Module):
         keep = torch.from_numpy(shown_to_edges()).float()[None, None]
         # Not in the state dict: the flag (in the checkpoint's config) says whether it is used.
         self.register_buffer("target_keep", keep, persistent=False)
+
+    def options(self) -> Dict:
+        """What this U-Net was built with besides its ASR, audio shape and widths (the keyword
+        arguments that build it again)."""
+        return {name: getattr(self, name) for name in OPTIONS_BEFORE_THEY_EXISTED}
 
     def _film_layers(self, bottleneck: int, encoder_widths) -> nn.ModuleList:
         """One linear map per modulated decoder stage: embedding -> (scale, shift) per channel.

@@ -182,6 +182,17 @@ def test_every_l1_arm_trains_without_the_sync_term_and_every_other_arm_with_it(t
         assert config.use_syncnet == (not name.startswith("l1")), name
 
 
+def test_arms_measured_before_the_wider_head_keep_training_the_old_head(tmp_path):
+    from benchmarks.ablate_objective import ARMS, train_command
+    from models.unet_328 import HEAD_LEVELS
+
+    options = harness_options(tmp_path)
+    assert HEAD_LEVELS != 1     # else the pin pins nothing
+    levels = {name: parse_train_args(train_command(ARMS[name], options, tmp_path)).head_levels
+              for name in ("adaptive_r3_lips4", "l1_lips4", "adaptive_r3_lips4_head2", "l1_lips4_head3")}
+    assert levels == {"adaptive_r3_lips4": 1, "l1_lips4": 1, "adaptive_r3_lips4_head2": 2, "l1_lips4_head3": 3}
+
+
 def test_an_epoch_budget_replaces_the_clock(tmp_path):
     from benchmarks.ablate_objective import ARMS, train_command
 

@@ -447,7 +447,7 @@ def test_inference_and_evaluation_without_optional_packages_or_ffmpeg(person, tm
 
     env = blocked_environment(tmp_path)
     torch.manual_seed(0)
-    save_tiny_unet_checkpoint(LipSyncUNet("ave", (32, 16, 16), WIDTHS["tiny"]), (32, 16, 16), person, "talker", 1)
+    save_tiny_unet_checkpoint(LipSyncUNet("ave", (32, 16, 16), WIDTHS["tiny"]), person, "talker", 1)
     roots = ["--dataset_root", str(person.dataset_root), "--checkpoint_root", str(person.checkpoint_root)]
     output = tmp_path / "result" / "spoken.mp4"
     inference = subprocess.run([sys.executable, str(REPO_ROOT / "inference_328.py"), "--name", "talker",

@@ -18,7 +18,6 @@ import tarfile
 import zipfile
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 from benchmarks.gpu_check import PARTS_IN_ISSUE_ORDER, find_heldout

@@ -26,7 +26,7 @@ import torch
 from data_utils import crop
 from data_utils.audio import load_audio
 from data_utils.features.extract import extract_features, prepare_dataset_features
-from lipsync.core.checkpoints import UNET_KIND, model_config, save_checkpoint
+from lipsync.core.checkpoints import save_checkpoint, unet_config
 from lipsync.render.silence import silence_hold_weights
 from data_utils.dataset import read_feature_metadata
 from lipsync.core.errors import UserError
@@ -69,7 +69,7 @@ def person(processed_clip, tmp_path_factory):
     audio_shape = (32, 16, 16)
     model = LipSyncUNet("ave", audio_shape, WIDTHS["tiny"])
     randomise_batch_norm(model)
-    person.checkpoint = save_tiny_unet_checkpoint(model, audio_shape, person, NAME, EPOCH)
+    person.checkpoint = save_tiny_unet_checkpoint(model, person, NAME, EPOCH)
     person.features = np.load(person.layout.features("ave"))
     return person
 
@@ -542,7 +542,7 @@ def unet_checkpoint_for(dataset_dir, asr: str, audio_shape, save_dir) -> Path:
     randomise_batch_norm(model)
     metadata = read_feature_metadata(DatasetLayout(dataset_dir), asr)
     return save_checkpoint(save_dir / "20.pth", model.state_dict(),
-                           model_config(UNET_KIND, asr, "tiny", WIDTHS["tiny"], audio_shape, metadata), 20)
+                           unet_config(model, metadata), 20)
 
 
 def assert_render_uses_the_training_encoder(dataset_dir, checkpoint, asr: str, encoder, atol: float):

@@ -12,7 +12,7 @@ from benchmarks import lip_colour
 from data_utils.crop import LIP_BOTTOM, LIP_LEFT, LIP_RIGHT, LIP_TOP
 from data_utils.dataset import DEFAULT_VAL_FRACTION, LipSyncDataset, open_person
 from data_utils.model_input import model_input_batch
-from lipsync.core.checkpoints import UNET_KIND, model_config, save_checkpoint
+from lipsync.core.checkpoints import save_checkpoint, unet_config
 from models.unet_328 import WIDTHS, LipSyncUNet
 from tests.training_helpers import base_args, make_small_dataset, run_main
 
@@ -39,7 +39,7 @@ def test_the_command_draws_the_tail_with_a_checkpoint(processed_clip, tmp_path, 
     torch.manual_seed(0)
     model = LipSyncUNet("ave", person.audio_shape, WIDTHS["tiny"]).eval()
     run = tmp_path / "run"
-    config = model_config(UNET_KIND, "ave", "tiny", WIDTHS["tiny"], person.audio_shape, person.describe_features())
+    config = unet_config(model, person.describe_features())
     save_checkpoint(run / "3.pth", model.state_dict(), config, 3)
     assert lip_colour.main(["--dataset_dir", str(dataset), "--checkpoint_dir", str(run),
                             "--json", str(tmp_path / "colour.json")]) == 0

@@ -68,7 +68,7 @@ def test_train_then_render_with_the_mask_to_the_edges_through_torch_and_onnx(pro
 def test_a_checkpoint_saved_before_the_option_loads_without_it(tmp_path):
     path = tiny_unet_saved_before(tmp_path, "mask_to_edges", TINY_AUDIO)
     loaded, loaded_config = ckpt.load_unet(path)
-    assert not loaded.mask_to_edges and not ckpt.mask_to_edges_of(loaded_config)
+    assert not loaded.mask_to_edges and not ckpt.unet_options_of(loaded_config)["mask_to_edges"]
 
 
 def test_the_leak_regions_split_the_crop():

@@ -1,5 +1,7 @@
 """The networks: U-Net shapes, widths, audio use and ONNX export; SyncNet;
 the VGG19 perceptual loss's weight loading; the one model-input definition."""
+import inspect
+
 import numpy as np
 import pytest
 import torch
@@ -7,14 +9,15 @@ import torch
 from data_utils import crop
 from data_utils.crop import CROP_SHAPE
 from data_utils.model_input import ColourJitter, build_model_input, choose_reference_index, model_input_batch
+from lipsync.core import checkpoints as ckpt
 from lipsync.core.errors import UserError
 from data_utils.timebase import FEATURE_SPECS
 from models.perceptual import VGG19_LAYERS, build_perceptual_loss
 from models.syncnet import FACE_ROWS, SyncNet
-from models.unet_328 import WIDTHS, LipSyncUNet, width_name
+from models.unet_328 import MASK_TO_EDGES, OPTIONS_BEFORE_THEY_EXISTED, WIDTHS, LipSyncUNet, width_name
 
 TINY_AUDIO = (4, 16, 16)
-SYNCTALK_UNET_328_GFLOP = 9.8     # its published unet_328, counted as benchmarks/model_cost.py counts          # 16 frames x 64 values, the test features' window
+SYNCTALK_UNET_328_GFLOP = 9.8     # its published unet_328, counted as benchmarks/model_cost.py counts
 
 
 pytestmark = pytest.mark.usefixtures("one_cpu_thread")
@@ -77,6 +80,22 @@ def test_unet_exports_to_onnx_and_matches_torch(tmp_path):
         torch_out = model(batch_image, batch_audio).numpy()
     assert onnx_out.shape == (3, 3, 320, 320)
     np.testing.assert_allclose(onnx_out, torch_out, atol=1e-4)
+
+
+def test_a_checkpoint_records_every_unet_option_and_loads_as_the_model_it_saved(tmp_path):
+    # An option the record missed would load as its old value: a silently different model.
+    built_with = set(inspect.signature(LipSyncUNet).parameters) - {"asr", "audio_shape", "widths"}
+    assert built_with == set(OPTIONS_BEFORE_THEY_EXISTED)
+    unusual = {"reference_frames": 2, "audio_stages": 2, "mask_to_edges": not MASK_TO_EDGES, "lip_code_dims": 2,
+               "head_levels": 3}
+    assert set(unusual) == built_with
+    torch.manual_seed(0)
+    model = LipSyncUNet("ave", TINY_AUDIO, WIDTHS["tiny"], **unusual)
+    path = ckpt.save_checkpoint(tmp_path / "1.pth", model.state_dict(), ckpt.unet_config(model, {}), 1)
+    loaded, config = ckpt.load_unet(path)
+    assert loaded.options() == unusual and ckpt.unet_options_of(config) == unusual
+    assert config["model_size"] == "tiny" and tuple(config["audio_shape"]) == TINY_AUDIO
+    assert all(torch.equal(loaded.state_dict()[name], value) for name, value in model.state_dict().items())
 
 
 def test_syncnet_scores_the_mouth_band_with_unit_embeddings():

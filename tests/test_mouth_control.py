@@ -152,7 +152,7 @@ def person(processed_clip, tmp_path_factory):
     person = person_with_ave_features(processed_clip, tmp_path_factory.mktemp("mouth_control"), NAME,
                                       AVE_TEST_WIDTH)
     model, audio_shape = train_copying_unet(person.root)
-    person.checkpoint = save_tiny_unet_checkpoint(model, audio_shape, person, NAME, EPOCH)
+    person.checkpoint = save_tiny_unet_checkpoint(model, person, NAME, EPOCH)
     return person
 
 

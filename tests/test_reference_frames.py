@@ -101,4 +101,4 @@ def test_train_then_render_with_two_references_through_torch_and_onnx(processed_
 def test_a_one_reference_checkpoint_saved_before_the_option_loads_as_one_reference(tmp_path):
     path = tiny_unet_saved_before(tmp_path, "reference_frames", TINY_AUDIO)
     loaded, loaded_config = ckpt.load_unet(path)
-    assert loaded.reference_frames == 1 and ckpt.reference_frames_of(loaded_config) == 1
+    assert loaded.reference_frames == 1 and ckpt.unet_options_of(loaded_config)["reference_frames"] == 1

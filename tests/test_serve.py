@@ -54,7 +54,7 @@ def build_person(processed_clip, base):
     model = LipSyncUNet("ave", audio_shape, WIDTHS["tiny"])
     responsive_random_weights(model)             # its mouth follows the audio: the tests watch it move
     randomise_batch_norm(model)
-    person.checkpoint = save_tiny_unet_checkpoint(model, audio_shape, person, NAME, EPOCH)
+    person.checkpoint = save_tiny_unet_checkpoint(model, person, NAME, EPOCH)
     return person
 
 

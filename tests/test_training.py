@@ -351,8 +351,7 @@ def test_a_checkpoint_of_the_old_default_width_still_loads_and_resuming_it_says_
     # Before "base" became the default, runs were "full" width: their checkpoints keep loading as full.
     person = open_person(small, "ave", show_progress=False)
     model = LipSyncUNet("ave", person.audio_shape, WIDTHS["full"])
-    config = ckpt.model_config(ckpt.UNET_KIND, "ave", "full", WIDTHS["full"], person.audio_shape,
-                               person.describe_features())
+    config = ckpt.unet_config(model, person.describe_features())
     run = tmp_path / "old run"
     ckpt.save_checkpoint(run / "latest.pth", model.state_dict(), config, 1, optimizer={}, args={"model_size": "full"})
     loaded, loaded_config = ckpt.load_unet(run / "latest.pth", "cpu")

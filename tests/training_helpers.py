@@ -20,10 +20,10 @@ from data_utils.dataset import read_feature_metadata
 from data_utils.features.extract import prepare_dataset_features
 from data_utils.layout import DatasetLayout
 from data_utils.timebase import FEATURE_SPECS, SAMPLES_PER_FRAME
-from lipsync.core.checkpoints import UNET_KIND, model_config, save_checkpoint
+from lipsync.core.checkpoints import save_checkpoint, unet_config
 from lipsync.render.video_writer import write_wav
 from models.audio_encoders import AveAudioEncoder
-from models.unet_328 import WIDTHS, LipSyncUNet
+from models.unet_328 import OPTIONS_BEFORE_THEY_EXISTED, WIDTHS, LipSyncUNet
 
 PROJECTION_SEED = 1234
 # Small per-frame sizes keep tiny models tiny: 16 x 64 values -> (4, 16, 16) for ave.
@@ -124,10 +124,9 @@ def person_with_ave_features(processed_clip, base, name: str, ave_width: float):
                            ave=layout.ave_encoder, base=base)
 
 
-def save_tiny_unet_checkpoint(model, audio_shape, person, name: str, epoch: int) -> Path:
+def save_tiny_unet_checkpoint(model, person, name: str, epoch: int) -> Path:
     """checkpoint_root/NAME/EPOCH.pth for a tiny ``model`` trained on ``person``'s ave features."""
-    config = model_config(UNET_KIND, "ave", "tiny", WIDTHS["tiny"], audio_shape,
-                          read_feature_metadata(person.layout, "ave"))
+    config = unet_config(model, read_feature_metadata(person.layout, "ave"))
     return save_checkpoint(person.checkpoint_root / name / f"{epoch}.pth", model.state_dict(), config, epoch)
 
 
@@ -150,9 +149,11 @@ def tiny_unet_inputs(audio_shape, batch: int = 2):
 
 def tiny_unet_pair(audio_shape, seed: int = 3, **option):
     """(plain, optioned, names only the optioned one has): two tiny U-Nets drawn from the same seed, in
-    eval mode, the second with ``option``; every weight the plain one has must be drawn alike."""
+    eval mode, the first with each option ``option`` names at its value before it existed, the second
+    with ``option``; every weight the plain one has must be drawn alike."""
     torch.manual_seed(seed)
-    plain = LipSyncUNet("ave", audio_shape, WIDTHS["tiny"]).eval()
+    before = {name: OPTIONS_BEFORE_THEY_EXISTED[name] for name in option}
+    plain = LipSyncUNet("ave", audio_shape, WIDTHS["tiny"], **before).eval()
     torch.manual_seed(seed)
     optioned = LipSyncUNet("ave", audio_shape, WIDTHS["tiny"], **option).eval()
     plain_state, optioned_state = plain.state_dict(), optioned.state_dict()
@@ -161,10 +162,11 @@ def tiny_unet_pair(audio_shape, seed: int = 3, **option):
 
 
 def tiny_unet_saved_before(tmp_path, option: str, audio_shape=(4, 16, 16)) -> Path:
-    """A tiny U-Net checkpoint whose config lacks ``option``, as one saved before the option existed."""
+    """A tiny U-Net checkpoint whose config lacks ``option``, as one saved before the option existed
+    (built as every U-Net was before any of its options existed)."""
     torch.manual_seed(0)
-    model = LipSyncUNet("ave", audio_shape, WIDTHS["tiny"])
-    config = model_config(UNET_KIND, "ave", "tiny", WIDTHS["tiny"], audio_shape, {})
+    model = LipSyncUNet("ave", audio_shape, WIDTHS["tiny"], **OPTIONS_BEFORE_THEY_EXISTED)
+    config = unet_config(model, {})
     del config[option]
     return save_checkpoint(tmp_path / "1.pth", model.state_dict(), config, 1)
 

@@ -29,7 +29,7 @@ from lipsync.core.commands import train_command
 from lipsync.core.errors import UserError
 from lipsync.core.options import as_typed
 from models.syncnet import SYNC_WIDTHS, SyncNet
-from models.unet_328 import CUSTOM_WIDTHS, LipSyncUNet
+from models.unet_328 import CUSTOM_WIDTHS, OPTIONS_BEFORE_THEY_EXISTED, LipSyncUNet, width_name
 
 LATEST = "latest.pth"
 BEST = "best.pth"
@@ -47,46 +47,24 @@ def syncnet_dir(unet_dir) -> Path:
     return Path(unet_dir) / SYNCNET_SUBDIR
 
 
-def model_config(kind: str, asr: str, model_size: str, widths, audio_shape, features: Dict,
-                 reference_frames: int = 1, audio_stages: int = 0, mask_to_edges: bool = False,
-                 lip_code_dims: int = 0, head_levels: int = 1) -> Dict:
-    """The ``config`` entry of a checkpoint (``reference_frames``, ``audio_stages``, ``mask_to_edges``,
-    ``lip_code_dims``, ``head_levels``: a U-Net's; older ones had 1, 0, no, 0 and 1)."""
-    config = {"kind": kind, "asr": asr, "model_size": model_size, "widths": list(widths),
-              "audio_shape": list(audio_shape), "features": dict(features),
-              "crop_size": CROP_SIZE, "inner_size": INNER_SIZE}
-    if kind == UNET_KIND:
-        config["reference_frames"] = int(reference_frames)
-        config["audio_stages"] = int(audio_stages)
-        config["mask_to_edges"] = bool(mask_to_edges)
-        config["lip_code_dims"] = int(lip_code_dims)
-        config["head_levels"] = int(head_levels)
+def model_config(kind: str, asr: str, model_size: str, widths, audio_shape, features: Dict) -> Dict:
+    """The ``config`` entry of a checkpoint, less a U-Net's own options (unet_config adds them)."""
+    return {"kind": kind, "asr": asr, "model_size": model_size, "widths": list(widths),
+            "audio_shape": list(audio_shape), "features": dict(features),
+            "crop_size": CROP_SIZE, "inner_size": INNER_SIZE}
+
+
+def unet_config(model: LipSyncUNet, features: Dict) -> Dict:
+    """The ``config`` entry of a checkpoint of U-Net ``model``: what load_unet builds it again from."""
+    config = model_config(UNET_KIND, model.asr, width_name(model.widths), model.widths, model.audio_shape, features)
+    config.update(model.options())
     return config
 
 
-def reference_frames_of(config: Dict) -> int:
-    """How many reference crops a U-Net checkpoint's model takes (1 before the option existed)."""
-    return int(config.get("reference_frames", 1))
-
-
-def audio_stages_of(config: Dict) -> int:
-    """How many decoder stages a U-Net checkpoint's audio modulates (0 before the option existed)."""
-    return int(config.get("audio_stages", 0))
-
-
-def mask_to_edges_of(config: Dict) -> bool:
-    """Whether a U-Net checkpoint's model blacks its masked target out to the edges (no before the option)."""
-    return bool(config.get("mask_to_edges", False))
-
-
-def lip_code_dims_of(config: Dict) -> int:
-    """How many lip-code numbers a U-Net checkpoint's bottleneck is told (0 before the option existed)."""
-    return int(config.get("lip_code_dims", 0))
-
-
-def head_levels_of(config: Dict) -> int:
-    """How many decoder stages a U-Net checkpoint's colour head reads (1 before the option existed)."""
-    return int(config.get("head_levels", 1))
+def unet_options_of(config: Dict) -> Dict:
+    """The options a U-Net checkpoint's model was built with (LipSyncUNet's keyword arguments); an
+    option the checkpoint predates has the value every U-Net had before it existed."""
+    return {name: type(before)(config.get(name, before)) for name, before in OPTIONS_BEFORE_THEY_EXISTED.items()}
 
 
 def save_checkpoint(path, model_state: Dict, config: Dict, epoch: int, **extra) -> Path:
@@ -240,8 +218,7 @@ def load_unet(path, device="cpu", asr: Optional[str] = None,
     config = state["config"]
     check_config(path, config, UNET_KIND, asr, model_size)
     model = LipSyncUNet(config["asr"], tuple(config["audio_shape"]), tuple(config["widths"]),
-                        reference_frames_of(config), audio_stages_of(config),
-                        mask_to_edges_of(config), lip_code_dims_of(config), head_levels_of(config))
+                        **unet_options_of(config))
     try:
         model.load_state_dict(state["model"])
     except RuntimeError as error:

@@ -34,7 +34,7 @@ from data_utils.dataset import load_crop_boxes, read_feature_metadata
 from data_utils.layout import DatasetLayout, process_command
 from data_utils.model_input import spread_reference_indices
 from data_utils.timebase import FEATURE_SPECS, SAMPLE_RATE
-from lipsync.core.checkpoints import reference_frames_of
+from lipsync.core.checkpoints import unet_options_of
 from lipsync.core.devices import device_name
 from lipsync.core.errors import UserError
 from lipsync.core.onnx_runtime import cpu_thread_count
@@ -84,7 +84,7 @@ class LipSyncRenderer:
         self.thread_pool = ThreadPoolExecutor(max_workers=max(1, workers), thread_name_prefix="render")
         expected = tuple(config.get("audio_shape") or ())
         self._expected_audio_shape = expected
-        extra = reference_frames_of(config) - 1
+        extra = unet_options_of(config)["reference_frames"] - 1
         if extra > 0:
             self.unet.use_extra_references(self._spread_reference_crops(extra))
 

@@ -21,6 +21,7 @@ from lipsync.train.objective import SYNC_BALANCES
 from models.perceptual import PERCEPTUAL_MODES
 from models.unet_328 import (AUDIO_STAGES, DEFAULT_MODEL_SIZE, DOWNSAMPLINGS, HEAD_LEVELS, LIP_CODE_DIMS,
                              MASK_TO_EDGES, MODEL_SIZES, WIDTHS)
+from models.unet_328 import OPTIONS_BEFORE_THEY_EXISTED as UNET_OPTIONS_BEFORE_THEY_EXISTED
 
 # The U-Net objective's defaults (lipsync/train/objective.py), chosen by the ablation in
 # benchmarks/RESULTS.md ("The training objective").
@@ -48,10 +49,8 @@ RESUME_FIXED_OPTIONS = ("asr", "model_size", "widths", "batch_size", "lr", "lr_s
 SYNC_LOSS_OPTIONS = ("sync_weight", "sync_balance", "sync_ratio", "sync_warmup_epochs")
 # What a run saved before these options existed trained with (the objective was L1 + 10 x sync).
 OPTION_VALUES_BEFORE_THEY_EXISTED = {"widths": None, "sync_balance": "fixed", "sync_warmup_epochs": 0, "lip_weight": 1.0,
-                                     "reference_frames": 1, "audio_stages": 0, "ema_decay": 0.0,
-                                     "mask_to_edges": False, "twin_audio_share": 0.0, "lip_code_dims": 0,
-                                     "lip_code_weight": LIP_CODE_WEIGHT, "head_levels": 1,
-                                     "lip_colour_weight": 0.0}
+                                     "ema_decay": 0.0, "twin_audio_share": 0.0, "lip_code_weight": LIP_CODE_WEIGHT,
+                                     "lip_colour_weight": 0.0, **UNET_OPTIONS_BEFORE_THEY_EXISTED}
 # SyncNet sees one small mouth band per sample: bigger batches, more epochs than the U-Net.
 SYNCNET_BATCH_SIZE = 32
 SYNCNET_LR = 1e-4
@@ -163,6 +162,10 @@ class TrainConfig(Options):
         if self.resume_from is not None and (self.resume or self.overwrite):
             raise UserError("--resume_from continues from a numbered checkpoint: give it without --resume "
                             "or --overwrite")
+
+    def unet_options(self) -> Dict:
+        """The U-Net's options besides its ASR, audio shape and widths (LipSyncUNet's keyword arguments)."""
+        return {name: getattr(self, name) for name in UNET_OPTIONS_BEFORE_THEY_EXISTED}
 
     def unet_widths(self) -> Tuple[int, ...]:
         """The U-Net's channel widths: --widths when given, else --model_size's."""
@@ -317,8 +320,8 @@ def build_unet_parser(description: str) -> argparse.ArgumentParser:
                              f"of the lips' box, R - G) in the loss (default {LIP_COLOUR_WEIGHT:g}: off)")
     losses.add_argument("--head_levels", type=int, default=HEAD_LEVELS,
                         help=f"decoder stages, from the full-resolution one down, whose outputs the colour head "
-                             f"reads, the coarser upsampled (1-{DOWNSAMPLINGS}; default {HEAD_LEVELS}: the "
-                             f"full-resolution one alone); the checkpoint records it")
+                             f"reads, the coarser upsampled (1-{DOWNSAMPLINGS}, 1: the full-resolution one alone; "
+                             f"default {HEAD_LEVELS}); the checkpoint records it")
     losses.add_argument("--ema_decay", type=float, default=EMA_DECAY,
                         help=f"validate and save an exponential moving average of the weights over the optimizer "
                              f"steps, each step keeping this share of it (e.g. 0.995: about the last 200 steps); "

@@ -78,8 +78,7 @@ def _train_unet(config: TrainConfig, dist: Distributed, callbacks) -> List[Dict]
     seed_everything(config.seed + dist.rank)        # each rank its own augmentation draws
     person = prepare_run(config, dist)
     # The U-Net first: its initial weights follow from --seed alone, with or without the sync loss.
-    model = LipSyncUNet(config.asr, person.audio_shape, config.unet_widths(), config.reference_frames,
-                        config.audio_stages, config.mask_to_edges, config.lip_code_dims, config.head_levels)
+    model = LipSyncUNet(config.asr, person.audio_shape, config.unet_widths(), **config.unet_options())
     syncnet = None
     if config.use_syncnet:
         path = config.syncnet_checkpoint or ckpt.syncnet_dir(config.save_dir) / ckpt.BEST

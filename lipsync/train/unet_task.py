@@ -22,7 +22,6 @@ from lipsync.core import checkpoints as ckpt
 from lipsync.train.objective import ObjectiveSettings, UNetObjective
 from lipsync.train.options import TrainConfig
 from lipsync.train.pictures import sample_grid
-from models.unet_328 import width_name
 
 log = logging.getLogger("training")
 
@@ -66,11 +65,7 @@ class UNetTask:
                         if len(val_frames) else None)
 
     def model_config(self) -> Dict:
-        return ckpt.model_config(self.kind, self.config.asr, width_name(self.model.widths),
-                                 self.model.widths, self.model.audio_shape,
-                                 self.person.describe_features(), self.config.reference_frames,
-                                 self.model.audio_stages, self.model.mask_to_edges, self.model.lip_code_dims,
-                                 self.model.head_levels)
+        return ckpt.unet_config(self.model, self.person.describe_features())
 
     def to(self, device):
         self.objective.to(device)
