@@ -218,9 +218,9 @@ ARMS = {arm.name: arm for arm in (
         ADAPTIVE + ("--sync_ratio", "3") + LIPS_4 + ("--head_levels", "3")),
     Arm("l1_lips4_head3", "L1 only, the lips' box counted 4 times, the colour head reading the 160 x 160 and "
         "80 x 80 decoder stages too", LIPS_4 + ("--head_levels", "3"), uses_syncnet=False),
-    # A loss on the lips' colour itself, the other lever the head transplant points at.
-    Arm("adaptive_r3_lips4_colour1", "adaptive ratio 3 with the lips' box counted 4 times, the lips' redness gap "
-        "in the loss (weight 1)", ADAPTIVE + ("--sync_ratio", "3") + LIPS_4 + ("--lip_colour_weight", "1")),
+    # A loss on the lips' colour itself (--lip_colour_weight), the other lever the head transplant
+    # pointed at, was built beside --head_levels and removed unmeasured on 2026-12-07: the head had
+    # fixed the colour first.
     Arm("adaptive_r10", "adaptive, ratio 10, after a 2-epoch warm-up",
         ADAPTIVE + ("--sync_ratio", "10") + EVERY_PIXEL_ALIKE),
     Arm("adaptive_r03", "adaptive, ratio 0.3, after a 2-epoch warm-up",

@@ -1,20 +1,19 @@
 """The lips' redness (lipsync/core/lip_colour.py) is read from the lips' box only, from its reddest
 tenth; benchmarks/lip_colour.py draws the held-out tail with a saved checkpoint and reports it beside
-the truth's (a missing epoch is one line); train_328.py --lip_colour_weight puts the gap in the loss."""
+the truth's (a missing epoch is one line)."""
 import json
 
 import numpy as np
 import pytest
 import torch
 
-import train_328
 from benchmarks import lip_colour
 from data_utils.crop import LIP_BOTTOM, LIP_LEFT, LIP_RIGHT, LIP_TOP
 from data_utils.dataset import DEFAULT_VAL_FRACTION, LipSyncDataset, open_person
 from data_utils.model_input import model_input_batch
 from lipsync.core.checkpoints import save_checkpoint, unet_config
 from models.unet_328 import WIDTHS, LipSyncUNet
-from tests.training_helpers import base_args, make_small_dataset, run_main
+from tests.training_helpers import make_small_dataset, run_main
 
 pytestmark = pytest.mark.usefixtures("one_cpu_thread")
 
@@ -60,12 +59,3 @@ def test_the_command_draws_the_tail_with_a_checkpoint(processed_clip, tmp_path, 
     code, lines = run_main(lip_colour.main, ["--dataset_dir", str(dataset), "--checkpoint_dir", str(run),
                                              "--epochs", "7"], capsys)
     assert code == 2 and len(lines) == 1 and "epoch 7" in lines[0] and "[3]" in lines[0], lines
-
-
-def test_training_with_the_lip_colour_term(processed_clip, tmp_path, capsys):
-    dataset = make_small_dataset(processed_clip, tmp_path / "talker", 24)
-    train_328.main(base_args(dataset, tmp_path / "run", "--epochs", 1, "--lip_colour_weight", "1"))
-    latest = torch.load(tmp_path / "run" / "latest.pth", weights_only=False)
-    assert latest["args"]["lip_colour_weight"] == 1 and latest["history"][0]["train_lip_colour"] > 0
-    code, lines = run_main(train_328.main, base_args(dataset, tmp_path / "bad", "--lip_colour_weight", "-1"), capsys)
-    assert code == 2 and len(lines) == 1 and "--lip_colour_weight" in lines[0] and "-1" in lines[0], lines

@@ -112,27 +112,3 @@ def test_the_sync_balance_is_computed_in_float32_under_float16_autocast():
     # (the reconstruction's gradient norm is summed in another order under autocast: 1e-4 apart;
     # SyncNet in float16 put the weight 1.3 % off on this batch)
     assert float(under_amp["sync_weight"]) == pytest.approx(float(plain["sync_weight"]), rel=1e-3)
-
-
-
-def test_the_lip_colour_term_pulls_pale_lips_towards_the_true_red():
-    truth = torch.full((1, 3, 320, 320), 0.5)
-    lips = (slice(crop.LIP_TOP + 40, crop.LIP_TOP + 50), slice(crop.LIP_LEFT + 20, crop.LIP_RIGHT - 20))
-    lip_pixels = 10 * (crop.LIP_RIGHT - crop.LIP_LEFT - 40)
-    reddest = round(0.1 * (crop.LIP_BOTTOM - crop.LIP_TOP) * (crop.LIP_RIGHT - crop.LIP_LEFT))
-    assert lip_pixels < reddest                                      # the lips are within the reddest tenth
-    truth[0, 0][lips] = 0.8                                          # red lips on grey skin
-    pale = truth.clone()
-    pale[0, 0] = 0.5 + 0.3 * (truth[0, 0] - 0.5)                     # the same lips, paler
-    prediction = pale.clone().requires_grad_(True)
-    off = UNetObjective(settings())(prediction, truth, torch.zeros(1, *TINY_AUDIO))
-    assert "lip_colour" not in off
-    terms = UNetObjective(settings(lip_colour_weight=2.0))(prediction, truth, torch.zeros(1, *TINY_AUDIO))
-    assert float(terms["lip_colour"]) == pytest.approx((0.3 - 0.09) * lip_pixels / reddest, abs=1e-4)
-    assert float(terms["total"]) == pytest.approx(float(terms["l1"] + 2.0 * terms["lip_colour"]), rel=1e-6)
-    gradient, = torch.autograd.grad(terms["lip_colour"], prediction)
-    # Descending it makes the lips' red channel rise and their green fall; outside the lips' box nothing moves.
-    assert gradient[0, 0][lips].max() < 0 and gradient[0, 1][lips].min() > 0
-    assert float(gradient[0, :, :crop.LIP_TOP].abs().sum()) == 0
-    same = UNetObjective(settings(lip_colour_weight=2.0))(truth.clone(), truth, torch.zeros(1, *TINY_AUDIO))
-    assert float(same["lip_colour"]) == 0

@@ -2,8 +2,8 @@
 
 At the tiny width a U-Net run could end unable to draw the lips' red, and the landmark
 detector reads pale lips around a dark line as a mouth barely open (benchmarks/RESULTS.md,
-"Lip codes, and the colour head"). This is the measure of that colour, shared by
-benchmarks/lip_colour.py and the objective's lip-colour term (lipsync/train/objective.py).
+"Lip codes, and the colour head"). This is the measure of that colour benchmarks/lip_colour.py
+reports.
 """
 import torch
 

@@ -1,6 +1,6 @@
 """The U-Net's training objective: what each term measures and how much it weighs.
 
-    total = reconstruction + w_sync x sync + w_code x lip code + w_colour x lip colour
+    total = reconstruction + w_sync x sync + w_code x lip code
 
     reconstruction = L1 over the crop, the lips' box (data_utils.crop.LIP_*) counted
                      --lip_weight times (default 4; the weights scaled to mean 1)
@@ -9,9 +9,6 @@
                      drawn mouth and its audio window
     lip code       = mean squared error of the lip code the audio predicts (with --lip_code_dims;
                      data_utils/lip_codes.py), w_code = --lip_code_weight
-    lip colour     = the gap between the drawn and the true lips' redness (the mean R - G of the
-                     reddest tenth of the lips' box, lipsync/core/lip_colour.py), w_colour =
-                     --lip_colour_weight (default 0: off)
 
 The lips are a fifth of the crop but nearly all of what the audio decides; counted 4 times,
 they pull the U-Net onto the audio sooner: after the same 30 CPU minutes from the same start
@@ -37,7 +34,6 @@ import torch.nn.functional as F
 from torch import nn
 
 from data_utils import crop
-from lipsync.core.lip_colour import lip_redness
 
 L1_WEIGHT = 1.0
 PERCEPTUAL_WEIGHT = 0.01                 # VGG19 term (SyncTalk_2D's recipe)
@@ -54,7 +50,6 @@ class ObjectiveSettings:
     sync_warmup_epochs: int
     lip_weight: float
     lip_code_weight: float
-    lip_colour_weight: float = 0.0
 
     @classmethod
     def from_config(cls, config) -> "ObjectiveSettings":
@@ -132,9 +127,6 @@ class UNetObjective:
             weight = self.sync_weight(reconstruction, terms["sync"], prediction)
             terms["sync_weight"] = torch.tensor(weight)
             total = total + weight * terms["sync"]
-        if self.settings.lip_colour_weight > 0:
-            terms["lip_colour"] = (lip_redness(prediction) - lip_redness(truth)).abs().mean()
-            total = total + self.settings.lip_colour_weight * terms["lip_colour"]
         if predicted_code is not None:
             terms["lip_code"] = F.mse_loss(predicted_code.float(), true_code.float())
             total = total + self.settings.lip_code_weight * terms["lip_code"]

@@ -34,7 +34,6 @@ REFERENCE_FRAMES = 1            # reference crops the U-Net sees (SyncTalk_2D's 
 EMA_DECAY = 0.0                 # the averaged weights (weight_average.py); 0: the last step's weights
 TWIN_AUDIO_SHARE = 0.0          # chance a training sample hears a lip twin's audio (data_utils/lip_twins.py)
 LIP_CODE_WEIGHT = 1.0           # the audio's lip-code prediction: its mean squared error's weight
-LIP_COLOUR_WEIGHT = 0.0         # the gap between the drawn and the true lips' redness (0: not in the loss)
 # --lr_schedule step: halve the LR every 50 epochs (the user guide's StepLR).
 STEP_LR_EPOCHS = 50
 STEP_LR_GAMMA = 0.5
@@ -44,13 +43,13 @@ RESUME_FIXED_OPTIONS = ("asr", "model_size", "widths", "batch_size", "lr", "lr_s
                         "val_fraction", "seed", "use_syncnet", "sync_weight", "sync_balance", "sync_ratio",
                         "sync_warmup_epochs", "lip_weight", "reference_frames", "audio_stages", "mask_to_edges",
                         "perceptual", "ema_decay", "twin_audio_share", "lip_code_dims", "lip_code_weight",
-                        "head_levels", "lip_colour_weight")
+                        "head_levels")
 # Options of the sync loss: compared on --resume only when both runs use it.
 SYNC_LOSS_OPTIONS = ("sync_weight", "sync_balance", "sync_ratio", "sync_warmup_epochs")
 # What a run saved before these options existed trained with (the objective was L1 + 10 x sync).
 OPTION_VALUES_BEFORE_THEY_EXISTED = {"widths": None, "sync_balance": "fixed", "sync_warmup_epochs": 0, "lip_weight": 1.0,
                                      "ema_decay": 0.0, "twin_audio_share": 0.0, "lip_code_weight": LIP_CODE_WEIGHT,
-                                     "lip_colour_weight": 0.0, **UNET_OPTIONS_BEFORE_THEY_EXISTED}
+                                     **UNET_OPTIONS_BEFORE_THEY_EXISTED}
 # SyncNet sees one small mouth band per sample: bigger batches, more epochs than the U-Net.
 SYNCNET_BATCH_SIZE = 32
 SYNCNET_LR = 1e-4
@@ -102,7 +101,6 @@ class TrainConfig(Options):
     lip_code_dims: int = LIP_CODE_DIMS
     lip_code_weight: float = LIP_CODE_WEIGHT
     head_levels: int = HEAD_LEVELS
-    lip_colour_weight: float = LIP_COLOUR_WEIGHT
     perceptual: str = "auto"                # auto | on | off
     vgg_weights: Optional[Path] = None
     show_progress: bool = True
@@ -145,8 +143,6 @@ class TrainConfig(Options):
         if self.lip_code_dims < 0 or self.lip_code_weight < 0:
             raise UserError(f"--lip_code_dims and --lip_code_weight cannot be negative, got {self.lip_code_dims} "
                             f"and {self.lip_code_weight:g}")
-        if self.lip_colour_weight < 0:
-            raise UserError(f"--lip_colour_weight cannot be negative, got {self.lip_colour_weight:g}")
         if not 1 <= self.head_levels <= DOWNSAMPLINGS:
             raise UserError(f"--head_levels counts decoder stages: 1 to {DOWNSAMPLINGS}, got {self.head_levels}")
         if self.sync_balance not in SYNC_BALANCES:
@@ -315,9 +311,6 @@ def build_unet_parser(description: str) -> argparse.ArgumentParser:
     losses.add_argument("--lip_code_weight", type=float, default=LIP_CODE_WEIGHT,
                         help=f"weight of the audio's lip-code prediction error in the loss (default "
                              f"{LIP_CODE_WEIGHT:g}; used with --lip_code_dims)")
-    losses.add_argument("--lip_colour_weight", type=float, default=LIP_COLOUR_WEIGHT,
-                        help=f"weight of the gap between the drawn and the true lips' redness (the reddest tenth "
-                             f"of the lips' box, R - G) in the loss (default {LIP_COLOUR_WEIGHT:g}: off)")
     losses.add_argument("--head_levels", type=int, default=HEAD_LEVELS,
                         help=f"decoder stages, from the full-resolution one down, whose outputs the colour head "
                              f"reads, the coarser upsampled (1-{DOWNSAMPLINGS}, 1: the full-resolution one alone; "
