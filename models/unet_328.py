@@ -27,7 +27,8 @@ With ``head_levels`` N > 1 the colour head reads the outputs of the last N decod
 stages, the coarser ones upsampled to full resolution: the colours come from wider
 features than the stem's few full-resolution channels, as chroma is coded at a lower
 resolution than luma in video (at the tiny width's 4 stem channels, whether a run could
-draw the lips' red depended on the head's first weights: benchmarks/RESULTS.md).
+draw the lips' red depended on the head's first weights; with N = 3, the default, every seed
+measured drew it: benchmarks/RESULTS.md).
 """
 from typing import Dict, Optional, Tuple
 
