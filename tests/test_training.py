@@ -643,21 +643,23 @@ def test_a_sync_run_saved_before_the_balance_options_resumes_as_it_trained(tmp_p
     # would change its objective, so both options are named, with what to type.
     config = TrainConfig(dataset_dir=tmp_path, save_dir=tmp_path, use_syncnet=True)
     old_run = {"use_syncnet": True, "sync_weight": 10.0, "lr": config.lr}
-    assert config.changed_since(old_run) == ["sync_balance", "sync_warmup_epochs", "lip_weight", "mask_to_edges"]
+    assert config.changed_since(old_run) == ["sync_balance", "sync_warmup_epochs", "lip_weight", "mask_to_edges",
+                                             "head_levels"]
     assert config.how_to_keep("sync_balance", old_run) == "use --sync_balance fixed"
     assert config.how_to_keep("sync_warmup_epochs", old_run) == "use --sync_warmup_epochs 0"
     assert config.how_to_keep("lip_weight", old_run) == "use --lip_weight 1.0"
+    assert config.how_to_keep("head_levels", old_run) == "use --head_levels 1"
     # A switch that is on by default now (--mask_to_edges) is kept off with its --no- form.
     assert config.how_to_keep("mask_to_edges", old_run) == "add --no-mask_to_edges"
     kept = TrainConfig(dataset_dir=tmp_path, save_dir=tmp_path, use_syncnet=True, sync_balance="fixed",
-                       sync_warmup_epochs=0, lip_weight=1.0, mask_to_edges=False)
+                       sync_warmup_epochs=0, lip_weight=1.0, mask_to_edges=False, head_levels=1)
     assert kept.changed_since(old_run) == []
     assert kept.how_to_keep("mask_to_edges", {"mask_to_edges": True}) == "drop --no-mask_to_edges"
     # Without the sync loss in both runs, its options do not matter; the lips' weight always does.
     assert TrainConfig(dataset_dir=tmp_path, save_dir=tmp_path).changed_since({"use_syncnet": False}) == \
-        ["lip_weight", "mask_to_edges"]
+        ["lip_weight", "mask_to_edges", "head_levels"]
     assert TrainConfig(dataset_dir=tmp_path, save_dir=tmp_path, reference_frames=2).changed_since(
-        {"use_syncnet": False, "lip_weight": 4.0, "mask_to_edges": True}) == ["reference_frames"]
+        {"use_syncnet": False, "lip_weight": 4.0, "mask_to_edges": True, "head_levels": 3}) == ["reference_frames"]
 
 
 def test_resume_may_train_longer_without_a_cosine_schedule(small, tmp_path):
