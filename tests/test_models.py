@@ -1,4 +1,4 @@
-"""The networks: U-Net shapes, widths, audio use and ONNX export; SyncNet;
+"""The networks: U-Net shapes, widths, audio use and ONNX export; the checkpoint's record of its options; SyncNet;
 the VGG19 perceptual loss's weight loading; the one model-input definition."""
 import inspect
 
