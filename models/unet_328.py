@@ -71,7 +71,7 @@ DOWNSAMPLINGS = 5
 AUDIO_STAGES = 0                # decoder stages the audio modulates besides the bottleneck (the layout before: 0)
 MASK_TO_EDGES = True            # black the masked target out to the crop's edges (the default since 2026-12-06; before: no)
 LIP_CODE_DIMS = 0               # lip-code numbers the bottleneck is told (data_utils/lip_codes.py; before: none)
-HEAD_LEVELS = 3                 # decoder stages the colour head reads, from full resolution down (the default since 2026-12-07; before: 1)
+HEAD_LEVELS = 3                 # decoder stages the colour head reads (the default since 2026-12-07; before: 1)
 BOTTLENECK_SIZE = INNER_SIZE >> DOWNSAMPLINGS        # 10
 # The options a U-Net is built with besides its ASR, audio shape and widths: a checkpoint records
 # them, and one saved before an option existed was built with the value given here.
