@@ -84,7 +84,8 @@ def test_train_then_render_with_modulated_stages_through_torch_and_onnx(processe
 def test_a_checkpoint_saved_before_the_option_loads_unmodulated(tmp_path):
     path = tiny_unet_saved_before(tmp_path, "audio_stages", TINY_AUDIO)
     loaded, loaded_config = ckpt.load_unet(path)
-    assert loaded.audio_stages == 0 and ckpt.unet_options_of(loaded_config)["audio_stages"] == 0 and len(loaded.audio_film) == 0
+    assert loaded.audio_stages == 0 and ckpt.unet_options_of(loaded_config)["audio_stages"] == 0
+    assert len(loaded.audio_film) == 0
 
 
 def test_the_readout_recovers_an_opening_the_embedding_holds():

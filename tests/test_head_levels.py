@@ -94,4 +94,5 @@ def test_train_then_render_with_the_wider_head_through_torch_and_onnx(processed_
 def test_a_checkpoint_saved_before_the_option_loads_with_one_level(tmp_path):
     path = tiny_unet_saved_before(tmp_path, "head_levels", TINY_AUDIO)
     loaded, loaded_config = ckpt.load_unet(path)
-    assert loaded.head_levels == 1 and ckpt.unet_options_of(loaded_config)["head_levels"] == 1 and loaded.coarse_head is None
+    assert loaded.head_levels == 1 and ckpt.unet_options_of(loaded_config)["head_levels"] == 1
+    assert loaded.coarse_head is None

@@ -123,4 +123,5 @@ def test_training_with_codes_and_without_their_landmarks(processed_clip, tmp_pat
 def test_a_checkpoint_saved_before_the_option_loads_without_codes(tmp_path):
     path = tiny_unet_saved_before(tmp_path, "lip_code_dims", TINY_AUDIO)
     loaded, loaded_config = ckpt.load_unet(path)
-    assert loaded.lip_code_dims == 0 and ckpt.unet_options_of(loaded_config)["lip_code_dims"] == 0 and loaded.lip_code_head is None
+    assert loaded.lip_code_dims == 0 and ckpt.unet_options_of(loaded_config)["lip_code_dims"] == 0
+    assert loaded.lip_code_head is None

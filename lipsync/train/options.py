@@ -20,8 +20,8 @@ from lipsync.core.options import Options, as_typed
 from lipsync.train.objective import SYNC_BALANCES
 from models.perceptual import PERCEPTUAL_MODES
 from models.unet_328 import (AUDIO_STAGES, DEFAULT_MODEL_SIZE, DOWNSAMPLINGS, HEAD_LEVELS, LIP_CODE_DIMS,
-                             MASK_TO_EDGES, MODEL_SIZES, WIDTHS)
-from models.unet_328 import OPTIONS_BEFORE_THEY_EXISTED as UNET_OPTIONS_BEFORE_THEY_EXISTED
+                             MASK_TO_EDGES, MODEL_SIZES, WIDTHS,
+                             OPTIONS_BEFORE_THEY_EXISTED as UNET_OPTIONS_BEFORE_THEY_EXISTED)
 
 # The U-Net objective's defaults (lipsync/train/objective.py), chosen by the ablation in
 # benchmarks/RESULTS.md ("The training objective").
