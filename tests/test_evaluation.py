@@ -255,6 +255,25 @@ def test_last_n_scores_only_the_newest_epochs_and_chooses_nothing(run, heldout):
     assert (run / "checkpoint" / "talker" / "best.pth").read_bytes() == best_before
 
 
+def test_a_missed_timing_from_a_weak_person_encoder_names_the_audio_not_the_seed(run, heldout, tmp_path):
+    # The features' metadata records the held-out sync accuracy of the person's own encoder that made
+    # them (preprocessing warned below 80 %); the verdict then sends the user to more speech, not a seed.
+    metadata = run / "dataset" / "talker" / "aud_ave.json"
+    original = metadata.read_text()
+    try:
+        metadata.write_text(json.dumps({**json.loads(original), "heldout_sync_accuracy": 0.6}))
+        weak = evaluate(options(run, last=1, write_video=False, output_dir=tmp_path / "weak"))
+    finally:
+        metadata.write_text(original)
+    scores = weak["checkpoints"][0]["scores"]
+    assert scores["opening_correlation"] < 0.85                  # the tiny run misses the timing
+    check = weak["motion_check"]
+    assert check == {**motion_check(scores, weak_encoder_accuracy=0.6), "judged": f"epoch {DAMAGED_EPOCH}"}
+    assert "60%" in check["says"] and "--asr hubert" in check["says"] and "--seed" not in check["says"]
+    plain = evaluate(options(run, last=1, write_video=False, output_dir=tmp_path / "plain"))
+    assert "--seed" in plain["motion_check"]["says"]             # the encoder it recorded is not weak
+
+
 def test_table_shows_the_measures_against_the_truth_first(heldout):
     """Measures against the real frames cannot be pleased without looking like the person:
     they come first; the SyncNet and loudness scores follow, and their headings say so."""

@@ -47,3 +47,14 @@ def test_the_targets_edges_and_scores_without_an_opening_measure():
     assert motion_check({"lse_c": 3.0}) is None                                # new audio, no truth
     assert motion_check({"opening_correlation": math.nan, "opening_ratio": math.nan}) is None   # no detector
     assert motion_check({"opening_correlation": None, "opening_ratio": 1.0}) is None            # read from JSON
+
+
+def test_a_missed_timing_from_a_weak_audio_encoder_is_blamed_on_the_audio_not_the_seed():
+    scores = {"opening_correlation": 0.80, "opening_ratio": 0.84}
+    verdict = motion_check(scores, weak_encoder_accuracy=0.668)
+    assert not verdict["timing_ok"] and verdict["suggested_mouth_scale"] is None
+    assert "67%" in verdict["says"] and "--asr hubert" in verdict["says"] and "longer video" in verdict["says"]
+    assert "--seed" not in verdict["says"]
+    # The encoder is only blamed for a missed timing: a timed mouth gets the usual verdict.
+    timed = {"opening_correlation": 0.9, "opening_ratio": 1.28}
+    assert motion_check(timed, weak_encoder_accuracy=0.668) == motion_check(timed)

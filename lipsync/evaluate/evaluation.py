@@ -45,12 +45,16 @@ and checkpoint/NAME/best.pth: a copy of the winning checkpoint (written
 atomically) with a ``selection`` entry saying which metric it won on, its
 value and every candidate's score; ``inference_328.py --checkpoint best`` uses it.
 """
+import json
 import logging
 from pathlib import Path
 from typing import Dict, Iterator, List, Optional
 
 import numpy as np
 
+from data_utils.features.ave import stored_heldout_accuracy
+from data_utils.features.ave_training import WEAK_AVE_ACCURACY
+from data_utils.features.extract import metadata_path
 from data_utils.timebase import FEATURE_SPECS, SAMPLES_PER_FRAME, WINDOW_BEFORE
 from lipsync.core.atomic import write_json_atomic, write_text_atomic
 from lipsync.core.commands import syncnet_command
@@ -319,12 +323,30 @@ class Evaluation:
             judged, scores = f"the mean of epochs {', '.join(map(str, mean['epochs']))}", mean["scores"]
         else:
             judged, scores = f"epoch {results[-1].epoch}", results[-1].scores
-        verdict = motion_check(scores, self.options.render_options.get("mouth_scale", RenderOptions().mouth_scale))
+        verdict = motion_check(scores, self.options.render_options.get("mouth_scale", RenderOptions().mouth_scale),
+                               self.weak_encoder_accuracy())
         if verdict is None:
             return None
         verdict["judged"] = judged
         (log.info if verdict["meets_targets"] else log.warning)("motion, %s: %s", judged, verdict["says"])
         return verdict
+
+    def weak_encoder_accuracy(self) -> Optional[float]:
+        """The held-out sync accuracy of the person's own AVE encoder that drew these features (the dataset's,
+        as its features' metadata records it, or --ave_checkpoint's for new audio), when it is below
+        preprocessing's warning threshold; None otherwise (another encoder, released weights)."""
+        if self.asr != "ave":
+            return None
+        chosen = self.options.ave_checkpoint
+        if chosen and not self.heldout:
+            accuracy = stored_heldout_accuracy(Path(chosen)) if Path(chosen).is_file() else None
+        else:
+            try:
+                accuracy = json.loads(metadata_path(self.layout.features("ave")).read_text()).get(
+                    "heldout_sync_accuracy")
+            except (OSError, ValueError):
+                accuracy = None
+        return accuracy if isinstance(accuracy, (int, float)) and accuracy < WEAK_AVE_ACCURACY else None
 
     def describe(self) -> Dict:
         reference = self.reference
