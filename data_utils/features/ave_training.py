@@ -53,6 +53,9 @@ HELDOUT_GAP = 8                 # frames between training and held-out parts: no
 # Below this held-out sync accuracy the learned encoder is weak (measured: 0.97 on a synthetic
 # 3-minute recording, 0.60 on a real 20 s phone recording).
 WEAK_AVE_ACCURACY = 0.8
+# What to do about such an encoder: preprocessing's warning and evaluation's motion line both say it.
+WEAK_AVE_REMEDY = ("record a longer video (3-5 minutes of speech), use --asr hubert, or give released AVE weights "
+                   "with --ave_checkpoint")
 MIN_HELDOUT_FRAMES = 20
 MIN_TRAIN_FRAMES = 32
 SHIFT_PX = 3                    # mouth crop jitter during training: the box is not pixel-exact
@@ -327,9 +330,8 @@ def train_ave_encoder(dataset_dir, config: Optional[AveTrainConfig] = None, devi
     (print if progress else log.info)(message)   # the report line the user waits for; once
     if report["heldout_sync_accuracy"] < WEAK_AVE_ACCURACY:
         log.warning("the AVE encoder learned from %s tells in-sync from off-sync audio only %s of the time "
-                    "(chance 50%%): lip sync will follow the audio weakly — record a longer video (3-5 minutes "
-                    "of speech), use --asr hubert, or give released AVE weights with --ave_checkpoint",
-                    layout.root, _percent(report["heldout_sync_accuracy"]))
+                    "(chance 50%%): lip sync will follow the audio weakly — %s",
+                    layout.root, _percent(report["heldout_sync_accuracy"]), WEAK_AVE_REMEDY)
     return report
 
 

@@ -45,16 +45,15 @@ and checkpoint/NAME/best.pth: a copy of the winning checkpoint (written
 atomically) with a ``selection`` entry saying which metric it won on, its
 value and every candidate's score; ``inference_328.py --checkpoint best`` uses it.
 """
-import json
 import logging
 from pathlib import Path
 from typing import Dict, Iterator, List, Optional
 
 import numpy as np
 
+from data_utils.dataset import read_feature_metadata
 from data_utils.features.ave import stored_heldout_accuracy
 from data_utils.features.ave_training import WEAK_AVE_ACCURACY
-from data_utils.features.extract import metadata_path
 from data_utils.timebase import FEATURE_SPECS, SAMPLES_PER_FRAME, WINDOW_BEFORE
 from lipsync.core.atomic import write_json_atomic, write_text_atomic
 from lipsync.core.commands import syncnet_command
@@ -339,13 +338,9 @@ class Evaluation:
             return None
         chosen = self.options.ave_checkpoint
         if chosen and not self.heldout:
-            accuracy = stored_heldout_accuracy(Path(chosen)) if Path(chosen).is_file() else None
+            accuracy = stored_heldout_accuracy(Path(chosen))
         else:
-            try:
-                accuracy = json.loads(metadata_path(self.layout.features("ave")).read_text()).get(
-                    "heldout_sync_accuracy")
-            except (OSError, ValueError):
-                accuracy = None
+            accuracy = read_feature_metadata(self.layout, "ave").get("heldout_sync_accuracy")
         return accuracy if isinstance(accuracy, (int, float)) and accuracy < WEAK_AVE_ACCURACY else None
 
     def describe(self) -> Dict:

@@ -16,6 +16,7 @@ opening into the targets at all four runs it was tried on, and cost the mouth's 
 import math
 from typing import Dict, Optional
 
+from data_utils.features.ave_training import WEAK_AVE_REMEDY
 from lipsync.render.mouth_scale import MOUTH_SCALE_LIMITS
 
 MIN_OPENING_CORRELATION = 0.85
@@ -54,9 +55,8 @@ def motion_check(scores: Dict, mouth_scale: float = 1.0, weak_encoder_accuracy: 
         # On 10 s of real speech (encoder 67 %) every seed and objective missed the timing (RESULTS.md,
         # "The default and L1 alone on one machine ..."): another seed is not the remedy there.
         says = (f"{measured} {targets}: the person's AVE encoder tells in-sync from off-sync audio only "
-                f"{100 * weak_encoder_accuracy:.0f}% of the time, so the audio carries little of the motion; record "
-                "a longer video (3-5 minutes of speech), use --asr hubert, or give released AVE weights with "
-                "--ave_checkpoint (docs/evaluation.md)")
+                f"{100 * weak_encoder_accuracy:.0f}% of the time, so the audio carries little of the motion; "
+                f"{WEAK_AVE_REMEDY} (docs/evaluation.md)")
     elif not timing_ok:
         says = (f"{measured} {targets}: the U-Net has not learnt how this mouth follows speech; train again "
                 "with another --seed, for more epochs or from a longer recording (docs/evaluation.md)")
